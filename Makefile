@@ -1,0 +1,123 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+.DEFAULT_GOAL := help
+
+# The preamble needs GNU make >= 3.82 (.SHELLFLAGS, .ONESHELL-era features); macOS ships 3.81.
+ifeq ($(filter oneshell,$(.FEATURES)),)
+$(error GNU make >= 3.82 is needed (this is $(MAKE_VERSION)); install a newer make, e.g. `brew install make` and run gmake)
+endif
+
+# ------------------------------------------------------------------------------------------------------------
+# Variables: set them on the command line, e.g. `make train CONFIG_FILE=configs/v3/config.toml DRY_RUN=1`.
+# ------------------------------------------------------------------------------------------------------------
+# config.toml of the version to use (or just v3); empty = the newest configs/vN (announced)
+CONFIG_FILE ?=
+# 1 = print every command exactly as it would run, run nothing (no GPU, models or GPU stack needed)
+DRY_RUN ?= 0
+# 1 = `make check` (and the check before cache/train/generate) treats warnings as errors
+STRICT ?= 0
+# version to copy with `make new`; empty = the newest
+FROM ?=
+# versions to compare with `make diff`; both empty = the newest two
+A ?=
+B ?=
+# LoRA file for `make generate`; empty = the version's newest
+LORA ?=
+# LoRA multiplier for `make generate`; empty = 1.0
+MULTIPLIER ?=
+# uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
+UV_CACHE_DIR ?=
+# arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
+PYTEST_ARGS ?=
+
+ifneq ($(UV_CACHE_DIR),)
+export UV_CACHE_DIR
+endif
+
+# The workspace tool, run straight from the venv (no per-call `uv run` re-check: the stamps below guard it).
+WS := .venv/bin/ws
+# The installed GPU stack, needed by cache/train/generate unless DRY_RUN=1.
+GPU_STACK := $(if $(filter 1,$(DRY_RUN)),.venv/.stamp-base,.venv/.stamp-train)
+# Common options of the targets that read a version.
+CFG := --config "$(CONFIG_FILE)" --dry-run "$(DRY_RUN)" --strict "$(STRICT)"
+
+##@ The loop: setup, new, diff, check, cache, train, generate
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-z][a-zA-Z_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+
+.PHONY: setup
+setup: .venv/.stamp-base ## Make the environment with the workspace tool (any machine; no GPU, no GitHub)
+
+.PHONY: example
+example: .venv/.stamp-base ## Write the tiny example dataset configs/v1 uses (datasets/example-1f; never overwrites)
+	@$(WS) example
+
+.PHONY: new
+new: .venv/.stamp-base ## Copy a version to the next number  [FROM]
+	@$(WS) new --from "$(FROM)"
+
+.PHONY: diff
+diff: .venv/.stamp-base ## Compare two versions key by key  [A B]
+	@$(WS) diff --a "$(A)" --b "$(B)"
+
+.PHONY: check
+check: .venv/.stamp-base ## Find mistakes that would waste a GPU run  [CONFIG_FILE STRICT]
+	@$(WS) check $(CFG)
+
+.PHONY: cache
+cache: $(GPU_STACK) ## Cache latents and text-encoder outputs  [CONFIG_FILE DRY_RUN]
+	@$(WS) cache $(CFG)
+
+.PHONY: train
+train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN]
+	@$(WS) train $(CFG)
+
+.PHONY: generate
+generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
+	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
+
+##@ Pod and models
+
+.PHONY: models
+models: .venv/.stamp-base ## Download the model files the config names, and the tokenizers  [CONFIG_FILE DRY_RUN]
+	@$(WS) models --config "$(CONFIG_FILE)" --dry-run "$(DRY_RUN)"
+
+.PHONY: monitor
+monitor: .venv/.stamp-train ## Watch GPU use (nvitop)
+	@.venv/bin/nvitop
+
+##@ Development
+
+.PHONY: test
+test: .venv/.stamp-base ## Run the test suite (no GPU, no musubi-tuner needed)  [PYTEST_ARGS]
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-musubi
+test-musubi: .venv/.stamp-train ## Run the tests against the real musubi-tuner (needs the train extra)
+	.venv/bin/python -m pytest tests/musubi -ra
+
+.PHONY: schema
+schema: .venv/.stamp-train ## Regenerate the committed musubi-tuner option schema from the pinned parsers
+	@$(WS) schema
+
+# ------------------------------------------------------------------------------------------------------------
+# Internal: the environment. The stamps record a finished `uv sync`; .DELETE_ON_ERROR drops a failed one.
+# --frozen installs exactly uv.lock without re-resolving (which would need GitHub for musubi-tuner); the
+# base sync is --inexact so it never removes an installed GPU stack.
+# ------------------------------------------------------------------------------------------------------------
+.PHONY: .uv
+.uv: # uv must be installed
+	@command -v uv >/dev/null || { echo "uv not found: install it with 'pip install uv' (or see https://docs.astral.sh/uv/)" >&2; exit 1; }
+
+.venv/.stamp-base: pyproject.toml uv.lock | .uv
+	uv sync --frozen --inexact
+	touch "$@"
+
+.venv/.stamp-train: .venv/.stamp-base
+	uv sync --frozen --inexact --extra train
+	touch "$@"

@@ -1,0 +1,123 @@
+"""The `ws` command behind the Makefile: argparse and a dispatch table only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import WorkspaceError
+from .paths import Workspace
+
+
+def _flag(value: str) -> bool:
+    """Make passes 0/1 (or empty) for switches such as DRY_RUN."""
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def cmd_check(ws, a):
+    from .checks import check
+    from .pipeline import load_config
+
+    check(load_config(ws, a.config), dry_run=_flag(a.dry_run), strict=_flag(a.strict))
+
+
+def cmd_cache(ws, a):
+    from .pipeline import cache
+
+    cache(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict))
+
+
+def cmd_train(ws, a):
+    from .pipeline import train
+
+    train(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict))
+
+
+def cmd_generate(ws, a):
+    from .pipeline import generate
+
+    generate(ws, a.config, _flag(a.dry_run), lora=a.lora, multiplier=a.multiplier, strict=_flag(a.strict))
+
+
+def cmd_new(ws, a):
+    from .versions import new_version
+
+    new_version(ws, a.source)
+
+
+def cmd_diff(ws, a):
+    from .versions import diff_versions
+
+    print("\n".join(diff_versions(ws, a.a, a.b)))
+
+
+def cmd_models(ws, a):
+    from .models import download
+    from .pipeline import load_config
+
+    download(load_config(ws, a.config), dry_run=_flag(a.dry_run))
+
+
+def cmd_example(ws, a):
+    from .example import FOLDER, make_example_dataset
+
+    written = make_example_dataset(ws)
+    print(f"{FOLDER}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+
+
+def cmd_schema(ws, a):
+    from .schema import main as schema_main
+
+    schema_main(["--out", a.out] if a.out else [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ws", description="musubi-workspace: the tool behind `make` (see `make help`).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_, config=False, dry_run=False, strict=False):
+        sp = sub.add_parser(name, help=help_)
+        if config:
+            sp.add_argument("--config", default="", help="config.toml of the version (empty: the newest)")
+        if dry_run:
+            sp.add_argument("--dry-run", default="0", help="1: print the commands, run nothing")
+        if strict:
+            sp.add_argument("--strict", default="0", help="1: warnings count as errors")
+        sp.set_defaults(func=func)
+        return sp
+
+    add("check", cmd_check, "check a version before a GPU run", config=True, dry_run=True, strict=True)
+    add("cache", cmd_cache, "cache latents and text-encoder outputs", config=True, dry_run=True, strict=True)
+    add("train", cmd_train, "train a LoRA", config=True, dry_run=True, strict=True)
+    g = add("generate", cmd_generate, "render prompts.txt with a LoRA", config=True, dry_run=True, strict=True)
+    g.add_argument("--lora", default="", help="LoRA file (default: the version's newest)")
+    g.add_argument("--multiplier", default="", help="LoRA multiplier (default 1.0)")
+    add("new", cmd_new, "copy a version to the next number").add_argument("--from", dest="source", default="")
+    d = add("diff", cmd_diff, "compare two versions")
+    d.add_argument("--a", default="")
+    d.add_argument("--b", default="")
+    add("models", cmd_models, "download the model files a config names", config=True, dry_run=True)
+    add("example", cmd_example, "write the example dataset (missing files only)")
+    add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ws = Workspace.find()
+    try:
+        args.func(ws, args)
+    except WorkspaceError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if os.environ.get("WS_DEBUG") == "1":
+            raise
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

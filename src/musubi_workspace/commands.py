@@ -1,0 +1,167 @@
+"""Pure functions from a version's Config to the exact command lines the workspace runs. No I/O.
+
+Every argument comes from config.toml (and its `[workspace]` table): the caching scripts and the generator read
+no config file, so the settings they share with training are copied from the same values here.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .errors import WorkspaceError
+
+TRAIN_MODULE = "musubi_tuner.fpack_train_network"
+CACHE_LATENTS_MODULE = "musubi_tuner.fpack_cache_latents"
+CACHE_TE_MODULE = "musubi_tuner.fpack_cache_text_encoder_outputs"
+GENERATE_MODULE = "musubi_tuner.fpack_generate_video"
+
+# Options of config.toml that the latent cache script takes too (flags are passed when true).
+LATENT_VALUE_OPTIONS = ("vae_chunk_size", "vae_spatial_tile_sample_min_size")
+LATENT_FLAG_OPTIONS = ("vae_tiling", "f1", "one_frame")
+# Options of config.toml that the generator takes too.
+GENERATE_VALUE_OPTIONS = ("vae_chunk_size", "vae_spatial_tile_sample_min_size", "latent_window_size")
+GENERATE_FLAG_OPTIONS = ("vae_tiling", "f1", "fp8_llm")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One program run: its argv and what it is, for the dry run and the run record."""
+
+    label: str
+    argv: list[str]
+
+    def shell(self) -> str:
+        return shlex.join(self.argv)
+
+
+def _p(cfg: Config, key: str, purpose: str) -> str:
+    """A path option as passed to musubi-tuner: the value as written (relative to the root, where it runs)."""
+    value = cfg.get(key)
+    if value in (None, ""):
+        raise WorkspaceError(f"{cfg.shown}: `{key}` is not set; {purpose} needs it: add `{key} = \"...\"`")
+    if not isinstance(value, str):
+        raise WorkspaceError(f"{cfg.where(key)}: `{key}` must be a path string, got {value!r}")
+    return value
+
+
+def _flag(cfg: Config, key: str) -> bool:
+    return cfg.get(key) is True
+
+
+def _value_args(cfg: Config, keys) -> list[str]:
+    out: list[str] = []
+    for key in keys:
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            out += [f"--{key}", str(value)]
+    return out
+
+
+def _flag_args(cfg: Config, keys) -> list[str]:
+    return [f"--{key}" for key in keys if _flag(cfg, key)]
+
+
+def cache_commands(cfg: Config, skip_existing: bool = False) -> list[Command]:
+    """`fpack_cache_latents` then `fpack_cache_text_encoder_outputs`, both on the version's dataset.toml."""
+    dataset = _p(cfg, "dataset_config", "make cache")
+    s = cfg.settings
+    common: list[str] = []
+    if s.cache_batch_size:
+        common += ["--batch_size", str(s.cache_batch_size)]
+    if s.cache_num_workers:
+        common += ["--num_workers", str(s.cache_num_workers)]
+    if skip_existing:
+        common += ["--skip_existing"]
+
+    latents = ["python", "-m", CACHE_LATENTS_MODULE, "--dataset_config", dataset]
+    latents += ["--vae", _p(cfg, "vae", "make cache"), "--image_encoder", _p(cfg, "image_encoder", "make cache")]
+    latents += _value_args(cfg, LATENT_VALUE_OPTIONS) + _flag_args(cfg, LATENT_FLAG_OPTIONS)
+    if _flag(cfg, "one_frame"):
+        latents += ["--one_frame_no_2x"] if s.one_frame_no_2x else []
+        latents += ["--one_frame_no_4x"] if s.one_frame_no_4x else []
+    latents += common
+
+    te = ["python", "-m", CACHE_TE_MODULE, "--dataset_config", dataset]
+    te += ["--text_encoder1", _p(cfg, "text_encoder1", "make cache"), "--text_encoder2", _p(cfg, "text_encoder2", "make cache")]
+    te += ["--fp8_llm"] if _flag(cfg, "fp8_llm") else []
+    te += common
+    return [Command("cache latents", latents), Command("cache text encoder outputs", te)]
+
+
+def process_count(cfg: Config, visible_gpus: int) -> int:
+    n = cfg.settings.num_processes
+    if n == "auto":
+        return max(1, visible_gpus)
+    return int(n)
+
+
+def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None) -> Command:
+    """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.
+
+    `extra` holds what must override the file for one run (resume's remaining steps); it goes last, since
+    musubi-tuner gives the command line precedence over the file.
+    """
+    mixed = cfg.get("mixed_precision") or "bf16"
+    argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]
+    argv += ["--dynamo_backend", "no"]
+    accel_cfg = cfg.settings.accelerate_config
+    if accel_cfg:
+        # Several machines: accelerate's own config file holds machine count and rank layout; the per-machine
+        # values (rank, main address, port) come from each machine's environment (see README).
+        argv += ["--config_file", accel_cfg]
+        if cfg.settings.num_processes != "auto":
+            argv += ["--num_processes", str(cfg.settings.num_processes)]
+    else:
+        n = process_count(cfg, visible_gpus)
+        argv += ["--num_processes", str(n), "--num_machines", "1"]
+        if n > 1:
+            argv += ["--multi_gpu"]
+    argv += ["-m", TRAIN_MODULE, "--config_file", cfg.ws.rel(cfg.path)]
+    argv += list(extra or [])
+    return Command("train", argv)
+
+
+def lora_files(cfg: Config) -> list[Path]:
+    """LoRA files the version saved, oldest first (by modification time)."""
+    out_dir = cfg.path_of("output_dir")
+    name = cfg.get("output_name")
+    if out_dir is None or not name or not out_dir.is_dir():
+        return []
+    found = [p for p in out_dir.glob(f"{name}*.safetensors") if p.is_file()]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def newest_lora(cfg: Config) -> Path | None:
+    found = lora_files(cfg)
+    return found[-1] if found else None
+
+
+def generate_folder(cfg: Config, lora: str | None, multiplier: float) -> str:
+    """Where `make generate` writes: <output_dir>/generate/<lora name>_x<multiplier> (or base_model)."""
+    out_dir = cfg.get("output_dir") or "outputs"
+    stem = Path(lora).stem if lora else "base_model"
+    return str(Path(out_dir) / "generate" / f"{stem}_x{multiplier:g}")
+
+
+def generate_command(cfg: Config, lora: str | None, multiplier: float) -> Command:
+    """`fpack_generate_video --from_file <prompts.txt>` with the version's models and the chosen LoRA."""
+    s = cfg.settings
+    argv = ["python", "-m", GENERATE_MODULE]
+    argv += ["--dit", _p(cfg, "dit", "make generate"), "--vae", _p(cfg, "vae", "make generate")]
+    argv += ["--text_encoder1", _p(cfg, "text_encoder1", "make generate")]
+    argv += ["--text_encoder2", _p(cfg, "text_encoder2", "make generate")]
+    argv += ["--image_encoder", _p(cfg, "image_encoder", "make generate")]
+    argv += ["--attn_mode", s.generate_attn_mode]
+    argv += _value_args(cfg, GENERATE_VALUE_OPTIONS) + _flag_args(cfg, GENERATE_FLAG_OPTIONS)
+    if s.generate_fp8:
+        argv += ["--fp8", "--fp8_scaled"]
+    if cfg.get("blocks_to_swap"):
+        argv += ["--blocks_to_swap", str(cfg.get("blocks_to_swap"))]
+    argv += ["--from_file", _p(cfg, "sample_prompts", "make generate")]
+    argv += ["--save_path", generate_folder(cfg, lora, multiplier)]
+    if lora:
+        argv += ["--lora_weight", lora, "--lora_multiplier", f"{multiplier:g}"]
+    return Command("generate", argv)

@@ -1,0 +1,285 @@
+"""Read a version's config.toml once into typed data.
+
+config.toml is the single source of truth. Its top-level keys (and the keys of any table but `[workspace]`,
+which musubi-tuner flattens the same way) are musubi-tuner training options; the `[workspace]` table holds the
+settings that belong to this workspace (`WorkspaceSettings`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import WorkspaceError
+from .paths import Workspace
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+WORKSPACE_TABLE = "workspace"
+
+
+def load_toml(path: Path, ws: Workspace | None = None) -> tuple[dict, str]:
+    """Parse a TOML file; every failure is one line naming the file (and line) and the fix."""
+    shown = ws.rel(path) if ws else str(path)
+    if not path.exists():
+        raise WorkspaceError(f"{shown}: file not found")
+    if path.is_dir():
+        raise WorkspaceError(f"{shown}: is a folder, expected a TOML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise WorkspaceError(f"{shown}: cannot read ({e.__class__.__name__}: {e})") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        where = f"{shown}:{m.group(1)}" if m else shown
+        what = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+        raise WorkspaceError(f"{where}: not valid TOML: {what}; fix the line and run again") from None
+
+
+def key_line(text: str, key: str, table: str | None = None) -> int | None:
+    """1-based line of `key = ...` (inside `[table]` when given, else outside any table first)."""
+    current: str | None = None
+    pattern = re.compile(rf"^\s*(?:\"{re.escape(key)}\"|'{re.escape(key)}'|{re.escape(key)})\s*=")
+    fallback = None
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if s.startswith("[") and not s.startswith("[["):
+            current = s.strip("[] ").strip()
+            continue
+        if s.startswith("[["):
+            current = s.strip("[] ").strip()
+            continue
+        if pattern.match(line):
+            if current == table:
+                return n
+            if fallback is None and table is None:
+                fallback = n
+    return fallback
+
+
+def suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def parse_duration(value: Any, where: str) -> int:
+    """Seconds from `600`, "30s", "10m", "1h", "0", "off"; 0 means off."""
+    if isinstance(value, bool):
+        raise WorkspaceError(f"{where}: expected a duration such as \"10m\", \"30s\", \"1h\" or \"off\", got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in ("0", "off", "no", "false", ""):
+            return 0
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?", s)
+        if m:
+            scale = {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+            return int(float(m.group(1)) * scale)
+    raise WorkspaceError(f"{where}: expected a duration such as \"10m\", \"30s\", \"1h\" or \"off\", got {value!r}")
+
+
+@dataclass
+class WorkspaceSettings:
+    """The `[workspace]` table of config.toml: settings of this workspace, not of musubi-tuner.
+
+    musubi-tuner flattens every table of config.toml into its options, so none of these names may be a
+    musubi-tuner training option or dataset key (a test holds the two lists apart).
+    """
+
+    num_processes: int | str = "auto"
+    """Processes `accelerate launch` starts (one per GPU). "auto": every visible GPU."""
+    accelerate_config: str = ""
+    """An accelerate config file for training on several machines (`accelerate config` writes one); empty: none."""
+    auto_stop: str = "10m"
+    """Grace period after `make train` ends before the RunPod pod is stopped; "off" never stops it."""
+    hang_timeout: str = "30m"
+    """A run that shows no new training step for this long is ended as failed (then the pod stops)."""
+    price_per_hour: float = 2.5
+    """What the pod costs in dollars per hour, for the cost column of `make runs`."""
+    cache_batch_size: int = 0
+    """Batch size of the two caching scripts; 0: musubi-tuner's default (the dataset's batch size)."""
+    cache_num_workers: int = 0
+    """Reader threads of the caching scripts; 0: musubi-tuner's default (CPU count - 1)."""
+    one_frame_no_2x: bool = False
+    """One-frame caches without the 2x clean latents (`--one_frame_no_2x`); match the `no_2x` of your prompts."""
+    one_frame_no_4x: bool = False
+    """One-frame caches without the 4x clean latents (`--one_frame_no_4x`); match the `no_4x` of your prompts."""
+    generate_attn_mode: str = "sdpa"
+    """Attention of `make generate`: sdpa, sageattn (fastest; inference only), flash, xformers, torch."""
+    generate_fp8: bool = False
+    """`make generate` with fp8 DiT weights (`--fp8_scaled`): less memory, slightly different images."""
+
+    @classmethod
+    def from_table(cls, table: Any, where: str, text: str = "") -> "WorkspaceSettings":
+        if not isinstance(table, dict):
+            raise WorkspaceError(f"{where}: `workspace` must be a table ([workspace]), got {type(table).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in table.items():
+            line = key_line(text, key, WORKSPACE_TABLE)
+            at = f"{where}:{line}" if line else where
+            if key not in known:
+                raise WorkspaceError(
+                    f"{at}: unknown key `{key}` in [workspace]{suggest(key, known)}; known keys: {', '.join(known)}"
+                )
+            default = known[key].default
+            values[key] = _coerce(key, value, default, at)
+        s = cls(**values)
+        if s.generate_attn_mode not in ("sdpa", "sageattn", "flash", "xformers", "torch"):
+            raise WorkspaceError(
+                f"{where}: [workspace] generate_attn_mode = {s.generate_attn_mode!r} is not one of sdpa, sageattn, flash, xformers, torch"
+            )
+        parse_duration(s.auto_stop, f"{where}: [workspace] auto_stop")
+        parse_duration(s.hang_timeout, f"{where}: [workspace] hang_timeout")
+        return s
+
+    @property
+    def auto_stop_seconds(self) -> int:
+        return parse_duration(self.auto_stop, "[workspace] auto_stop")
+
+    @property
+    def hang_timeout_seconds(self) -> int:
+        return parse_duration(self.hang_timeout, "[workspace] hang_timeout")
+
+
+def _coerce(key: str, value: Any, default: Any, at: str) -> Any:
+    if key == "num_processes":
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise WorkspaceError(f"{at}: [workspace] num_processes must be \"auto\" or a whole number >= 1, got {value!r}")
+    if key in ("auto_stop", "hang_timeout") and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+        raise WorkspaceError(f"{at}: [workspace] {key} must be {expected.__name__}, got {value!r}")
+    if expected is int and value < 0:
+        raise WorkspaceError(f"{at}: [workspace] {key} must be >= 0, got {value!r}")
+    return value
+
+
+def flatten(data: dict) -> dict:
+    """musubi-tuner's view of config.toml: top-level values, then every table's values, `[workspace]` excluded.
+
+    Mirrors `read_config_from_file`: one level; later tables overwrite earlier ones; a nested table stays a dict.
+    """
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for name, table in data.items():
+        if isinstance(table, dict) and name != WORKSPACE_TABLE:
+            flat.update(table)
+    return flat
+
+
+@dataclass
+class Config:
+    """One version's config.toml, read once."""
+
+    ws: Workspace
+    path: Path
+    text: str
+    data: dict
+    options: dict = field(default_factory=dict)
+    settings: WorkspaceSettings = field(default_factory=WorkspaceSettings)
+
+    @classmethod
+    def load(cls, ws: Workspace, path: Path) -> "Config":
+        data, text = load_toml(path, ws)
+        where = ws.rel(path)
+        settings = WorkspaceSettings.from_table(data.get(WORKSPACE_TABLE, {}), where, text)
+        return cls(ws=ws, path=path, text=text, data=data, options=flatten(data), settings=settings)
+
+    @property
+    def shown(self) -> str:
+        return self.ws.rel(self.path)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def version(self) -> str | None:
+        """`v3` for configs/v3/config.toml; None for a config outside configs/vN."""
+        parent = self.path.parent
+        if parent.parent.resolve() == self.ws.configs.resolve() and re.fullmatch(r"v\d+", parent.name):
+            return parent.name
+        return None
+
+    @property
+    def name(self) -> str:
+        """The version, or the folder name for configs outside configs/vN (used to name run records)."""
+        return self.version or self.path.parent.name
+
+    def where(self, key: str) -> str:
+        """`configs/v1/config.toml:12` for a musubi option or `[workspace]` key."""
+        line = key_line(self.text, key)
+        if line is None:
+            line = key_line(self.text, key, WORKSPACE_TABLE)
+        return f"{self.shown}:{line}" if line else self.shown
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+    def path_of(self, key: str) -> Path | None:
+        """A path-valued option resolved against the workspace root; None when unset or empty."""
+        value = self.options.get(key)
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise WorkspaceError(f"{self.where(key)}: `{key}` must be a path string, got {value!r}")
+        return self.ws.resolve(value)
+
+    def require_path(self, key: str, purpose: str) -> Path:
+        p = self.path_of(key)
+        if p is None:
+            raise WorkspaceError(f"{self.shown}: `{key}` is not set; {purpose} needs it: add `{key} = \"...\"`")
+        return p
+
+    @property
+    def dataset_path(self) -> Path:
+        return self.require_path("dataset_config", "every target")
+
+    def load_dataset(self) -> tuple[dict, str]:
+        path = self.dataset_path
+        if not path.exists():
+            raise WorkspaceError(
+                f"{self.where('dataset_config')}: dataset_config {self.ws.rel(path)} not found; "
+                f"create it (copy configs/v1/dataset.toml) or fix the path"
+            )
+        return load_toml(path, self.ws)
+
+
+def resolve_config_file(ws: Workspace, value: str, announce=None) -> Path:
+    """CONFIG_FILE as given (a path, or a version name like `v3`); empty: the newest configs/vN/config.toml."""
+    announce = announce or (lambda msg: print(msg, file=sys.stderr))
+    versions = ws.versions()
+    have = ", ".join(versions) if versions else "none"
+    if not value:
+        if not versions:
+            raise WorkspaceError("configs/: no version found (configs/v1/config.toml); restore configs/v1 from git")
+        path = ws.configs / versions[-1] / "config.toml"
+        announce(f"CONFIG_FILE not set: using {ws.rel(path)} (the newest version)")
+        return path
+    if re.fullmatch(r"v\d+", value):
+        path = ws.configs / value / "config.toml"
+    else:
+        path = ws.resolve(value)
+        if path.is_dir():
+            path = path / "config.toml"
+    if not path.exists():
+        raise WorkspaceError(
+            f"CONFIG_FILE={value}: {ws.rel(path)} not found; versions here: {have}; "
+            f"`make new` creates the next one"
+        )
+    return path

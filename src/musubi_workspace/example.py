@@ -1,0 +1,89 @@
+"""The shipped example dataset: a handful of small kisekaeichi-style items drawn with Pillow (no downloads).
+
+Each item has a start image (a figure in a grey shirt), a reference image (a shirt of some colour alone), and a
+target image (the same figure wearing that shirt), with a caption. A held-out start/reference pair feeds the
+sample prompt, so samples measure generalisation rather than recall. Written to datasets/example-1f/, which
+configs/v1 points at. Existing files are never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from .paths import Workspace
+
+FOLDER = "datasets/example-1f"
+SIZE = (512, 768)  # width, height: the example's resolution
+ITEMS = [
+    # name, shirt colour, colour word, skin, background
+    ("item01", (200, 40, 40), "red", (240, 200, 170), (210, 225, 240)),
+    ("item02", (40, 90, 200), "blue", (200, 150, 110), (235, 230, 210)),
+    ("item03", (40, 160, 70), "green", (250, 215, 185), (225, 215, 240)),
+    ("item04", (230, 180, 30), "yellow", (160, 110, 80), (215, 240, 225)),
+]
+HELD_OUT = ("sample01", (150, 60, 180), "purple", (235, 195, 160), (240, 220, 220))
+GREY = (128, 128, 128)
+
+
+def _figure(shirt, skin, background) -> Image.Image:
+    w, h = SIZE
+    img = Image.new("RGB", SIZE, background)
+    d = ImageDraw.Draw(img)
+    d.ellipse((w * 0.35, h * 0.10, w * 0.65, h * 0.30), fill=skin)  # head
+    d.rectangle((w * 0.30, h * 0.32, w * 0.70, h * 0.62), fill=shirt)  # shirt
+    d.rectangle((w * 0.33, h * 0.62, w * 0.47, h * 0.90), fill=(50, 50, 70))  # legs
+    d.rectangle((w * 0.53, h * 0.62, w * 0.67, h * 0.90), fill=(50, 50, 70))
+    return img
+
+
+def _reference(shirt) -> Image.Image:
+    w, h = SIZE
+    img = Image.new("RGB", SIZE, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    d.rectangle((w * 0.25, h * 0.30, w * 0.75, h * 0.65), fill=shirt)
+    d.rectangle((w * 0.10, h * 0.30, w * 0.25, h * 0.45), fill=shirt)  # sleeves
+    d.rectangle((w * 0.75, h * 0.30, w * 0.90, h * 0.45), fill=shirt)
+    return img
+
+
+def _save(img: Image.Image, path: Path, written: list[Path]) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    written.append(path)
+
+
+def caption(word: str) -> str:
+    return f"The figure now wears the {word} shirt from the reference image."
+
+
+def make_example_dataset(ws: Workspace) -> list[Path]:
+    """Write the example dataset (missing files only); returns the files written."""
+    base = ws.root / FOLDER
+    written: list[Path] = []
+    lines = []
+    for name, shirt, word, skin, bg in ITEMS:
+        start, ref, target = base / "control" / f"{name}_0.png", base / "control" / f"{name}_1.png", base / "target" / f"{name}.png"
+        _save(_figure(GREY, skin, bg), start, written)
+        _save(_reference(shirt), ref, written)
+        _save(_figure(shirt, skin, bg), target, written)
+        lines.append(
+            {
+                "image_path": f"{FOLDER}/target/{name}.png",
+                "control_path_0": f"{FOLDER}/control/{name}_0.png",
+                "control_path_1": f"{FOLDER}/control/{name}_1.png",
+                "caption": caption(word),
+            }
+        )
+    name, shirt, word, skin, bg = HELD_OUT
+    _save(_figure(GREY, skin, bg), base / "samples" / f"{name}_start.png", written)
+    _save(_reference(shirt), base / "samples" / f"{name}_ref.png", written)
+    jsonl = base / "train.jsonl"
+    if not jsonl.exists():
+        jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        written.append(jsonl)
+    return written

@@ -1,0 +1,21 @@
+"""What GPUs this machine shows, without importing torch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+
+def visible_gpu_count(env: dict[str, str]) -> int:
+    """GPUs a process started with `env` will see: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`."""
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"])
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if not smi:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, env=env).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))

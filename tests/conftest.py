@@ -1,0 +1,132 @@
+"""Shared fixtures: an isolated copy of the workspace, recording stand-ins on PATH, and a make runner.
+
+Every test that runs the tool or the Makefile gets its own workspace copy under tmp_path (configs, Makefile,
+project files), a `.venv` that borrows the test run's own environment, `HOME` and caches inside tmp_path, no
+secrets from the developer's environment, and tests/bin first on PATH: stand-ins for the programs that only
+exist on a GPU pod. What the stand-ins saw is in `ws.calls()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STANDINS = REPO / "tests" / "bin"
+VENV = Path(sys.prefix)
+COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".env.example", "configs")
+# uv's folder: the Makefile's guard looks for uv, as on a user's machine.
+UV_DIR = [os.path.dirname(shutil.which("uv"))] if shutil.which("uv") else []
+SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY", "RUNPOD_POD_ID")
+
+
+@dataclass
+class TmpWorkspace:
+    root: Path
+    env: dict
+
+    @property
+    def record(self) -> Path:
+        return Path(self.env["WS_RECORD"])
+
+    def calls(self, prog: str | None = None) -> list[dict]:
+        if not self.record.exists():
+            return []
+        entries = [json.loads(line) for line in self.record.read_text().splitlines() if line.strip()]
+        return [e for e in entries if prog is None or e["prog"] == prog]
+
+    def make(self, *args: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["make", "--no-print-directory", *args], cwd=self.root, env={**self.env, **(env or {})},
+            capture_output=True, text=True, timeout=timeout, **kw,
+        )
+
+    def ws(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(VENV / "bin" / "ws"), *args], cwd=self.root, env={**self.env, **(env or {})},
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def write(self, rel: str, text: str) -> Path:
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        return p
+
+    def read(self, rel: str) -> str:
+        return (self.root / rel).read_text()
+
+    def touch_models(self) -> None:
+        """Empty files where configs/v1 expects the model files (enough for every check but loading them)."""
+        import tomllib
+
+        cfg = tomllib.loads((self.root / "configs" / "v1" / "config.toml").read_text())
+        for key in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder"):
+            p = self.root / cfg[key]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch()
+        shards = self.root / "models" / "framepack"
+        for i in (2, 3):
+            (shards / f"diffusion_pytorch_model-0000{i}-of-00003.safetensors").touch()
+
+
+def error_line(r) -> str:
+    """The tool's one error line (make adds its own `make: *** ...` line after it)."""
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert lines, f"no error line in stderr:\n{r.stderr}"
+    assert len(lines) == 1, f"more than one error line:\n{r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def make_workspace(root: Path, tmp_path: Path) -> TmpWorkspace:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name)
+        elif src.exists():
+            shutil.copy2(src, root / name)
+    # A .venv that is this test run's environment, with fresh stamps so make never re-syncs.
+    venv = root / ".venv"
+    venv.mkdir()
+    (venv / "bin").symlink_to(VENV / "bin")
+    for stamp in (".stamp-base", ".stamp-train"):
+        (venv / stamp).touch()
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith(("STANDIN_", "WS_", "MAKE"))}
+    env.update(
+        PATH=os.pathsep.join([str(STANDINS), str(VENV / "bin"), *UV_DIR, "/usr/local/bin", "/usr/bin", "/bin"]),
+        HOME=str(home),
+        HF_HOME=str(home / "hf"),
+        UV_CACHE_DIR=str(home / "uv"),
+        WS_RECORD=str(tmp_path / "record.jsonl"),
+        STANDIN_GPUS="1",
+    )
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.pop("VIRTUAL_ENV", None)
+    return TmpWorkspace(root=root, env=env)
+
+
+@pytest.fixture
+def ws(tmp_path) -> TmpWorkspace:
+    """A fresh workspace copy with the example dataset written."""
+    w = make_workspace(tmp_path / "workspace", tmp_path)
+    r = w.ws("example")
+    assert r.returncode == 0, r.stderr
+    return w
+
+
+@pytest.fixture
+def ready(ws) -> TmpWorkspace:
+    """A workspace copy with the example dataset and (empty) model files in place."""
+    ws.touch_models()
+    return ws

@@ -1,0 +1,142 @@
+"""cache, train and generate through the real Makefile, with recording stand-ins for the GPU programs."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+CACHE_LATENTS = [
+    "-m", "musubi_tuner.fpack_cache_latents",
+    "--dataset_config", "configs/v1/dataset.toml",
+    "--vae", "models/hunyuanvideo/vae/diffusion_pytorch_model.safetensors",
+    "--image_encoder", "models/sigclip/sigclip_vision_patch14_384.safetensors",
+    "--vae_chunk_size", "32", "--vae_spatial_tile_sample_min_size", "128",
+    "--one_frame", "--one_frame_no_2x", "--one_frame_no_4x",
+]
+CACHE_TE = [
+    "-m", "musubi_tuner.fpack_cache_text_encoder_outputs",
+    "--dataset_config", "configs/v1/dataset.toml",
+    "--text_encoder1", "models/hunyuanvideo_repackaged/split_files/text_encoders/llava_llama3_fp16.safetensors",
+    "--text_encoder2", "models/hunyuanvideo_repackaged/split_files/text_encoders/clip_l.safetensors",
+]
+TRAIN_1GPU = [
+    "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
+    "--num_processes", "1", "--num_machines", "1",
+    "-m", "musubi_tuner.fpack_train_network", "--config_file", "configs/v1/config.toml",
+]
+
+
+def test_cache_runs_latents_then_text_encoders_with_values_from_the_config(ready):
+    r = ready.make("cache", "CONFIG_FILE=configs/v1/config.toml")
+    assert r.returncode == 0, r.stderr
+    calls = ready.calls()
+    assert [c["prog"] for c in calls] == ["fpack_cache_latents", "fpack_cache_text_encoder_outputs"]
+    assert calls[0]["argv"] == CACHE_LATENTS
+    assert calls[1]["argv"] == CACHE_TE
+    assert all(c["cwd"] == str(ready.root) for c in calls)
+
+
+def test_cache_takes_fp8_llm_and_batch_settings_from_the_config(ready):
+    cfg = ready.read("configs/v1/config.toml").replace("fp8_llm = false", "fp8_llm = true")
+    cfg = cfg.replace("\n[workspace]\n", "\n[workspace]\ncache_batch_size = 4\ncache_num_workers = 3\n")
+    ready.write("configs/v1/config.toml", cfg)
+    assert ready.make("cache").returncode == 0
+    lat, te = ready.calls()
+    assert lat["argv"][-4:] == ["--batch_size", "4", "--num_workers", "3"]
+    assert "--fp8_llm" in te["argv"] and "--fp8_llm" not in lat["argv"]
+
+
+def test_train_launches_accelerate_with_the_config_file_and_secrets_only_in_the_environment(ready):
+    ready.write(".env", "HF_TOKEN=hf_" + "a" * 34 + "\nWANDB_API_KEY=" + "b" * 40 + "\n")
+    r = ready.make("train")
+    assert r.returncode == 0, r.stderr
+    [call] = ready.calls("accelerate")
+    assert call["argv"] == TRAIN_1GPU
+    assert call["env"]["HF_TOKEN"] == "hf_" + "a" * 34
+    assert call["env"]["WANDB_API_KEY"] == "b" * 40
+    assert "a" * 34 not in r.stdout + r.stderr
+
+
+def test_train_uses_every_visible_gpu(ready):
+    assert ready.make("train", env={"STANDIN_GPUS": "4"}).returncode == 0
+    argv = ready.calls("accelerate")[0]["argv"]
+    assert argv[argv.index("--num_processes") + 1] == "4" and "--multi_gpu" in argv
+
+
+def test_train_process_count_from_workspace_table(ready):
+    cfg = ready.read("configs/v1/config.toml").replace('num_processes = "auto"', "num_processes = 2")
+    ready.write("configs/v1/config.toml", cfg)
+    assert ready.make("train", env={"STANDIN_GPUS": "8"}).returncode == 0
+    argv = ready.calls("accelerate")[0]["argv"]
+    assert argv[argv.index("--num_processes") + 1] == "2" and "--multi_gpu" in argv
+
+
+def test_generate_uses_the_newest_lora_and_names_the_folder_after_it(ready):
+    out = ready.root / "outputs" / "v1"
+    out.mkdir(parents=True)
+    import os, time
+
+    for i, name in enumerate(["example-1f_v1-step00000100", "example-1f_v1-step00000200", "other_v9"]):
+        p = out / f"{name}.safetensors"
+        p.write_bytes(b"x")
+        os.utime(p, (time.time() + i, time.time() + i))
+    r = ready.make("generate", "MULTIPLIER=0.8")
+    assert r.returncode == 0, r.stderr
+    [call] = ready.calls("fpack_generate_video")
+    argv = call["argv"]
+    assert argv[argv.index("--lora_weight") + 1] == "outputs/v1/example-1f_v1-step00000200.safetensors"
+    assert argv[argv.index("--lora_multiplier") + 1] == "0.8"
+    assert argv[argv.index("--save_path") + 1] == "outputs/v1/generate/example-1f_v1-step00000200_x0.8"
+    assert argv[argv.index("--from_file") + 1] == "configs/v1/prompts.txt"
+    assert argv[argv.index("--attn_mode") + 1] == "sageattn"
+    assert "LORA not set: using outputs/v1/example-1f_v1-step00000200.safetensors (the newest of this version)" in r.stderr
+
+
+def test_generate_without_any_lora_says_what_to_do(ready):
+    r = ready.make("generate")
+    assert r.returncode == 2 and "Error 2" in r.stderr
+    assert "error: configs/v1/config.toml: no LoRA of `example-1f_v1` in outputs/v1 yet; train first (`make train`) or pass LORA=path/to/lora.safetensors" in r.stderr
+    assert ready.calls() == []
+
+
+@pytest.mark.parametrize("target", ["cache", "train"])
+def test_dry_run_prints_commands_and_runs_nothing_even_without_models(ws, target):
+    r = ws.make(target, "DRY_RUN=1")
+    assert r.returncode == 0, r.stderr
+    assert [c["prog"] for c in ws.calls()] in ([], ["nvidia-smi"])  # only asked how many GPUs there are
+    lines = r.stdout.strip().splitlines()
+    if target == "cache":
+        assert [shlex.split(l) for l in lines] == [["python", *CACHE_LATENTS], ["python", *CACHE_TE]]
+    else:
+        assert [shlex.split(l) for l in lines] == [["accelerate", *TRAIN_1GPU]]
+    assert "not found; run `make models` to download it (dry run: not needed now)" in r.stderr
+
+
+def test_dry_run_generate_with_explicit_lora(ws):
+    r = ws.make("generate", "DRY_RUN=1", "LORA=outputs/v1/x.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("python -m musubi_tuner.fpack_generate_video --dit ")
+    assert "--lora_weight outputs/v1/x.safetensors --lora_multiplier 1" in r.stdout
+    assert ws.calls() == []
+    assert len(r.stdout.splitlines()) == 1
+
+
+def test_without_models_the_real_run_stops_before_starting_and_names_make_models(ws):
+    r = ws.make("train")
+    assert r.returncode == 2 and "Error 3" in r.stderr
+    assert "error: configs/v1/config.toml:13: dit models/framepack/diffusion_pytorch_model-00001-of-00003.safetensors not found; run `make models` to download it" in r.stderr
+    assert ws.calls() == []
+
+
+def test_config_file_defaults_to_the_newest_version_and_says_so(ready):
+    assert ready.make("new").returncode == 0
+    r = ready.make("train", "DRY_RUN=1")
+    assert r.returncode == 0, r.stderr
+    assert "CONFIG_FILE not set: using configs/v2/config.toml (the newest version)" in r.stdout + r.stderr
+    assert "--config_file configs/v2/config.toml" in r.stdout
+
+
+def test_config_file_may_name_just_the_version(ready):
+    r = ready.make("train", "DRY_RUN=1", "CONFIG_FILE=v1")
+    assert r.returncode == 0 and "--config_file configs/v1/config.toml" in r.stdout
