@@ -6,6 +6,9 @@ look at. What it then does is set by environment variables, so a test can make i
   STANDIN_EXIT=<n>            exit with code n (default 0)
   STANDIN_EXIT_<PROG>=<n>     the same for one program (PROG upper-cased, e.g. ACCELERATE, RUNPODCTL)
   STANDIN_STDOUT=<text>       print this first
+Program-specific behaviour (writing cache files, printing training steps, hanging) lives in
+`_behave_<name>.py` beside this file: when it exists, its `behave(argv) -> int | None` runs after recording and
+its return value (if not None) is the exit code.
   STANDIN_GPUS=<n>            nvidia-smi: how many GPUs it lists (default 1), STANDIN_GPU_NAME, STANDIN_GPU_MEM_MIB
 """
 
@@ -65,5 +68,15 @@ def main(prog: str) -> int:
         nvidia_smi(argv)
     if os.environ.get("STANDIN_STDOUT"):
         print(os.environ["STANDIN_STDOUT"], flush=True)
+    behaviour = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"_behave_{name}.py")
+    if os.path.exists(behaviour):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(f"_behave_{name}", behaviour)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        result = module.behave(argv)
+        if result is not None:
+            return int(result)
     code = os.environ.get(f"STANDIN_EXIT_{name.upper()}", os.environ.get("STANDIN_EXIT", "0"))
     return int(code)
