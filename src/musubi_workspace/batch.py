@@ -97,7 +97,8 @@ def check_batch(ctx: "Context") -> str | None:
     n = cfg.settings.num_processes
     if isinstance(n, int):
         processes = n
-    elif not cfg.settings.accelerate_config and ctx.for_training():
+    elif not cfg.settings.accelerate_config and ctx.target == "check":
+        # "auto" is every visible GPU; only `make check` asks nvidia-smi (train asks it itself, after its check).
         from .gpus import visible_gpu_count
 
         processes = max(1, visible_gpu_count(ctx.env))

@@ -321,27 +321,35 @@ def match_controls(images: list[Path], candidates: list[Path]) -> dict[Path, lis
     return out
 
 
-def _jsonl_lines(ctx, d: Dataset, path: Path):
-    """(line number, object) of each JSONL line; blank and broken lines reported (musubi-tuner fails on them)."""
-    ws = ctx.cfg.ws
-    shown = ws.rel(path)
+def _jsonl_lines(ctx, d: Dataset, path: Path, problems: list) -> list[tuple[int, dict]]:
+    """(line number, object) of each JSONL line; blank and broken lines go to `problems` (musubi-tuner fails on
+    them)."""
+    shown = ctx.cfg.ws.rel(path)
     if not path.is_file():
         ctx.report.error(d.where, f"dataset {d.index}: {shown} not found; fix the path")
-        return
+        return []
+    out = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
-                ctx.report.error(f"{shown}:{n}", "empty line: musubi-tuner fails on it (JSONDecodeError); remove it")
+                problems.append((n, "empty line: musubi-tuner fails on it (JSONDecodeError); remove it"))
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.strip())
             except json.JSONDecodeError as e:
-                ctx.report.error(f"{shown}:{n}", f"not valid JSON ({e.msg} at column {e.colno}); fix the line")
+                problems.append((n, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"))
                 continue
             if not isinstance(obj, dict):
-                ctx.report.error(f"{shown}:{n}", "expected a JSON object {\"image_path\": ..., \"caption\": ...}")
+                problems.append((n, "expected a JSON object {\"image_path\": ..., \"caption\": ...}"))
                 continue
-            yield n, obj
+            out.append((n, obj))
+    return out
+
+
+def _report_lines(ctx, shown: str, problems: list[tuple[int, str]]) -> None:
+    """A JSONL file's problems in line order, the first few, then a count."""
+    problems.sort(key=lambda p: p[0])
+    ctx.report.listed(ERROR, [(f"{shown}:{n}", m) for n, m in problems], "{n} more problems in " + shown, shown)
 
 
 def control_keys(obj: dict) -> list[str]:
@@ -351,33 +359,31 @@ def control_keys(obj: dict) -> list[str]:
 
 
 def _image_jsonl(ctx, d: Dataset, path: Path, need: int) -> None:
-    ws, report = ctx.cfg.ws, ctx.report
+    ws = ctx.cfg.ws
     shown = ws.rel(path)
-    lines = list(_jsonl_lines(ctx, d, path))
+    problems: list[tuple[int, str]] = []
+    lines = _jsonl_lines(ctx, d, path, problems)
     d.has_controls = any(control_keys(obj) for _, obj in lines)
-    missing: list[tuple[str, str]] = []
     for n, obj in lines:
-        where = f"{shown}:{n}"
         target = obj.get("image_path")
         if not isinstance(target, str) or not target:
-            report.error(where, "no \"image_path\"; every line needs the target image")
+            problems.append((n, "no \"image_path\"; every line needs the target image"))
             continue
         if not isinstance(obj.get("caption"), str):
-            report.error(where, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one")
+            problems.append((n, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one"))
             continue
         keys = control_keys(obj)
         if d.has_controls and len(keys) < need:
-            report.error(where, f"{len(keys)} control image(s), {need} needed (len(fp_1f_clean_indices)); caching fails on it")
+            problems.append((n, f"{len(keys)} control image(s), {need} needed (len(fp_1f_clean_indices)); caching fails on it"))
         elif len(keys) > need:
-            report.warn(where, f"{len(keys)} control images, but fp_1f_clean_indices uses {need}: {', '.join(keys[need:])} ignored")
+            ctx.report.warn(f"{shown}:{n}", f"{len(keys)} control images, but fp_1f_clean_indices uses {need}: {', '.join(keys[need:])} ignored")
         paths = [(k, obj[k]) for k in ["image_path", *keys[:need]]]
         bad = [(k, v) for k, v in paths if not isinstance(v, str) or not ws.resolve(v).is_file()]
         for k, v in bad:
-            missing.append((where, f"{k} {v} not found; fix the path (relative to the workspace root)"))
-        if bad:
-            continue
-        d.items.append(Item(where, ws.resolve(target), [ws.resolve(v) for _, v in paths[1:]], obj["caption"].strip(), d.index))
-    report.listed(ERROR, missing, "{n} more missing files in " + shown, shown)
+            problems.append((n, f"{k} {v} not found; fix the path (relative to the workspace root)"))
+        if not bad:
+            d.items.append(Item(f"{shown}:{n}", ws.resolve(target), [ws.resolve(v) for _, v in paths[1:]], obj["caption"].strip(), d.index))
+    _report_lines(ctx, shown, problems)
 
 
 def _video_directory(ctx, d: Dataset, folder: Path, values: dict) -> None:
@@ -390,17 +396,18 @@ def _video_directory(ctx, d: Dataset, folder: Path, values: dict) -> None:
 def _video_jsonl(ctx, d: Dataset, path: Path) -> None:
     ws = ctx.cfg.ws
     shown = ws.rel(path)
-    for n, obj in _jsonl_lines(ctx, d, path):
-        where = f"{shown}:{n}"
+    problems: list[tuple[int, str]] = []
+    for n, obj in _jsonl_lines(ctx, d, path, problems):
         video = obj.get("video_path")
         if not isinstance(video, str) or not video:
-            ctx.report.error(where, "no \"video_path\"; every line needs one")
+            problems.append((n, "no \"video_path\"; every line needs one"))
         elif not isinstance(obj.get("caption"), str):
-            ctx.report.error(where, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one")
+            problems.append((n, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one"))
         elif not ws.resolve(video).exists():
-            ctx.report.error(where, f"video_path {video} not found; fix the path (relative to the workspace root)")
+            problems.append((n, f"video_path {video} not found; fix the path (relative to the workspace root)"))
         else:
-            d.items.append(Item(where, ws.resolve(video), [], obj["caption"].strip(), d.index))
+            d.items.append(Item(f"{shown}:{n}", ws.resolve(video), [], obj["caption"].strip(), d.index))
+    _report_lines(ctx, shown, problems)
 
 
 def _cache_directories(ctx, s: Scan) -> None:

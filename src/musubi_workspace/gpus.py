@@ -5,9 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-# nvidia-smi's answer per binary: `make train` asks once in its check and once to launch.
-_listed: dict[str, int] = {}
-
 
 def visible_gpu_count(env: dict[str, str]) -> int:
     """GPUs a process started with `env` will see: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`."""
@@ -17,11 +14,8 @@ def visible_gpu_count(env: dict[str, str]) -> int:
     smi = shutil.which("nvidia-smi", path=env.get("PATH"))
     if not smi:
         return 0
-    if smi in _listed:
-        return _listed[smi]
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, env=env).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0
-    _listed[smi] = sum(1 for line in out.splitlines() if line.startswith("GPU "))
-    return _listed[smi]
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
