@@ -130,3 +130,12 @@ def ready(ws) -> TmpWorkspace:
     """A workspace copy with the example dataset and (empty) model files in place."""
     ws.touch_models()
     return ws
+
+
+@pytest.fixture
+def cached(ready) -> TmpWorkspace:
+    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
+    r = ready.make("cache")
+    assert r.returncode == 0, r.stderr
+    ready.record.unlink()
+    return ready
