@@ -313,3 +313,28 @@ def test_stray_cache_files_in_the_cache_directory_are_deleted_like_musubi_tuner_
     r = cached.make("cache")
     assert r.returncode == 0 and cached.calls() == []
     assert not (cached.root / CACHE / "old_0100x0100_fp.safetensors").exists()
+
+
+def test_video_dataset_is_tracked_as_a_whole(ready):
+    clips = ready.root / "datasets/clips"
+    clips.mkdir(parents=True)
+    for name in ("walk", "turn"):
+        (clips / f"{name}.mp4").write_bytes(b"not really a video: " + name.encode())
+        (clips / f"{name}.txt").write_text(f"a person, {name}\n")
+    assert ready.make("new").returncode == 0
+    ds = '[general]\nresolution = [512, 512]\ncaption_extension = ".txt"\n\n[[datasets]]\nvideo_directory = "datasets/clips"\ncache_directory = "cache/v2/clips"\n'
+    ready.write("configs/v2/dataset.toml", ds)
+    ready.write("configs/v2/config.toml", ready.read("configs/v2/config.toml").replace("one_frame = true", "one_frame = false"))
+    r = ready.make("cache")
+    assert r.returncode == 0, r.stderr
+    assert "[cache] cache/v2/clips: 2 item(s): latents: the whole dataset to encode (new); text-encoder outputs: the whole dataset to encode (new)" in r.stderr
+    ready.record.unlink()
+    assert ready.make("cache").returncode == 0 and ready.calls() == []
+    (clips / "turn.txt").write_text("a person turning around\n")
+    r = ready.make("cache")
+    assert r.returncode == 0, r.stderr
+    assert progs(ready) == ["fpack_cache_text_encoder_outputs"]
+    assert "text-encoder outputs: the whole dataset to encode (changed; video datasets are tracked as a whole)" in r.stderr
+    assert "fpack_cache_text_encoder_outputs (stand-in): encoded 2: turn walk" in r.stdout
+    ready.record.unlink()
+    assert ready.make("cache").returncode == 0 and ready.calls() == []

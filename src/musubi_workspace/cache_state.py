@@ -198,7 +198,7 @@ class Side:
         elif not entry:
             reason = "new"
         elif entry.get("fp") != fp:
-            reason = "changed (video datasets are tracked as a whole)"
+            reason = "changed; video datasets are tracked as a whole"
         elif sorted(self.present) != sorted(entry.get("files", [])) or not self.present:
             reason = "cache files differ from the last run"
         else:

@@ -18,8 +18,11 @@ def behave(argv: list[str]) -> int | None:
     writer = Writer("fpack_cache_latents")
     produced, dirs, encoded = set(), set(), []
     for item in items(option(argv, "--dataset_config")):
-        w, h = image_size(item["path"])
-        path = os.path.join(item["cache_dir"], f"{stem(item['path'])}_{w:04d}x{h:04d}_fp.safetensors")
+        if item.get("video"):
+            path = os.path.join(item["cache_dir"], f"{stem(item['path'])}_00000-001-0000_0512x0512_fp.safetensors")
+        else:
+            w, h = image_size(item["path"])
+            path = os.path.join(item["cache_dir"], f"{stem(item['path'])}_{w:04d}x{h:04d}_fp.safetensors")
         produced.add(os.path.normpath(path))
         dirs.add(item["cache_dir"])
         if skip and os.path.exists(path):

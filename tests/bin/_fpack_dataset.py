@@ -16,6 +16,7 @@ import struct
 import tomllib
 
 IMAGE_EXTENSIONS = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP", ".avif", ".AVIF"]
+VIDEO_EXTENSIONS = [".mp4", ".webm", ".avi", ".mkv", ".mov"]
 
 
 def option(argv: list[str], name: str) -> str | None:
@@ -35,7 +36,9 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def items(dataset_config: str) -> list[dict]:
-    """Every image item of every dataset: cache dir, item path, caption (stdlib re-reading of the TOML)."""
+    """Every item of every dataset: cache dir, item path, caption, video or not (stdlib re-reading of the TOML).
+
+    Videos are not decoded: their latent file gets a fixed section and size (`_00000-001-0000_0512x0512`)."""
     with open(dataset_config, "rb") as f:
         cfg = tomllib.load(f)
     general = cfg.get("general", {})
@@ -48,13 +51,16 @@ def items(dataset_config: str) -> list[dict]:
                 for line in f:
                     data = json.loads(line)
                     out.append({"cache_dir": cache_dir, "path": data["image_path"], "caption": data["caption"]})
-        elif ds.get("image_directory"):
-            paths = sorted({p for e in IMAGE_EXTENSIONS for p in glob.glob(os.path.join(glob.escape(ds["image_directory"]), "*" + e))})
-            bases = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ds["image_directory"], "*" + ext))}
+        elif ds.get("image_directory") or ds.get("video_directory"):
+            video = bool(ds.get("video_directory"))
+            folder = ds.get("video_directory") or ds["image_directory"]
+            cache_dir = ds.get("cache_directory") or folder
+            paths = sorted({p for e in (VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS) for p in glob.glob(os.path.join(glob.escape(folder), "*" + e))})
+            bases = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(folder, "*" + ext))}
             for p in paths:
-                if os.path.splitext(os.path.basename(p))[0] in bases:
+                if video or os.path.splitext(os.path.basename(p))[0] in bases:
                     with open(os.path.splitext(p)[0] + ext, encoding="utf-8") as f:
-                        out.append({"cache_dir": cache_dir, "path": p, "caption": f.read().strip()})
+                        out.append({"cache_dir": cache_dir, "path": p, "caption": f.read().strip(), "video": video})
     return out
 
 
