@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from .checks import preflight
+from .combos import compile_env
 from .commands import cache_commands, generate_command, newest_lora, train_command
 from .config import Config, resolve_config_file
 from .environment import child_env
@@ -32,6 +33,7 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> No
     cfg = load_config(ws, config)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
     env = child_env(ws)
+    env.update(compile_env(cfg, env))
     cmd = train_command(cfg, visible_gpu_count(env))
     if dry_run:
         return runner.show([cmd])
