@@ -294,6 +294,7 @@ def finding_text(issue: KnownIssue, f: Facts) -> tuple[str, str]:
     its place when that is elsewhere), the reason and the fix."""
     names = [c.name for c in issue.when]
     where = next((f.where[n] for n in names if ":" in f.where.get(n, "")), "")
+    where = where or next((f.where[n] for n in names if n in f.where), "")
     parts = []
     for n in names:
         if n in f.shown:
