@@ -212,6 +212,18 @@ def test_without_nvidia_smi_there_is_no_memory_finding(ready):
     assert "run out of GPU memory" not in r.stdout
 
 
+def test_dry_run_asks_no_gpu_and_gives_no_memory_finding(ready):
+    edit(ready, CONFIG, blocks_to_swap=8)
+    r = ready.make("check", f"CONFIG_FILE={CONFIG}", "DRY_RUN=1", env=H100)
+    assert "GPU memory ✓" in r.stdout
+    assert ready.calls("nvidia-smi") == []
+
+
+def test_settings_easier_than_every_run_that_ran_out_ask_no_gpu(ready):
+    r, lines = check(ready, **H100)  # the shipped blocks_to_swap = 20: more swap than every run that ran out
+    assert memory_warnings(lines) == [] and ready.calls("nvidia-smi") == []
+
+
 # --- torch's compile cache: one folder per set of compile-relevant settings ------------------------------------
 
 def compile_dir(w, **env) -> str:

@@ -324,13 +324,12 @@ def weights_of(cfg: Config) -> str:
 
 
 def check_gpu_memory(ctx) -> None:
-    """Where nvidia-smi shows a GPU: warn when a run no easier than this one ran out of memory on a GPU as big."""
+    """Where nvidia-smi shows a GPU: warn when a run no easier than this one ran out of memory on a GPU as big.
+    nvidia-smi is asked only when such a run exists for some GPU size; never in a dry run (which needs no GPU)."""
     cfg = ctx.cfg
-    gpus = gpu_memory(child_env(cfg.ws))
-    found = datasets(cfg)
-    if not gpus or not found:
+    found = None if ctx.dry_run else datasets(cfg)
+    if not found:
         return
-    name, mib = min(gpus, key=lambda g: g[1])
     _, runs = load_known()
     ds = max(found, key=lambda d: d.batch_size * d.resolution[0] * d.resolution[1])
     pixels = ds.batch_size * ds.resolution[0] * ds.resolution[1]
@@ -339,12 +338,18 @@ def check_gpu_memory(ctx) -> None:
     swap = swap if isinstance(swap, int) and not isinstance(swap, bool) else 0
     checkpointing = cfg.get("gradient_checkpointing") is True
 
-    def no_easier(r: MemoryRun) -> bool:
-        """This config needs at least what run r needed, on a GPU no bigger."""
+    def no_easier(r: MemoryRun, mib: int) -> bool:
+        """This config needs at least what run r needed, on a GPU with mib MiB, no bigger than r's."""
         return (r.gpu_mib >= mib and pixels >= r.pixels and swap <= r.blocks_to_swap
                 and (r.weights == weights or r.weights == "fp8") and (r.gradient_checkpointing or not checkpointing))
 
-    oom = [r for r in runs if not r.fits and no_easier(r)]
+    if not any(not r.fits and no_easier(r, 0) for r in runs):
+        return
+    gpus = gpu_memory(child_env(cfg.ws))
+    if not gpus:
+        return
+    name, mib = min(gpus, key=lambda g: g[1])
+    oom = [r for r in runs if not r.fits and no_easier(r, mib)]
     if not oom:
         return
     worst = max(oom, key=lambda r: (r.blocks_to_swap, -r.pixels))

@@ -34,7 +34,7 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> No
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
     env = child_env(ws)
     env.update(compile_env(cfg, env))
-    cmd = train_command(cfg, visible_gpu_count(env))
+    cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])
     runner.run(ws, [cmd], env)
