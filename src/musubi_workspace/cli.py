@@ -60,10 +60,11 @@ def cmd_models(ws, a):
 
 
 def cmd_example(ws, a):
-    from .example import FOLDER, make_example_dataset
+    from .example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
 
-    written = make_example_dataset(ws)
-    print(f"{FOLDER}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+    for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
+        written = make(ws)
+        print(f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
 
 
 def cmd_schema(ws, a):
