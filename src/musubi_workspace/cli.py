@@ -66,6 +66,12 @@ def cmd_example(ws, a):
     print(f"{FOLDER}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
 
 
+def cmd_report(ws, a):
+    from .report import report
+
+    report(ws, a.versions)
+
+
 def cmd_schema(ws, a):
     from .schema import main as schema_main
 
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--b", default="")
     add("models", cmd_models, "download the model files a config names", config=True, dry_run=True)
     add("example", cmd_example, "write the example dataset (missing files only)")
+    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p
 
