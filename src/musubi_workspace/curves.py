@@ -132,7 +132,8 @@ def plot_loss(series: list[Series], path: Path) -> None:
         color = f"C{i % 10}"
         steps, values = s.loss
         ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-        ax.plot(steps, ema(values), color=color, linewidth=2, label=s.label)
+        flagged = ", ".join(f.split(":")[0] for f in s.flags)  # "diverged", "starts near 0.01", ...
+        ax.plot(steps, ema(values), color=color, linewidth=2, label=f"{s.label}  ⚠ {flagged}" if flagged else s.label)
         bad = [st for st, v in zip(steps, values) if not math.isfinite(v)]
         if bad:
             ax.axvline(bad[0], color=color, linestyle="--", linewidth=1)
@@ -144,7 +145,7 @@ def plot_loss(series: list[Series], path: Path) -> None:
     ax.set_ylabel(f"{LOSS_TAG} (log scale)")
     ax.set_title(f"Loss by step: faint = raw, bold = smoothed (EMA {EMA_WEIGHT})")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -167,7 +168,7 @@ def plot_lr(series: list[Series], path: Path) -> None:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(True, alpha=0.3)
     if ax.lines:
-        ax.legend(loc="upper right")
+        ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
