@@ -115,7 +115,8 @@ def test_report_overlays_versions_and_grids_samples_by_prompt(ws):
     assert 'alt="loss by step: v1, v2"' in page and 'alt="learning rate by step: v1, v2"' in page
     assert "<h1>Report: v1, v2</h1>" in page
     assert page.count('<h2 id="prompt-') == 2 and "Prompt 00" in page and "Prompt 01" in page
-    assert "The figure now wears the purple shirt" in page  # the prompt's text from prompts.txt
+    # the prompt's text from prompts.txt, once (v2's is the same)
+    assert page.count('<p class="prompt">The figure now wears the purple shirt from the reference image.</p>') == 1
     assert page.count("<th>start</th>") == 1 and page.count("<th>step 200</th>") == 2
     assert len(re.findall(r'alt="v2 prompt 01 step 200', page)) == 0
     red, _, blue = decoded(next(i for i in imgs if 'alt="v2 prompt 00 step 100"' in i)).getpixel((5, 5))
@@ -209,7 +210,7 @@ def test_an_unreadable_video_is_a_note_not_a_failure(ws):
     r = ws.make("report")
     assert r.returncode == 0, r.stderr
     page = html_of(ws)
-    assert re.search(r'<div class="note">video not shown: (cannot read example-1f_v1_000100_00_20250611100000\.mp4|reading \.mp4 needs PyAV)', page)
+    assert re.search(r'<div class="note">video not shown: (cannot read example-1f_v1_000100_00_20250611100000\.mp4 \(\w+\)|reading \.mp4 needs PyAV)</div>', page)
     assert len(images(page)) == 1
 
 
@@ -252,3 +253,18 @@ def test_a_second_report_drops_the_grids_of_prompts_that_are_gone(ws):
     old.unlink()
     assert ws.make("report").returncode == 0
     assert not (ws.root / "runs/report/samples_01.png").exists()
+
+
+def test_without_pyav_a_video_cell_says_how_to_get_it(ws, tmp_path):
+    blocker = tmp_path / "no-pyav" / "av"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("PyAV is not installed")\n')  # a base-only install
+    video = ws.root / "outputs/v1/sample/example-1f_v1_000100_00_20250611100000.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    r = ws.make("report", env={"PYTHONPATH": str(blocker.parent)})
+    assert r.returncode == 0, r.stderr
+    assert (
+        '<div class="note">video not shown: reading .mp4 needs PyAV (comes with the train extra; or `uv pip install av`)</div>'
+        in html_of(ws)
+    )

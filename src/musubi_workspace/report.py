@@ -246,9 +246,11 @@ def render_html(ws: Workspace, data: list[VersionData], grids: dict, out: Path) 
         parts.append("<p>No samples in any version's output_dir/sample.</p>")
     for prompt, (rows, cells) in grids.items():
         parts.append(f'<h2 id="prompt-{prompt:02d}">Prompt {prompt:02d}</h2>')
-        for d in data:
-            if prompt < len(d.prompts):
-                parts.append(f'<p class="prompt"><b>{e(d.version)}</b>: {e(d.prompts[prompt])}</p>')
+        texts = {d.version: d.prompts[prompt] for d in data if prompt < len(d.prompts)}
+        if len(set(texts.values())) == 1:  # the same prompt in every version: once
+            parts.append(f'<p class="prompt">{e(next(iter(texts.values())))}</p>')
+        else:
+            parts += [f'<p class="prompt"><b>{e(v)}</b>: {e(t)}</p>' for v, t in texts.items()]
         parts.append("<table><tr><th></th>" + "".join(f"<th>{e(d.version)}</th>" for d in data) + "</tr>")
         for row in rows:
             label = samples.row_label(row)

@@ -71,7 +71,7 @@ def frames(sample: Sample) -> list[Image.Image] | str:
             with Image.open(sample.path) as img:
                 return [thumbnail(img)]
         except OSError as e:
-            return f"image not shown: cannot read {sample.path.name} ({e})"
+            return f"image not shown: cannot read {sample.path.name} ({e.__class__.__name__})"
     try:
         import av
     except ImportError:
@@ -90,7 +90,7 @@ def frames(sample: Sample) -> list[Image.Image] | str:
             if last is not None and 2 not in picked:  # the container's frame count was off: take the true last frame
                 picked[2] = thumbnail(last.to_image())
     except (av.error.FFmpegError, IndexError, ValueError) as e:
-        return f"video not shown: cannot read {sample.path.name} ({e.__class__.__name__}: {e})"
+        return f"video not shown: cannot read {sample.path.name} ({e.__class__.__name__})"
     if not picked:
         return f"video not shown: {sample.path.name} has no frames"
     return [picked[k] for k in sorted(picked)]
