@@ -34,6 +34,10 @@ VERSIONS ?=
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
 PYTEST_ARGS ?=
+# `make lock`: move the musubi-tuner pin to this full commit first; empty = keep the pin
+MUSUBI_REV ?=
+# `make lock`: a local clone of musubi-tuner to lock from instead of GitHub; empty = GitHub
+MUSUBI_SNAPSHOT ?=
 
 ifneq ($(UV_CACHE_DIR),)
 export UV_CACHE_DIR
@@ -106,6 +110,10 @@ test: .venv/.stamp-base ## Run the test suite (no GPU, no musubi-tuner needed)  
 .PHONY: test-musubi
 test-musubi: .venv/.stamp-train ## Run the tests against the real musubi-tuner (needs the train extra)
 	.venv/bin/python -m pytest tests/musubi -ra
+
+.PHONY: lock
+lock: .venv/.stamp-base ## Re-lock uv.lock, e.g. after moving the musubi-tuner pin  [MUSUBI_REV MUSUBI_SNAPSHOT]
+	@$(WS) lock --rev "$(MUSUBI_REV)" --snapshot "$(MUSUBI_SNAPSHOT)"
 
 .PHONY: schema
 schema: .venv/.stamp-train ## Regenerate the committed musubi-tuner option schema from the pinned parsers

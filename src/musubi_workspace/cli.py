@@ -78,6 +78,12 @@ def cmd_schema(ws, a):
     schema_main(["--out", a.out] if a.out else [])
 
 
+def cmd_lock(ws, a):
+    from .lock import relock
+
+    relock(ws.root, snapshot=a.snapshot or None, rev=a.rev or None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ws", description="musubi-workspace: the tool behind `make` (see `make help`).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--b", default="")
     add("models", cmd_models, "download the model files a config names", config=True, dry_run=True)
     add("example", cmd_example, "write the example dataset (missing files only)")
+    lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
+    lk.add_argument("--rev", default="")
+    lk.add_argument("--snapshot", default="")
     add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p

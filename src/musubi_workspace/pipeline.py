@@ -32,7 +32,7 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> No
     cfg = load_config(ws, config)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
     env = child_env(ws)
-    cmd = train_command(cfg, visible_gpu_count(env))
+    cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])
     runner.run(ws, [cmd], env)
