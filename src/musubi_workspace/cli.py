@@ -67,6 +67,12 @@ def cmd_example(ws, a):
         print(f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
 
 
+def cmd_report(ws, a):
+    from .report import report
+
+    report(ws, a.versions)
+
+
 def cmd_schema(ws, a):
     from .schema import main as schema_main
 
@@ -109,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
     lk.add_argument("--rev", default="")
     lk.add_argument("--snapshot", default="")
+    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p
 
