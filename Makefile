@@ -28,6 +28,8 @@ B ?=
 LORA ?=
 # LoRA multiplier for `make generate`; empty = 1.0
 MULTIPLIER ?=
+# versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
+VERSIONS ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
@@ -84,6 +86,10 @@ train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_
 .PHONY: generate
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
 	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
+
+.PHONY: report
+report: .venv/.stamp-base ## Versions side by side, offline: loss, flags, sample grids (runs/report/)  [VERSIONS]
+	@$(WS) report --versions "$(VERSIONS)"
 
 ##@ Pod and models
 

@@ -60,10 +60,17 @@ def cmd_models(ws, a):
 
 
 def cmd_example(ws, a):
-    from .example import FOLDER, make_example_dataset
+    from .example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
 
-    written = make_example_dataset(ws)
-    print(f"{FOLDER}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+    for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
+        written = make(ws)
+        print(f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+
+
+def cmd_report(ws, a):
+    from .report import report
+
+    report(ws, a.versions)
 
 
 def cmd_schema(ws, a):
@@ -108,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
     lk.add_argument("--rev", default="")
     lk.add_argument("--snapshot", default="")
+    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p
 

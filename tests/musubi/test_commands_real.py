@@ -13,7 +13,7 @@ import pytest
 
 from musubi_workspace.commands import cache_commands, generate_command, train_command
 from musubi_workspace.config import Config
-from musubi_workspace.example import make_example_dataset
+from musubi_workspace.example import make_example_dataset, make_video_example
 from musubi_workspace.paths import Workspace
 from musubi_workspace.schema import build_parsers
 
@@ -34,6 +34,7 @@ def workspace(tmp_path, monkeypatch) -> Workspace:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     ws = Workspace(tmp_path)
     make_example_dataset(ws)
+    make_video_example(ws)
     monkeypatch.chdir(tmp_path)
     return ws
 
