@@ -7,6 +7,7 @@ import sys
 
 from . import cache_state
 from .checks import preflight
+from .combos import compile_env
 from .commands import generate_command, newest_lora, train_command
 from .config import Config, resolve_config_file
 from .environment import child_env
@@ -41,6 +42,7 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> No
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
     cache_state.require_fresh(cfg, dry_run)
     env = child_env(ws)
+    env.update(compile_env(cfg, env))
     cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-pytest.importorskip("musubi_tuner", reason="needs the real musubi-tuner (make test-musubi)")
-pytestmark = pytest.mark.musubi
-
-from PIL import Image  # noqa: E402
-
-from musubi_tuner import cache_text_encoder_outputs as te_loop  # noqa: E402
-from musubi_tuner import fpack_cache_latents  # noqa: E402
-from musubi_tuner.dataset import config_utils  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from test_cache_state import _directory_dataset  # noqa: E402
+from test_cache_state import _directory_dataset
 
 
-def musubi_datasets(root: Path, dataset_toml: str):
-    assert Path.cwd() == root  # musubi-tuner runs in the workspace root: dataset paths are relative to it
+@pytest.fixture
+def loops(musubi, ready, monkeypatch):
+    """musubi-tuner's modules; the process in the workspace root, where musubi-tuner runs."""
+    monkeypatch.chdir(ready.root)
+    return musubi
+
+
+def musubi_datasets(musubi, dataset_toml: str):
+    config_utils = musubi["dataset.config_utils"]
     gen = config_utils.BlueprintGenerator(config_utils.ConfigSanitizer())
     user = config_utils.load_user_config(dataset_toml)
     args = argparse.Namespace(debug_dataset=False, batch_size=None, num_workers=1)
@@ -38,7 +35,7 @@ def musubi_datasets(root: Path, dataset_toml: str):
     return config_utils.generate_dataset_group_by_blueprint(blueprint.dataset_group).datasets
 
 
-def encode_latents(root, dataset_toml, skip_existing, keep_cache=False) -> list[str]:
+def encode_latents(musubi, dataset_toml, skip_existing, keep_cache=False) -> list[str]:
     encoded = []
 
     def encode(batch):
@@ -47,11 +44,11 @@ def encode_latents(root, dataset_toml, skip_existing, keep_cache=False) -> list[
             encoded.append(os.path.basename(item.latent_cache_path))
 
     args = argparse.Namespace(num_workers=1, skip_existing=skip_existing, keep_cache=keep_cache, batch_size=None)
-    fpack_cache_latents.encode_datasets_framepack(musubi_datasets(root, dataset_toml), encode, args)
+    musubi["fpack_cache_latents"].encode_datasets_framepack(musubi_datasets(musubi, dataset_toml), encode, args)
     return sorted(encoded)
 
 
-def encode_te(root, dataset_toml, skip_existing, keep_cache=False) -> list[str]:
+def encode_te(musubi, dataset_toml, skip_existing, keep_cache=False) -> list[str]:
     encoded = []
 
     def encode(batch):
@@ -59,7 +56,8 @@ def encode_te(root, dataset_toml, skip_existing, keep_cache=False) -> list[str]:
             Path(item.text_encoder_output_cache_path).write_bytes(b"te")
             encoded.append(os.path.basename(item.text_encoder_output_cache_path))
 
-    datasets = musubi_datasets(root, dataset_toml)
+    te_loop = musubi["cache_text_encoder_outputs"]
+    datasets = musubi_datasets(musubi, dataset_toml)
     files, paths = te_loop.prepare_cache_files_and_paths(datasets)
     te_loop.process_text_encoder_batches(1, skip_existing, None, datasets, files, paths, encode)
     te_loop.post_process_cache_files(datasets, files, paths, keep_cache)
@@ -77,42 +75,40 @@ def planned(root: Path, version: str) -> tuple[set, set]:
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_the_workspace_predicts_the_file_names_musubi_tuner_writes(ready, version, monkeypatch):
-    monkeypatch.chdir(ready.root)
+def test_the_workspace_predicts_the_file_names_musubi_tuner_writes(loops, ready, version):
     if version == "v2":
         _directory_dataset(ready)
     cache = ready.root / ("cache/v1/example-1f" if version == "v1" else "cache/v2/dir")
     cache.mkdir(parents=True)
     toml = f"configs/{version}/dataset.toml"
-    latents, te = encode_latents(ready.root, toml, False), encode_te(ready.root, toml, False)
+    latents, te = encode_latents(loops, toml, False), encode_te(loops, toml, False)
     assert (set(latents), set(te)) == planned(ready.root, version)
 
 
-def test_skip_existing_and_deletion_of_unproduced_files(ready, monkeypatch):
-    monkeypatch.chdir(ready.root)
+def test_skip_existing_and_deletion_of_unproduced_files(loops, ready):
     cache = ready.root / "cache/v1/example-1f"
     cache.mkdir(parents=True)
     toml = "configs/v1/dataset.toml"
-    assert len(encode_latents(ready.root, toml, False)) == 4 and len(encode_te(ready.root, toml, False)) == 4
+    assert len(encode_latents(loops, toml, False)) == 4 and len(encode_te(loops, toml, False)) == 4
     # Same-size image edit: the name does not change, so --skip_existing keeps the stale file...
     img = ready.root / "datasets/example-1f/target/item02.png"
     Image.new("RGB", Image.open(img).size, (0, 0, 0)).save(img)
-    assert encode_latents(ready.root, toml, True) == []
+    assert encode_latents(loops, toml, True) == []
     # ...until it is deleted: then exactly that item is encoded again.
     (cache / "item02_0512x0768_fp.safetensors").unlink()
     (cache / "item03_fp_te.safetensors").unlink()
-    assert encode_latents(ready.root, toml, True) == ["item02_0512x0768_fp.safetensors"]
-    assert encode_te(ready.root, toml, True) == ["item03_fp_te.safetensors"]
+    assert encode_latents(loops, toml, True) == ["item02_0512x0768_fp.safetensors"]
+    assert encode_te(loops, toml, True) == ["item03_fp_te.safetensors"]
     # Files no item produces are deleted after encoding (also when nothing was encoded), unless --keep_cache.
     for name in ("gone_0512x0768_fp.safetensors", "gone_fp_te.safetensors"):
         (cache / name).write_bytes(b"x")
-    encode_latents(ready.root, toml, True, keep_cache=True)
-    encode_te(ready.root, toml, True, keep_cache=True)
+    encode_latents(loops, toml, True, keep_cache=True)
+    encode_te(loops, toml, True, keep_cache=True)
     assert (cache / "gone_0512x0768_fp.safetensors").exists() and (cache / "gone_fp_te.safetensors").exists()
-    assert encode_latents(ready.root, toml, True) == [] and encode_te(ready.root, toml, True) == []
+    assert encode_latents(loops, toml, True) == [] and encode_te(loops, toml, True) == []
     assert not (cache / "gone_0512x0768_fp.safetensors").exists() and not (cache / "gone_fp_te.safetensors").exists()
     # The manifest is not a cache file: musubi-tuner leaves it alone.
     (cache / "ws_cache_manifest.json").write_text("{}")
-    encode_latents(ready.root, toml, True)
-    encode_te(ready.root, toml, True)
+    encode_latents(loops, toml, True)
+    encode_te(loops, toml, True)
     assert (cache / "ws_cache_manifest.json").exists()
