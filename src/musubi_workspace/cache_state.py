@@ -548,6 +548,7 @@ class CachePlan:
     cfg: Config
     datasets: list[DatasetState]
     force: bool
+    incomplete: int = 0  # expected files a finished script did not leave in place
 
     def needs(self, side: str) -> bool:
         return any(d.sides[side].todo for d in self.datasets)
@@ -634,16 +635,27 @@ class CachePlan:
             present = d.scan()[0 if side == LATENTS else 1]
             s.record(present)
             d.write_manifest()
-            for n in [] if s.video else [n for n in s.expected if n not in present]:
-                print(f"[cache] warning: musubi-tuner left no {Path(d.shown) / n}; the next `make cache` tries again", file=out or sys.stderr)
+            if s.video:
+                lacking = [] if present else [f"any {SIDE_NAMES[side]} file in {d.shown}"]
+            else:
+                lacking = [str(Path(d.shown) / n) for n in s.expected if n not in present]
+            for what in lacking:
+                print(f"[cache] warning: musubi-tuner left no {what}; the next `make cache` tries again", file=out or sys.stderr)
+            self.incomplete += len(lacking)
 
     def finish(self, out=None) -> None:
         """The last line of `make cache`; with nothing to run, keep fresh hashes for the next check."""
+        out = out or sys.stderr
         if self.up_to_date:
             for d in self.datasets:
                 if d.hasher.changed and d.manifest_path.exists():
                     d.write_manifest()
-        print(f"[cache] {self.cfg.name}: up to date" + (", nothing to run" if self.up_to_date else ""), file=out or sys.stderr)
+            print(f"[cache] {self.cfg.name}: up to date, nothing to run", file=out)
+        elif self.incomplete:
+            print(f"[cache] {self.cfg.name}: finished, but {self.incomplete} cache file(s) are missing (warnings above)", file=out)
+        else:
+            print(f"[cache] {self.cfg.name}: up to date", file=out)
+
 
 def plan(cfg: Config, force: bool = False) -> CachePlan:
     """Compare every dataset of the version's dataset.toml with its manifest. Reads; writes nothing."""

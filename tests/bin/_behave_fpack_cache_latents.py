@@ -27,8 +27,10 @@ def behave(argv: list[str]) -> int | None:
         dirs.add(item["cache_dir"])
         if skip and os.path.exists(path):
             continue
-        with open(item["path"], "rb") as f:
-            sha = hashlib.sha256(f.read()).hexdigest()
+        sha = None
+        if os.path.isfile(item["path"]):
+            with open(item["path"], "rb") as f:
+                sha = hashlib.sha256(f.read()).hexdigest()
         writer.write(path, {"image": item["path"], "sha256": sha, "argv": argv})
         encoded.append(stem(item["path"]))
     print(f"fpack_cache_latents (stand-in): encoded {len(encoded)}: {' '.join(encoded)}", flush=True)

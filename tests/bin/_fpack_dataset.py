@@ -46,7 +46,12 @@ def items(dataset_config: str) -> list[dict]:
     for ds in cfg.get("datasets", []):
         cache_dir = ds.get("cache_directory") or ds.get("image_directory")
         ext = ds.get("caption_extension", general.get("caption_extension"))
-        if ds.get("image_jsonl_file"):
+        if ds.get("video_jsonl_file"):
+            with open(ds["video_jsonl_file"], encoding="utf-8") as f:
+                for line in f:
+                    data = json.loads(line)
+                    out.append({"cache_dir": cache_dir, "path": data["video_path"], "caption": data["caption"], "video": True})
+        elif ds.get("image_jsonl_file"):
             with open(ds["image_jsonl_file"], encoding="utf-8") as f:
                 for line in f:
                     data = json.loads(line)
