@@ -19,6 +19,8 @@ CONFIG_FILE ?=
 DRY_RUN ?= 0
 # 1 = `make check` (and the check before cache/train/generate) treats warnings as errors
 STRICT ?= 0
+# 1 = `make cache` re-encodes everything; 0 = only what changed since the last finished `make cache`
+FORCE ?= 0
 # version to copy with `make new`; empty = the newest
 FROM ?=
 # versions to compare with `make diff`; both empty = the newest two
@@ -28,10 +30,16 @@ B ?=
 LORA ?=
 # LoRA multiplier for `make generate`; empty = 1.0
 MULTIPLIER ?=
+# versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
+VERSIONS ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
 PYTEST_ARGS ?=
+# `make lock`: move the musubi-tuner pin to this full commit first; empty = keep the pin
+MUSUBI_REV ?=
+# `make lock`: a local clone of musubi-tuner to lock from instead of GitHub; empty = GitHub
+MUSUBI_SNAPSHOT ?=
 
 ifneq ($(UV_CACHE_DIR),)
 export UV_CACHE_DIR
@@ -70,8 +78,8 @@ check: .venv/.stamp-base ## Find mistakes that would waste a GPU run  [CONFIG_FI
 	@$(WS) check $(CFG)
 
 .PHONY: cache
-cache: $(GPU_STACK) ## Cache latents and text-encoder outputs  [CONFIG_FILE DRY_RUN]
-	@$(WS) cache $(CFG)
+cache: $(GPU_STACK) ## Cache latents and text-encoder outputs; redoes only what changed  [CONFIG_FILE DRY_RUN FORCE]
+	@$(WS) cache $(CFG) --force "$(FORCE)"
 
 .PHONY: train
 train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN]
@@ -80,6 +88,10 @@ train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_
 .PHONY: generate
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
 	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
+
+.PHONY: report
+report: .venv/.stamp-base ## Versions side by side, offline: loss, flags, sample grids (runs/report/)  [VERSIONS]
+	@$(WS) report --versions "$(VERSIONS)"
 
 ##@ Pod and models
 
@@ -100,6 +112,10 @@ test: .venv/.stamp-base ## Run the test suite (no GPU, no musubi-tuner needed)  
 .PHONY: test-musubi
 test-musubi: .venv/.stamp-train ## Run the tests against the real musubi-tuner (needs the train extra)
 	.venv/bin/python -m pytest tests/musubi -ra
+
+.PHONY: lock
+lock: .venv/.stamp-base ## Re-lock uv.lock, e.g. after moving the musubi-tuner pin  [MUSUBI_REV MUSUBI_SNAPSHOT]
+	@$(WS) lock --rev "$(MUSUBI_REV)" --snapshot "$(MUSUBI_SNAPSHOT)"
 
 .PHONY: schema
 schema: .venv/.stamp-train ## Regenerate the committed musubi-tuner option schema from the pinned parsers

@@ -44,8 +44,15 @@ def test_clean_example_passes_with_no_finding(ready):
     r = ready.make("check")
     assert r.returncode == 0, r.stdout + r.stderr
     assert findings(r) == []
-    assert r.stdout.splitlines()[0] == "[1/10] config keys ✓"
+    assert r.stdout.splitlines()[0] == "[1/12] config keys ✓"
     assert r.stdout.splitlines()[-1] == "check configs/v1/config.toml: OK: 0 error(s), 0 warning(s)"
+
+
+def test_clean_video_example_passes_with_no_finding(ready):
+    r = ready.make("check", "CONFIG_FILE=configs/example-video/config.toml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert findings(r) == []
+    assert "[8/12] version coherence ⊘ configs/example-video/config.toml is not in configs/vN" in r.stdout
 
 
 def test_second_run_reads_the_image_facts_from_the_cache(ready):
@@ -88,10 +95,10 @@ def test_values_must_have_the_option_type_and_choices(ready, old, new, message):
 
 def test_options_training_cannot_do_without(ready):
     edit(ready, CFG, 'output_name = "example-1f_v1"', "")
-    edit(ready, CFG, "sdpa = true", "sdpa = false")
+    edit(ready, CFG, 'network_module = "networks.lora_framepack"', 'network_module = "networks.lora"')
     assert findings(ready.make("check")) == [
         "error: configs/v1/config.toml: `output_name` is not set; training crashes at the final save without it, after the whole run: add `output_name = ...` (see configs/v1)",
-        "error: configs/v1/config.toml: no attention is chosen; training stops at once: add `sdpa = true`",
+        f"error: {at(ready, CFG, 'network_module')}: network_module = 'networks.lora' does not target FramePack's blocks; use \"networks.lora_framepack\"",
     ]
 
 
@@ -163,7 +170,7 @@ def test_directory_dataset_images_without_caption_and_controls(ready):
         'caption_extension = ".txt"', 'cache_directory = "cache/v1/dir"', "fp_1f_clean_indices = [0]", "fp_1f_target_index = 1", ""]))
     r = ready.make("check")
     assert [f for f in findings(r) if "datasets/dir" in f] == [
-        "error: datasets/dir/img/b.png: no caption file b.txt: musubi-tuner drops the image silently; write one or remove the image",
+        "warning: datasets/dir/img/b.png: no caption file b.txt: musubi-tuner skips the image without a word; write one or remove the image",
         "error: datasets/dir/img/c.png: 0 control image(s) in datasets/dir/ctl, 1 needed (named c.png or c_0.png, c_1.png ...); caching fails on it",
     ]
 
@@ -375,13 +382,6 @@ def test_several_gpus_and_accumulation_show_the_effective_batch(ready):
     assert ready.make("check", "STRICT=1", env={"STANDIN_GPUS": "4"}).returncode == 0
 
 
-def test_batch_above_one_with_sdpa_needs_split_attn(ready):
-    edit(ready, CFG, "split_attn = true", "split_attn = false")
-    assert findings(ready.make("check")) == [
-        f"error: {at(ready, CFG, 'sdpa')}: batch_size 16 with sdpa needs `split_attn = true`: the first step fails otherwise (flash_attn handles batches without it)"
-    ]
-
-
 # Preflight ------------------------------------------------------------------------------------------------------
 
 def test_cache_runs_the_checks_first_and_stops_on_errors(ready):
@@ -395,4 +395,4 @@ def test_cache_runs_the_checks_first_and_stops_on_errors(ready):
 def test_cache_does_not_need_the_training_credentials(ready):
     r = ready.make("cache", env={"WANDB_MODE": ""})
     assert r.returncode == 0, r.stderr
-    assert "[9/10] credentials ✓" in r.stderr and "[8/10] disk space ⊘ only needed for training, not for make cache" in r.stderr
+    assert "[11/12] credentials ✓" in r.stderr and "[9/12] disk space ⊘ only needed for training, not for make cache" in r.stderr

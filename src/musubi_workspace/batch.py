@@ -1,4 +1,4 @@
-"""Check 8: batch size, learning rate and what the batch size asks of attention.
+"""Check 8: batch size and learning rate (what the batch size asks of attention is combos.py's).
 
 A batch size changed against the previous version with the learning rate left alone changes the training (the
 usual rule for Adam-type optimisers scales the rate with the square root of the batch); several GPUs or gradient
@@ -75,11 +75,6 @@ def check_batch(ctx: "Context") -> str | None:
     batch_where = f"{s.shown}:{line}" if line else s.shown
     largest = max([d.batch_size for d in s.datasets] or [batch])
 
-    attention = next((a for a in ("sdpa", "xformers", "flash3") if cfg.get(a) is True), None)
-    if largest > 1 and attention and cfg.get("split_attn") is not True:
-        report.error(cfg.where(attention), f"batch_size {largest} with {attention} needs `split_attn = true`: "
-                     "the first step fails otherwise (flash_attn handles batches without it)")
-
     lr = _lr(cfg.options)
     grad = _grad_accum(cfg.options)
     prev = previous_version(ctx)
@@ -97,8 +92,9 @@ def check_batch(ctx: "Context") -> str | None:
     n = cfg.settings.num_processes
     if isinstance(n, int):
         processes = n
-    elif not cfg.settings.accelerate_config and ctx.target == "check":
-        # "auto" is every visible GPU; only `make check` asks nvidia-smi (train asks it itself, after its check).
+    elif not cfg.settings.accelerate_config and ctx.target == "check" and not ctx.dry_run:
+        # "auto" is every visible GPU (`nvidia-smi -L`); only `make check` asks, never a dry run (train asks itself,
+        # after its check).
         from .gpus import visible_gpu_count
 
         processes = max(1, visible_gpu_count(ctx.env))

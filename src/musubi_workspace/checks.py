@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .batch import check_batch
+from .combos import check_combinations, check_gpu_memory
 from .config import Config
 from .dataset_scan import check_content, check_dataset
 from .errors import EXIT_CHECK, WorkspaceError
@@ -147,6 +148,7 @@ def check_versions(ctx: Context) -> str | None:
 
 CHECKS: list[tuple[str, Callable[[Context], str | None]]] = [
     ("config keys", check_options),
+    ("option combinations", check_combinations),
     ("model files", check_models),
     ("files and output_dir", check_files),
     ("dataset.toml", check_dataset),
@@ -154,6 +156,7 @@ CHECKS: list[tuple[str, Callable[[Context], str | None]]] = [
     ("sample prompts", check_prompts),
     ("version coherence", check_versions),
     ("disk space", check_disk),
+    ("GPU memory", check_gpu_memory),
     ("credentials", check_credentials),
     ("batch size and learning rate", check_batch),
 ]

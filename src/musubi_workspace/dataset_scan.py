@@ -274,9 +274,11 @@ def _captions(ctx, d: Dataset, media: list[Path], values: dict, noun: str, drops
         if cap.is_file():
             found.append((m, _read_caption(cap)))
         else:
-            consequence = "musubi-tuner drops the image silently" if drops else "caching fails on it"
+            consequence = "musubi-tuner skips the image without a word" if drops else "caching fails on it"
             missing.append((ws.rel(m), f"no caption file {cap.name}: {consequence}; write one or remove the {noun}"))
-    ctx.report.listed(ERROR, missing, f"{{n}} more {noun}s without a caption file", ws.rel(media[0].parent) if media else d.where)
+    # A skipped image is a smaller dataset (a warning; none left is an error below); a video without one crashes.
+    severity = WARNING if drops else ERROR
+    ctx.report.listed(severity, missing, f"{{n}} more {noun}s without a caption file", ws.rel(media[0].parent) if media else d.where)
     return found
 
 

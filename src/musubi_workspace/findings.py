@@ -46,6 +46,7 @@ class Report:
     def listed(self, severity: str, items: list[tuple[str, str]], rest: str, where: str) -> None:
         """One finding per (where, message) up to LISTED, then one line `rest` (formatted with the count)."""
         add = self.error if severity == ERROR else self.warn
+        items = list(dict.fromkeys(items))
         for w, m in items[:LISTED]:
             add(w, m)
         if len(items) > LISTED:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from .paths import Workspace
 
 TRAIN = "fpack_train_network"
-ATTENTION = ("sdpa", "flash_attn", "xformers", "flash3")
 # Options training cannot run without (musubi-tuner checks them only when it gets there, some at the very end).
 REQUIRED = {
     "dataset_config": "training stops at once without it",
@@ -124,11 +123,12 @@ def check_options(ctx: "Context") -> None:
         problem = type_problem(value, spec)
         if problem:
             report.error(where, f"`{key}` {problem}")
-    check_combinations(ctx)
+    check_required(ctx)
 
 
-def check_combinations(ctx: "Context") -> None:
-    """Settings musubi-tuner accepts at start and fails on later (at the first step, save or sample)."""
+def check_required(ctx: "Context") -> None:
+    """Settings musubi-tuner accepts at start and fails on later (at the first save or log). Attention, fp8 and
+    block-swap combinations are combos.py's (data/known_issues.toml)."""
     cfg, report = ctx.cfg, ctx.report
     opt = cfg.options
     for key, why in REQUIRED.items():
@@ -138,12 +138,6 @@ def check_combinations(ctx: "Context") -> None:
     if isinstance(module, str) and module and module != "networks.lora_framepack":
         report.error(cfg.where("network_module"),
                      f"network_module = {module!r} does not target FramePack's blocks; use \"networks.lora_framepack\"")
-    if opt.get("sage_attn") is True:
-        report.error(cfg.where("sage_attn"), "sage_attn cannot train (no backward pass); use sdpa = true (or flash_attn)")
-    if not any(opt.get(a) is True for a in ATTENTION):
-        report.error(cfg.shown, "no attention is chosen; training stops at once: add `sdpa = true`")
-    if opt.get("fp8_scaled") is True and opt.get("fp8_base") is not True:
-        report.error(cfg.where("fp8_scaled"), "fp8_scaled needs fp8_base = true as well")
     if opt.get("log_with") in ("tensorboard", "all") and not opt.get("logging_dir"):
         report.error(cfg.where("log_with"), f"log_with = {opt['log_with']!r} needs logging_dir; add `logging_dir = \"outputs/...\"`")
     if opt.get("vae_dtype") not in (None, "float16"):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 
+from . import cache_state
 from .checks import preflight
-from .commands import cache_commands, generate_command, newest_lora, train_command
+from .combos import compile_env
+from .commands import generate_command, newest_lora, train_command
 from .config import Config, resolve_config_file
 from .environment import child_env
 from .errors import WorkspaceError
@@ -19,20 +21,29 @@ def load_config(ws: Workspace, value: str) -> Config:
     return Config.load(ws, resolve_config_file(ws, value))
 
 
-def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> None:
+def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force: bool = False) -> None:
+    """Only the scripts with stale or missing files run; each one's manifest entries are written after it."""
     cfg = load_config(ws, config)
     preflight(cfg, target="cache", dry_run=dry_run, strict=strict)
-    cmds = cache_commands(cfg)
+    plan = cache_state.plan(cfg, force=force)
+    plan.report()
+    steps = plan.steps()
     if dry_run:
-        return runner.show(cmds)
-    runner.run(ws, cmds)
+        return runner.show([cmd for _, cmd in steps])
+    plan.prepare()
+    for side, cmd in steps:
+        runner.run(ws, [cmd])
+        plan.commit(side)
+    plan.finish()
 
 
 def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> None:
     cfg = load_config(ws, config)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
+    cache_state.require_fresh(cfg, dry_run)
     env = child_env(ws)
-    cmd = train_command(cfg, visible_gpu_count(env))
+    env.update(compile_env(cfg, env))
+    cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])
     runner.run(ws, [cmd], env)
