@@ -348,8 +348,8 @@ def test_too_little_disk_for_what_the_run_writes(ready):
     r = ready.make("check")
     [line] = findings(r)
     assert re.fullmatch(
-        rf"error: {at(ready, CFG, 'output_dir')}: [\d.]+ GB free on the disk of outputs/v1, the run writes about 18426\.\d GB "
-        r"\(11 LoRA file\(s\) of 801\.1 GB \+ 4 state\(s\) of 2403\.3 GB\); free space, or keep fewer files "
+        rf"error: {at(ready, CFG, 'output_dir')}: [\d.]+ GB free on the disk of outputs/v1, the run writes about 19784\.7 GB "
+        r"\(11 LoRA file\(s\) of 860\.2 GB \+ 4 state\(s\) of 2580\.5 GB\); free space, or keep fewer files "
         r"\(save_last_n_steps, save_last_n_steps_state\)", line), line
 
 

@@ -27,7 +27,7 @@ SAVE_BYTES = {"fp16": 2, "bf16": 2, "float": 4, "fp32": 4, None: 4}
 OPTIMIZER_STATE_BYTES = {"adamw8bit": 2, "pagedadamw8bit": 2, "adafactor": 1, "sgdnesterov": 4, "sgd": 0}
 DEFAULT_OPTIMIZER_STATE_BYTES = 8  # AdamW: two fp32 moments
 # Samples, logs and accelerate's extras on top of the files counted.
-HEADROOM = 1 << 30
+HEADROOM = 10**9
 
 # What tokens look like. Hugging Face and RunPod tokens anywhere in a line (comments too: a pasted token in a
 # comment is in git all the same); a wandb key (40 hex digits) as a quoted value, so a commit hash in a comment
@@ -40,8 +40,8 @@ TOKENS = (
 SECRET_OPTIONS = {"wandb_api_key": "WANDB_API_KEY", "huggingface_token": "HF_TOKEN"}
 
 
-def gib(n: float) -> str:
-    return f"{n / (1 << 30):.1f} GB"
+def gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 def _int(value, default: int = 0) -> int:
@@ -78,7 +78,7 @@ def estimate_output_bytes(opt: dict, steps_per_epoch: int | None = None) -> tupl
     elif opt.get("save_state_on_train_end") is True:
         states = 1
     total = loras * lora + states * state + HEADROOM
-    how = f"{loras} LoRA file(s) of {gib(lora)}" + (f" + {states} state(s) of {gib(state)}" if states else "")
+    how = f"{loras} LoRA file(s) of {gb(lora)}" + (f" + {states} state(s) of {gb(state)}" if states else "")
     return total, how
 
 
@@ -105,7 +105,7 @@ def check_disk(ctx: "Context") -> str | None:
     free = shutil.disk_usage(_existing_parent(out)).free
     if free < need:
         ctx.report.error(cfg.where("output_dir"),
-                         f"{gib(free)} free on the disk of {cfg.ws.rel(out)}, the run writes about {gib(need)} ({how}); "
+                         f"{gb(free)} free on the disk of {cfg.ws.rel(out)}, the run writes about {gb(need)} ({how}); "
                          "free space, or keep fewer files (save_last_n_steps, save_last_n_steps_state)", kind=MACHINE)
     return None
 
