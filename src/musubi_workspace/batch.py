@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 from .config import load_toml
-from .dataset_scan import scan, toml_lines
+from .dataset_scan import scan
 from .errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -68,9 +68,8 @@ def check_batch(ctx: "Context") -> str | None:
     s = scan(ctx)
     if s.path is None:
         return "no dataset.toml to read (see above)"
-    data, text = cfg.load_dataset()
-    batch, place = dataset_batch(data)
-    lines = toml_lines(text)
+    batch, place = dataset_batch(s.data)
+    lines = s.lines
     line = lines.get(place) or lines.get((("datasets", 1), None))
     batch_where = f"{s.shown}:{line}" if line else s.shown
     largest = max([d.batch_size for d in s.datasets] or [batch])

@@ -209,7 +209,8 @@ def datasets(cfg: Config) -> list[Dataset] | None:
     shown = cfg.ws.rel(cfg.dataset_path)
     general = data.get("general", {}) if isinstance(data.get("general"), dict) else {}
     out = []
-    for i, ds in enumerate(data.get("datasets", []) or []):
+    entries = data.get("datasets") if isinstance(data.get("datasets"), list) else []  # else: the dataset.toml check says so
+    for i, ds in enumerate(entries):
         if not isinstance(ds, dict):
             continue
 

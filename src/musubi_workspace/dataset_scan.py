@@ -65,8 +65,10 @@ class Dataset:
 
 @dataclass
 class Scan:
-    path: Path | None = None
+    path: Path | None = None  # set once dataset.toml parsed
     shown: str = ""
+    data: dict = field(default_factory=dict)
+    text: str = ""
     lines: dict = field(default_factory=dict)
     datasets: list[Dataset] = field(default_factory=list)
     images: dict[Path, ImageFacts] = field(default_factory=dict)
@@ -139,9 +141,9 @@ def _scan(ctx: "Context") -> Scan:
     path = cfg.path_of("dataset_config") if isinstance(cfg.get("dataset_config"), str) else None
     if path is None or not path.is_file():
         return s  # reported by the options and files checks
-    s.path, s.shown = path, cfg.ws.rel(path)
+    shown = cfg.ws.rel(path)
     if path.suffix.lower() != ".toml":
-        report.error(s.shown, "the workspace reads dataset configs as TOML; rename it to .toml (musubi-tuner also takes .json)")
+        report.error(shown, "the workspace reads dataset configs as TOML; rename it to .toml (musubi-tuner also takes .json)")
         return s
     try:
         data, text = cfg.load_dataset()
@@ -149,7 +151,7 @@ def _scan(ctx: "Context") -> Scan:
         where, _, message = e.message.partition(": ")
         report.error(where, message)
         return s
-    s.lines = toml_lines(text)
+    s.path, s.shown, s.data, s.text, s.lines = path, shown, data, text, toml_lines(text)
     schema = schema_of(ctx)["dataset"]
 
     for key in data:
@@ -170,7 +172,8 @@ def _scan(ctx: "Context") -> Scan:
                 report.error(where, f"unknown key `{key}` in [general]{suggest(key, schema['general'])}; musubi-tuner rejects the file")
         elif problem := value_problem(value, schema["general"][key]):
             report.error(where, f"`{key}` {problem}")
-    general_ok = {k: v for k, v in general.items() if k in schema["general"]}
+    # Only valid values go on (a wrong one is reported above and would only break what follows).
+    general_ok = {k: v for k, v in general.items() if k in schema["general"] and not value_problem(v, schema["general"][k])}
 
     entries = data.get("datasets", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -216,15 +219,15 @@ def _dataset(ctx, s: Scan, schema: dict, i: int, entry: dict, general: dict) -> 
                 report.error(where, f"unknown key `{key}`{suggest(key, schema[kind])}; musubi-tuner rejects the file")
         elif problem := value_problem(value, schema[kind][key]):
             report.error(where, f"`{key}` {problem}")
-    values = {**general, **{k: v for k, v in entry.items() if k in schema[kind]}}
+    values = {**general, **{k: v for k, v in entry.items() if k in schema[kind] and not value_problem(v, schema[kind][k])}}
     d = Dataset(index=i, kind=kind, values=values, where=header)
     one_frame = ctx.cfg.get("one_frame") is True
     if kind == "image":
         indices = values.get("fp_1f_clean_indices")
         need = len(indices) if isinstance(indices, list) and indices else 1
-        if one_frame and values.get("fp_1f_target_index") is None:
+        if one_frame and "fp_1f_target_index" not in entry:
             report.error(header, f"dataset {i}: one_frame needs fp_1f_target_index (caching fails without it); add `fp_1f_target_index = 1`")
-        if one_frame and indices is None:
+        if one_frame and "fp_1f_clean_indices" not in entry:
             report.warn(header, f"dataset {i}: fp_1f_clean_indices is not set, so musubi-tuner uses [0] (one control image); set it to say so")
         if not one_frame:
             report.error(header, f"dataset {i} is an image dataset: FramePack trains on images only in one-frame mode; set `one_frame = true` in {ctx.cfg.shown}")
