@@ -110,6 +110,9 @@ def make_workspace(root: Path, tmp_path: Path) -> TmpWorkspace:
         UV_CACHE_DIR=str(home / "uv"),
         WS_RECORD=str(tmp_path / "record.jsonl"),
         STANDIN_GPUS="1",
+        # Never this machine's RunPod file: tests that want a pod write their own.
+        WS_RP_ENVIRONMENT=str(tmp_path / "rp_environment"),
+        WS_STOP_RETRY_SECONDS="0",
     )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("VIRTUAL_ENV", None)
