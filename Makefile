@@ -30,10 +30,16 @@ LORA ?=
 MULTIPLIER ?=
 # grace period before the pod stops after `make train`/`resume` (0 = off, 30s, 10m); empty = [workspace] auto_stop
 AUTO_STOP ?=
+# versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
+VERSIONS ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
 PYTEST_ARGS ?=
+# `make lock`: move the musubi-tuner pin to this full commit first; empty = keep the pin
+MUSUBI_REV ?=
+# `make lock`: a local clone of musubi-tuner to lock from instead of GitHub; empty = GitHub
+MUSUBI_SNAPSHOT ?=
 
 ifneq ($(UV_CACHE_DIR),)
 export UV_CACHE_DIR
@@ -83,6 +89,10 @@ train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
 	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
 
+.PHONY: report
+report: .venv/.stamp-base ## Versions side by side, offline: loss, flags, sample grids (runs/report/)  [VERSIONS]
+	@$(WS) report --versions "$(VERSIONS)"
+
 ##@ Runs: resume, background, records
 
 .PHONY: resume
@@ -108,7 +118,7 @@ stop: .venv/.stamp-base ## Stop this RunPod pod now
 	@$(WS) stop
 
 .PHONY: cancel-stop
-cancel-stop: .venv/.stamp-base ## Keep the pod: cancel the auto-stop of a running or finished `make train`
+cancel-stop: .venv/.stamp-base ## Keep the pod: cancel the auto-stop of a `make train` (while it trains or counts down)
 	@$(WS) cancel-stop
 
 .PHONY: models
@@ -128,6 +138,10 @@ test: .venv/.stamp-base ## Run the test suite (no GPU, no musubi-tuner needed)  
 .PHONY: test-musubi
 test-musubi: .venv/.stamp-train ## Run the tests against the real musubi-tuner (needs the train extra)
 	.venv/bin/python -m pytest tests/musubi -ra
+
+.PHONY: lock
+lock: .venv/.stamp-base ## Re-lock uv.lock, e.g. after moving the musubi-tuner pin  [MUSUBI_REV MUSUBI_SNAPSHOT]
+	@$(WS) lock --rev "$(MUSUBI_REV)" --snapshot "$(MUSUBI_SNAPSHOT)"
 
 .PHONY: schema
 schema: .venv/.stamp-train ## Regenerate the committed musubi-tuner option schema from the pinned parsers

@@ -100,6 +100,12 @@ def make_workspace(root: Path, tmp_path: Path) -> TmpWorkspace:
     (venv / "bin").symlink_to(VENV / "bin")
     for stamp in (".stamp-base", ".stamp-train"):
         (venv / stamp).touch()
+    return TmpWorkspace(root=root, env=isolated_env(tmp_path))
+
+
+def isolated_env(tmp_path: Path) -> dict:
+    """The environment of a test's make and ws calls: stand-ins first on PATH, HOME and caches in tmp_path, no
+    secrets or switches from the developer's environment."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith(("STANDIN_", "WS_", "MAKE"))}
@@ -116,16 +122,25 @@ def make_workspace(root: Path, tmp_path: Path) -> TmpWorkspace:
     )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("VIRTUAL_ENV", None)
-    return TmpWorkspace(root=root, env=env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def example_template(tmp_path_factory) -> Path:
+    """One workspace with the example datasets written by the real `ws example`, copied by each test."""
+    base = tmp_path_factory.mktemp("template")
+    w = make_workspace(base / "workspace", base)
+    r = w.ws("example")
+    assert r.returncode == 0, r.stderr
+    return w.root
 
 
 @pytest.fixture
-def ws(tmp_path) -> TmpWorkspace:
-    """A fresh workspace copy with the example dataset written."""
-    w = make_workspace(tmp_path / "workspace", tmp_path)
-    r = w.ws("example")
-    assert r.returncode == 0, r.stderr
-    return w
+def ws(tmp_path, example_template) -> TmpWorkspace:
+    """A fresh workspace copy with the example datasets written."""
+    root = tmp_path / "workspace"
+    shutil.copytree(example_template, root, symlinks=True)
+    return TmpWorkspace(root=root, env=isolated_env(tmp_path))
 
 
 @pytest.fixture

@@ -97,16 +97,29 @@ def cmd_models(ws, a):
 
 
 def cmd_example(ws, a):
-    from .example import FOLDER, make_example_dataset
+    from .example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
 
-    written = make_example_dataset(ws)
-    print(f"{FOLDER}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+    for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
+        written = make(ws)
+        print(f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+
+
+def cmd_report(ws, a):
+    from .report import report
+
+    report(ws, a.versions)
 
 
 def cmd_schema(ws, a):
     from .schema import main as schema_main
 
     schema_main(["--out", a.out] if a.out else [])
+
+
+def cmd_lock(ws, a):
+    from .lock import relock
+
+    relock(ws.root, snapshot=a.snapshot or None, rev=a.rev or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--b", default="")
     add("models", cmd_models, "download the model files a config names", config=True, dry_run=True)
     add("example", cmd_example, "write the example dataset (missing files only)")
+    lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
+    lk.add_argument("--rev", default="")
+    lk.add_argument("--snapshot", default="")
+    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p
 

@@ -38,7 +38,7 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_
     cfg = load_config(ws, config)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
     env = child_env(ws)
-    cmd = train_command(cfg, visible_gpu_count(env))
+    cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])
     train_run(cfg, "train", cmd, env, auto_stop)
