@@ -96,7 +96,7 @@ def stop_pod(pod: str, env: dict[str, str], pause: float = 10.0, say=print) -> N
             if code == 0:
                 say(f"auto-stop: `{' '.join(argv)}`: {redact(out, secrets) or 'ok'}")
                 return
-            answers.append(f"`{' '.join(argv)}` ({code}): {redact(out, secrets).splitlines()[-1] if out else 'no output'}")
+            answers.append(f"`{' '.join(argv)}` ({code}): {redact(out, secrets).splitlines()[0] if out else 'no output'}")
         if attempt < STOP_ATTEMPTS:
             say(f"auto-stop: stopping pod {pod} failed ({'; '.join(answers)}); trying again in {pause:g}s")
             time.sleep(pause)

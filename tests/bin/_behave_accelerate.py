@@ -74,7 +74,7 @@ def behave(argv: list[str]) -> int | None:
     loss = 0.2
     for n in range(1, steps + 1):
         time.sleep(spi)
-        loss *= 0.97
+        loss = 0.05 + 0.15 * 0.97**n
         err.write(_bar(n, total, spi, loss) + "\r")
         err.flush()
         if every and n % every == 0:
