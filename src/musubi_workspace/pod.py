@@ -1,8 +1,8 @@
 """Stopping the RunPod pod: after `make train` (a grace period, cancellable), or now (`make stop`).
 
 The pod's id comes from `RUNPOD_POD_ID` (the environment or `.env`), else from `/etc/rp_environment`, which RunPod
-writes on every pod and which SSH shells may not have loaded (`WS_RP_ENVIRONMENT` names another file: internal,
-for tests). Off RunPod nothing is stopped, and the tool says so.
+writes on every pod and which SSH shells may not have loaded (`WS_RP_ENVIRONMENT` names another file, and
+`WS_STOP_RETRY_SECONDS` shortens the pause between stop attempts: both internal, for tests). Off RunPod nothing is stopped, and the tool says so.
 
 runpodctl has two syntaxes in the wild: `runpodctl pod stop ID` (newer releases) and `runpodctl stop pod ID`
 (older ones; each rejects the other with "unknown command"). The newer is tried first and the older when it
