@@ -254,3 +254,17 @@ def test_make_stop_off_runpod(ready):
 def test_cancel_stop_with_nothing_pending(ready):
     r = ready.make("cancel-stop")
     assert r.returncode == 0 and r.stdout == "no auto-stop is pending\n"
+
+
+def test_a_closed_terminal_does_not_end_the_run_or_skip_the_stop(pod):
+    p = popen_make(pod, "train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "20", "STANDIN_STEP_SECONDS": "0.05"})
+    try:
+        wait_for(lambda: log_has(pod, "| 3/1000"))
+        os.killpg(p.pid, signal.SIGHUP)  # the SSH connection dropped
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    data = run_json(pod)
+    assert data["status"] == "succeeded" and data["progress"]["last_step"] == 20
+    assert stops(pod) == [["pod", "stop", POD]]

@@ -78,7 +78,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
     point = resuming.find(cfg, env, warn=lambda m: print(m, file=sys.stderr))
     for line in point.describe():
         print(line, flush=True)
-    cmd = train_command(cfg, visible_gpu_count(env), extra=point.args())
+    cmd = train_command(cfg, visible_gpu_count(env), extra=point.args(), env=env)
     if dry_run:
         return runner.show([cmd])
     train_run(cfg, "resume", cmd, env, auto_stop, offset=point.state.step, resume=point.record())

@@ -173,15 +173,20 @@ class AutoStop:
         if not self.grace:
             say(f"auto-stop: off ({self.source}): pod {self.pod} keeps running")
             return "off"
+        # A terminal that closes (SSH dropped) must not end the wait: the stop still has to happen.
+        hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
-            outcome = self._countdown(say)
+            try:
+                outcome = self._countdown(say)
+            finally:
+                self._disarm()
+            if outcome != "stop":
+                return outcome
+            say(f"auto-stop: stopping pod {self.pod}")
+            stop_pod(self.pod, self.env, pause=_retry_pause(), say=say)
+            return "stopped"
         finally:
-            self._disarm()
-        if outcome != "stop":
-            return outcome
-        say(f"auto-stop: stopping pod {self.pod}")
-        stop_pod(self.pod, self.env, pause=_retry_pause(), say=say)
-        return "stopped"
+            signal.signal(signal.SIGHUP, hup)
 
     def _countdown(self, say) -> str:
         if self.cancelled:

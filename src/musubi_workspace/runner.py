@@ -239,6 +239,8 @@ def _watch(proc, c, sig, display, log, note, secrets, progress, record, hang_tim
     code = proc.returncode
     _wait_group(pgid, t, sig, handled, note, hang_timeout)
     t.join(timeout=5)
+    if not t.is_alive():
+        proc.stdout.close()
     if reason is not None:
         status = reason
     elif code == 0:
