@@ -19,6 +19,8 @@ CONFIG_FILE ?=
 DRY_RUN ?= 0
 # 1 = `make check` (and the check before cache/train/generate) treats warnings as errors
 STRICT ?= 0
+# 1 = `make cache` re-encodes everything; 0 = only what changed since the last finished `make cache`
+FORCE ?= 0
 # version to copy with `make new`; empty = the newest
 FROM ?=
 # versions to compare with `make diff`; both empty = the newest two
@@ -78,8 +80,8 @@ check: .venv/.stamp-base ## Find mistakes that would waste a GPU run  [CONFIG_FI
 	@$(WS) check $(CFG)
 
 .PHONY: cache
-cache: $(GPU_STACK) ## Cache latents and text-encoder outputs  [CONFIG_FILE DRY_RUN]
-	@$(WS) cache $(CFG)
+cache: $(GPU_STACK) ## Cache latents and text-encoder outputs; redoes only what changed  [CONFIG_FILE DRY_RUN FORCE]
+	@$(WS) cache $(CFG) --force "$(FORCE)"
 
 .PHONY: train
 train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN AUTO_STOP]

@@ -37,10 +37,12 @@ class TmpWorkspace:
         return Path(self.env["WS_RECORD"])
 
     def calls(self, prog: str | None = None) -> list[dict]:
+        """What the stand-ins saw; without `prog`, every program but nvidia-smi (each run record asks it for the
+        GPU model: `calls("nvidia-smi")` shows those)."""
         if not self.record.exists():
             return []
         entries = [json.loads(line) for line in self.record.read_text().splitlines() if line.strip()]
-        return [e for e in entries if prog is None or e["prog"] == prog]
+        return [e for e in entries if e["prog"] == prog or (prog is None and e["prog"] != "nvidia-smi")]
 
     def make(self, *args: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -148,3 +150,12 @@ def ready(ws) -> TmpWorkspace:
     """A workspace copy with the example dataset and (empty) model files in place."""
     ws.touch_models()
     return ws
+
+
+@pytest.fixture
+def cached(ready) -> TmpWorkspace:
+    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
+    r = ready.make("cache")
+    assert r.returncode == 0, r.stderr
+    ready.record.unlink()
+    return ready

@@ -7,7 +7,8 @@ from test_pod import wait_for
 from test_runs import records
 
 
-def test_train_bg_starts_a_detached_run_and_make_logs_follows_it_to_the_end(ready):
+def test_train_bg_starts_a_detached_run_and_make_logs_follows_it_to_the_end(cached):
+    ready = cached
     env = {"STANDIN_STEPS": "30", "STANDIN_STEP_SECONDS": "0.05"}
     r = ready.make("train-bg", "AUTO_STOP=0", env=env)
     assert r.returncode == 0, r.stderr
@@ -18,13 +19,13 @@ def test_train_bg_starts_a_detached_run_and_make_logs_follows_it_to_the_end(read
     [tmux] = ready.calls("tmux")[-1:]
     assert tmux["argv"][:7] == ["-L", "musubi-workspace", "new-session", "-d", "-s", "train-v1", "-c"]
     assert tmux["argv"][-1].endswith("/ws train --config configs/v1/config.toml --strict 0 --auto-stop 0")
-    wait_for(lambda: records(ready))
+    wait_for(lambda: records(ready, "train"))
     again = ready.make("train-bg", env=env)
     assert again.returncode == 2
     assert error_line(again) == "error: v1 is already training in the background (tmux session train-v1): `make logs` follows it"
     logs = ready.make("logs", timeout=60)
     assert logs.returncode == 0, logs.stderr
-    [data] = records(ready)
+    [data] = records(ready, "train")
     lines = logs.stdout.splitlines()
     assert lines[0] == f"following runs/v1/{data['id']}/log.txt (running); Ctrl-C stops following, not the run"
     assert "step 30/1000 · loss 0.1102 · 0.05 s/step · 48s left" in lines

@@ -79,4 +79,4 @@ def test_a_failing_step_fails_the_target_with_its_exit_code(ready):
     r = ready.make("cache", env={"STANDIN_EXIT_FPACK_CACHE_LATENTS": "7"})
     assert r.returncode != 0
     assert "cache latents failed with exit code 7" in r.stderr
-    assert [c["prog"] for c in ready.calls() if c["prog"] != "nvidia-smi"] == ["fpack_cache_latents"]  # text encoders never ran
+    assert [c["prog"] for c in ready.calls()] == ["fpack_cache_latents"]  # text encoders never ran

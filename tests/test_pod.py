@@ -18,18 +18,18 @@ RP_KEY = "rpa_" + "K" * 40
 
 
 @pytest.fixture
-def pod(ready):
+def pod(cached):
     """`ready`, on a RunPod pod: the id (and runpodctl's key) only in RunPod's environment file."""
-    (ready.root.parent / "rp_environment").write_text(f'export RUNPOD_POD_ID="{POD}"\nexport RUNPOD_API_KEY="{RP_KEY}"\n')
-    return ready
+    (cached.root.parent / "rp_environment").write_text(f'export RUNPOD_POD_ID="{POD}"\nexport RUNPOD_API_KEY="{RP_KEY}"\n')
+    return cached
 
 
 def stops(w) -> list[list[str]]:
     return [c["argv"] for c in w.calls("runpodctl")]
 
 
-def run_json(w) -> dict:
-    [path] = (w.root / "runs").glob("v1/*/run.json")
+def run_json(w, target="train") -> dict:
+    [path] = (w.root / "runs").glob(f"v1/*-{target}/run.json")
     return json.loads(path.read_text())
 
 
@@ -52,12 +52,12 @@ def wait_for(check, timeout=30.0):
 
 def ended(w) -> bool:
     """The run is over and the grace period counts down."""
-    paths = list((w.root / "runs").glob("v1/*/run.json"))
+    paths = list((w.root / "runs").glob("v1/*-train/run.json"))
     return bool(paths and pending(w)) and json.loads(paths[0].read_text())["status"] != "running"
 
 
 def log_has(w, text: str) -> bool:
-    return any(text in p.read_text(errors="replace") for p in (w.root / "runs").glob("v1/*/log.txt"))
+    return any(text in p.read_text(errors="replace") for p in (w.root / "runs").glob("v1/*-train/log.txt"))
 
 
 def pending(w) -> list:
@@ -171,7 +171,8 @@ def test_ctrl_c_during_the_grace_period_keeps_the_pod(pod):
     assert stops(pod) == []
 
 
-def test_off_runpod_nothing_is_stopped_and_it_says_so(ready):
+def test_off_runpod_nothing_is_stopped_and_it_says_so(cached):
+    ready = cached
     r = ready.make("train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "2"})
     assert r.returncode == 0, r.stderr
     rp = ready.root.parent / "rp_environment"

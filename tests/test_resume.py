@@ -43,7 +43,8 @@ def test_resume_picks_the_newest_local_state_and_trains_the_steps_left(ready):
     ]
 
 
-def test_a_resumed_run_continues_where_it_stood_and_the_next_resume_knows(ready):
+def test_a_resumed_run_continues_where_it_stood_and_the_next_resume_knows(cached):
+    ready = cached
     state(ready, f"{NAME}-step00000400-state", age=100)
     r = ready.make("resume", "AUTO_STOP=0", env={"STANDIN_STEPS": "all", "STANDIN_STEP_SECONDS": "0.001", "STANDIN_FAIL_AT": "250"})
     assert r.returncode == 2
@@ -63,7 +64,8 @@ def test_a_resumed_run_continues_where_it_stood_and_the_next_resume_knows(ready)
     assert argv_tail(r.stdout)[-4:] == ["--max_train_steps", "400", "--output_name", f"{NAME}-resume600"]
 
 
-def test_a_finished_run_has_nothing_left_to_resume(ready):
+def test_a_finished_run_has_nothing_left_to_resume(cached):
+    ready = cached
     r = ready.make("train", "AUTO_STOP=0", env={"STANDIN_STEPS": "all", "STANDIN_STEP_SECONDS": "0"})
     assert r.returncode == 0, r.stderr
     r = ready.make("resume", "DRY_RUN=1")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import cache_state
 from .checks import preflight
 from .errors import EXIT_CHILD, WorkspaceError
 from .paths import Workspace
@@ -26,6 +27,7 @@ def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, au
 
     cfg = load_config(ws, config)
     preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict)
+    cache_state.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"
     ws_exe = str(Path(sys.executable).parent / "ws")
     inner = [ws_exe, "train", "--config", cfg.shown, "--strict", "1" if strict else "0", "--auto-stop", auto_stop]

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .combos import check_combinations, check_gpu_memory
 from .config import Config
 from .errors import EXIT_CHECK, WorkspaceError
 
@@ -84,6 +85,8 @@ def check_dataset_config(ctx: Context) -> None:
 CHECKS: list[tuple[str, Callable[[Context], None]]] = [
     ("model files", check_models),
     ("dataset.toml", check_dataset_config),
+    ("option combinations", check_combinations),
+    ("GPU memory", check_gpu_memory),
 ]
 
 

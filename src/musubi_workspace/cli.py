@@ -25,7 +25,7 @@ def cmd_check(ws, a):
 def cmd_cache(ws, a):
     from .pipeline import cache
 
-    cache(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict))
+    cache(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), force=_flag(a.force))
 
 
 def cmd_train(ws, a):
@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add("check", cmd_check, "check a version before a GPU run", config=True, dry_run=True, strict=True)
-    add("cache", cmd_cache, "cache latents and text-encoder outputs", config=True, dry_run=True, strict=True)
+    c = add("cache", cmd_cache, "cache latents and text-encoder outputs", config=True, dry_run=True, strict=True)
+    c.add_argument("--force", default="0", help="1: re-encode everything, whatever the manifest says")
     for name, func, help_ in (
         ("train", cmd_train, "train a LoRA; the pod stops afterwards"),
         ("resume", cmd_resume, "train the steps left from the newest saved state"),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import sys
 
+from . import cache_state
 from .checks import preflight
-from .commands import cache_commands, generate_command, newest_lora, train_command
+from .combos import compile_env
+from .commands import generate_command, newest_lora, train_command
 from .config import Config, resolve_config_file
 from .console import say
 from .environment import child_env, secret_values
@@ -24,20 +26,30 @@ def load_config(ws: Workspace, value: str) -> Config:
     return Config.load(ws, resolve_config_file(ws, value))
 
 
-def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False) -> None:
+def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force: bool = False) -> None:
+    """Only the scripts with stale or missing files run; each one's manifest entries are written after it."""
     cfg = load_config(ws, config)
     preflight(cfg, target="cache", dry_run=dry_run, strict=strict)
-    cmds = cache_commands(cfg)
+    plan = cache_state.plan(cfg, force=force)
+    plan.report()
+    steps = plan.steps()
     if dry_run:
-        return runner.show(cmds)
-    env = child_env(ws)
-    _raise_unless_ok(recorded_run(cfg, "cache", cmds, env))
+        return runner.show([cmd for _, cmd in steps])
+    plan.prepare()
+    if steps:
+        side_of = {id(cmd): side for side, cmd in steps}
+        result = recorded_run(cfg, "cache", [cmd for _, cmd in steps], child_env(ws),
+                              on_success=lambda cmd: plan.commit(side_of[id(cmd)]))
+        _raise_unless_ok(result)
+    plan.finish()
 
 
 def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "") -> None:
     cfg = load_config(ws, config)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
+    cache_state.require_fresh(cfg, dry_run)
     env = child_env(ws)
+    env.update(compile_env(cfg, env))
     cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])
@@ -74,7 +86,9 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
 
     cfg = load_config(ws, config)
     preflight(cfg, target="resume", dry_run=dry_run, strict=strict)
+    cache_state.require_fresh(cfg, dry_run, target="resume")
     env = child_env(ws)
+    env.update(compile_env(cfg, env))
     point = resuming.find(cfg, env, warn=lambda m: print(m, file=sys.stderr))
     for line in point.describe():
         print(line, flush=True)
@@ -85,13 +99,14 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
 
 
 def recorded_run(cfg: Config, target: str, cmds, env: dict[str, str], offset: int = 0, hang_timeout: int = 0,
-                 **extra) -> tuple[RunRecord, runner.Outcome]:
+                 on_success=None, **extra) -> tuple[RunRecord, runner.Outcome]:
     """Run with a record in runs/<version>/: written at the start, completed at the end, log tee'd."""
     rec = RunRecord.start(cfg, target, cmds, env, secret_values(env), **extra)
     say(f"==> run record: {cfg.ws.rel(rec.folder)} (`make runs` lists runs, `make logs` follows this one)")
     outcome = runner.Outcome("failed", note="the workspace tool failed")
     try:
-        outcome = runner.execute(cfg.ws, cmds, env, record=rec, progress=Progress(offset=offset), hang_timeout=hang_timeout)
+        outcome = runner.execute(cfg.ws, cmds, env, record=rec, progress=Progress(offset=offset),
+                                   hang_timeout=hang_timeout, on_success=on_success)
     finally:
         rec.finish(outcome.status, outcome.exit_code, outcome.progress)
     p = outcome.progress

@@ -123,8 +123,10 @@ def execute(
     record=None,
     progress: Progress | None = None,
     hang_timeout: int = 0,
+    on_success=None,
 ) -> Outcome:
-    """Run `commands` one after the other until one does not succeed; never raises for the program's sake."""
+    """Run `commands` one after the other until one does not succeed; never raises for the program's sake.
+    `on_success(command)` runs after each command that succeeded (the cache manifest is written there)."""
     secrets = secret_values(env)
     progress = progress or Progress()
     display = Display(progress)
@@ -153,6 +155,8 @@ def execute(
                 outcome = _watch(proc, c, sig, display, log, note, secrets, progress, record, hang_timeout)
                 if not outcome.ok:
                     return outcome
+                if on_success is not None:
+                    on_success(c)
             return Outcome("succeeded", 0, progress=progress)
     finally:
         display.flush()

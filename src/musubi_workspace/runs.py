@@ -196,19 +196,10 @@ def musubi_commit(ws: Workspace) -> dict:
 
 
 def gpu_info(env: dict[str, str]) -> dict:
-    """Model and count of the GPUs (`nvidia-smi --query-gpu=name`); count 0 without nvidia-smi."""
-    import shutil
+    """Model and count of the GPUs nvidia-smi lists; count 0 without nvidia-smi."""
+    from .gpus import gpu_memory
 
-    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
-    if not smi:
-        return {"model": None, "count": 0}
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, env=env
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {"model": None, "count": 0}
-    names = [line.split(",")[0].strip() for line in out.splitlines() if line.strip()]
+    names = [name for name, _ in gpu_memory(env)]
     models = sorted(set(names))
     return {"model": ", ".join(models) if models else None, "count": len(names)}
 
@@ -263,6 +254,7 @@ class RunRecord:
             "status": "running",
             "exit_code": None,
             "start": utc_now(),
+            "started_at": time.time(),  # for ordering runs that start within one second
             "end": None,
             "duration_s": None,
             "commands": [{"label": c.label, "argv": c.argv, "shell": c.shell()} for c in commands],
@@ -327,7 +319,7 @@ def load_runs(ws: Workspace) -> list[dict]:
         if data.get("status") == "running" and not _still_running(data):
             data["status"] = "crashed"
         found.append(data)
-    return sorted(found, key=lambda d: (d.get("start") or "", d.get("id") or ""))
+    return sorted(found, key=lambda d: (d.get("started_at") or 0, d.get("id") or ""))
 
 
 def _still_running(data: dict) -> bool:
