@@ -129,7 +129,7 @@ models: .venv/.stamp-base ## Download the model files the config names, and the 
 
 .PHONY: monitor
 monitor: .venv/.stamp-train ## Watch GPU use (nvitop)
-	@.venv/bin/nvitop
+	@$(WS) monitor
 
 ##@ Development
 

@@ -116,6 +116,18 @@ def cmd_schema(ws, a):
     schema_main(["--out", a.out] if a.out else [])
 
 
+def cmd_monitor(ws, a):
+    import shutil
+
+    from .environment import child_env
+
+    env = child_env(ws)
+    exe = shutil.which("nvitop", path=env["PATH"])
+    if exe is None:
+        raise WorkspaceError("nvitop not found: it comes with the GPU stack; run `make monitor` on the pod (it installs the train extra)")
+    os.execve(exe, [exe, *a.args], env)
+
+
 def cmd_lock(ws, a):
     from .lock import relock
 
@@ -160,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--b", default="")
     add("models", cmd_models, "download the model files a config names", config=True, dry_run=True)
     add("example", cmd_example, "write the example dataset (missing files only)")
+    add("monitor", cmd_monitor, "watch GPU use (nvitop)").add_argument("args", nargs="*")
     lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
     lk.add_argument("--rev", default="")
     lk.add_argument("--snapshot", default="")
