@@ -30,6 +30,8 @@ B ?=
 LORA ?=
 # LoRA multiplier for `make generate`; empty = 1.0
 MULTIPLIER ?=
+# grace period before the pod stops after `make train`/`resume` (0 = off, 30s, 10m); empty = [workspace] auto_stop
+AUTO_STOP ?=
 # versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
 VERSIONS ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
@@ -82,8 +84,8 @@ cache: $(GPU_STACK) ## Cache latents and text-encoder outputs; redoes only what 
 	@$(WS) cache $(CFG) --force "$(FORCE)"
 
 .PHONY: train
-train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN]
-	@$(WS) train $(CFG)
+train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN AUTO_STOP]
+	@$(WS) train $(CFG) --auto-stop "$(AUTO_STOP)"
 
 .PHONY: generate
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
@@ -93,7 +95,33 @@ generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE L
 report: .venv/.stamp-base ## Versions side by side, offline: loss, flags, sample grids (runs/report/)  [VERSIONS]
 	@$(WS) report --versions "$(VERSIONS)"
 
+##@ Runs: resume, background, records
+
+.PHONY: resume
+resume: $(GPU_STACK) ## Train the steps left from the version's newest saved state  [CONFIG_FILE DRY_RUN AUTO_STOP]
+	@$(WS) resume $(CFG) --auto-stop "$(AUTO_STOP)"
+
+.PHONY: train-bg
+train-bg: $(GPU_STACK) ## `make train` in a detached tmux session (survives SSH)  [CONFIG_FILE DRY_RUN AUTO_STOP]
+	@$(WS) train-bg $(CFG) --auto-stop "$(AUTO_STOP)"
+
+.PHONY: logs
+logs: .venv/.stamp-base ## Follow the newest run: its log, with step, loss, s/step and time left
+	@$(WS) logs
+
+.PHONY: runs
+runs: .venv/.stamp-base ## List every run: version, target, status, duration, steps, last loss, cost
+	@$(WS) runs
+
 ##@ Pod and models
+
+.PHONY: stop
+stop: .venv/.stamp-base ## Stop this RunPod pod now
+	@$(WS) stop
+
+.PHONY: cancel-stop
+cancel-stop: .venv/.stamp-base ## Keep the pod: cancel the auto-stop of a `make train` (while it trains or counts down)
+	@$(WS) cancel-stop
 
 .PHONY: models
 models: .venv/.stamp-base ## Download the model files the config names, and the tokenizers  [CONFIG_FILE DRY_RUN]

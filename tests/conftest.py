@@ -37,10 +37,12 @@ class TmpWorkspace:
         return Path(self.env["WS_RECORD"])
 
     def calls(self, prog: str | None = None) -> list[dict]:
+        """What the stand-ins saw; without `prog`, every program but nvidia-smi (each run record asks it for the
+        GPU model: `calls("nvidia-smi")` shows those)."""
         if not self.record.exists():
             return []
         entries = [json.loads(line) for line in self.record.read_text().splitlines() if line.strip()]
-        return [e for e in entries if prog is None or e["prog"] == prog]
+        return [e for e in entries if e["prog"] == prog or (prog is None and e["prog"] != "nvidia-smi")]
 
     def make(self, *args: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -116,6 +118,9 @@ def isolated_env(tmp_path: Path) -> dict:
         UV_CACHE_DIR=str(home / "uv"),
         WS_RECORD=str(tmp_path / "record.jsonl"),
         STANDIN_GPUS="1",
+        # Never this machine's RunPod file: tests that want a pod write their own.
+        WS_RP_ENVIRONMENT=str(tmp_path / "rp_environment"),
+        WS_STOP_RETRY_SECONDS="0",
     )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("VIRTUAL_ENV", None)

@@ -150,7 +150,7 @@ def test_interrupted_run_is_never_up_to_date_and_the_next_run_redoes_it(cached):
         redraw(cached, f"datasets/example-1f/target/{name}.png")
     r = cached.make("cache", env={"STANDIN_DIE_AFTER_FPACK_CACHE_LATENTS": "1"})
     assert r.returncode == 2 and "Error 4" in r.stderr
-    assert error_line(r) == "error: cache latents failed with exit code -9"
+    assert error_line(r) == "error: cache latents was killed by SIGKILL (an out-of-memory kill looks like this; see the log)"
     assert "killed while writing cache/v1/example-1f/item03_0512x0768_fp.safetensors" in r.stdout
     # item02 was written, item03 half-written; neither counts as done.
     t = cached.make("train")

@@ -31,7 +31,44 @@ def cmd_cache(ws, a):
 def cmd_train(ws, a):
     from .pipeline import train
 
-    train(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict))
+    train(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+
+
+def cmd_resume(ws, a):
+    from .pipeline import resume
+
+    resume(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+
+
+def cmd_train_bg(ws, a):
+    from .background import train_bg
+
+    train_bg(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+
+
+def cmd_logs(ws, a):
+    from .runs import follow
+
+    follow(ws)
+
+
+def cmd_runs(ws, a):
+    from .runs import runs_table
+
+    print("\n".join(runs_table(ws)))
+
+
+def cmd_stop(ws, a):
+    from .environment import child_env
+    from .pod import stop_now
+
+    stop_now(ws, child_env(ws))
+
+
+def cmd_cancel_stop(ws, a):
+    from .pod import cancel_stop
+
+    cancel_stop(ws)
 
 
 def cmd_generate(ws, a):
@@ -115,7 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("check", cmd_check, "check a version before a GPU run", config=True, dry_run=True, strict=True)
     c = add("cache", cmd_cache, "cache latents and text-encoder outputs", config=True, dry_run=True, strict=True)
     c.add_argument("--force", default="0", help="1: re-encode everything, whatever the manifest says")
-    add("train", cmd_train, "train a LoRA", config=True, dry_run=True, strict=True)
+    for name, func, help_ in (
+        ("train", cmd_train, "train a LoRA; the pod stops afterwards"),
+        ("resume", cmd_resume, "train the steps left from the newest saved state"),
+        ("train-bg", cmd_train_bg, "train in a detached tmux session"),
+    ):
+        t = add(name, func, help_, config=True, dry_run=True, strict=True)
+        t.add_argument("--auto-stop", default="", help="grace period before the pod stops (0: off); empty: [workspace] auto_stop")
+    add("logs", cmd_logs, "follow the newest run's log")
+    add("runs", cmd_runs, "list every run as a table")
+    add("stop", cmd_stop, "stop the RunPod pod now")
+    add("cancel-stop", cmd_cancel_stop, "keep the pod: cancel a pending auto-stop")
     g = add("generate", cmd_generate, "render prompts.txt with a LoRA", config=True, dry_run=True, strict=True)
     g.add_argument("--lora", default="", help="LoRA file (default: the version's newest)")
     g.add_argument("--multiplier", default="", help="LoRA multiplier (default 1.0)")
