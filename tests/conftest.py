@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 STANDINS = REPO / "tests" / "bin"
 VENV = Path(sys.prefix)
-COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".env.example", "configs")
+COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".env.example", ".gitignore", "configs")
 # uv's folder: the Makefile's guard looks for uv, as on a user's machine.
 UV_DIR = [os.path.dirname(shutil.which("uv"))] if shutil.which("uv") else []
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY", "RUNPOD_POD_ID")

@@ -65,7 +65,6 @@ def lora(w) -> None:
 def test_workspace_git_commit_and_dirty_flag(ready):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
     subprocess.run([*git, "init", "-q"], cwd=ready.root, check=True)
-    (ready.root / ".gitignore").write_text("runs/\n.venv/\nmodels/\ndatasets/\noutputs/\n")
     subprocess.run([*git, "add", "."], cwd=ready.root, check=True)
     subprocess.run([*git, "commit", "-qm", "x"], cwd=ready.root, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ready.root, capture_output=True, text=True).stdout.strip()
