@@ -398,20 +398,26 @@ def _match_controls(root: Path, control_dir: str, items: list[ImageItem], count:
         item.controls = found[:count]
 
 
-def _jsonl_items(root: Path, jsonl: str, control_count: int, multiple_target: bool) -> list[ImageItem]:
-    path = _abs(root, jsonl)
+def _jsonl(root: Path, jsonl: str, key: str) -> list[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a dataset's JSONL file."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _abs(root, jsonl).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise WorkspaceError(f"{jsonl}: file not found (image_jsonl_file of the dataset); fix the path") from None
-    items = []
+        raise WorkspaceError(f"{jsonl}: file not found ({key} of the dataset); fix the path") from None
+    out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            out.append((n, json.loads(line)))
         except ValueError:
             raise WorkspaceError(f"{jsonl}:{n}: not valid JSON; fix the line") from None
+    return out
+
+
+def _jsonl_items(root: Path, jsonl: str, control_count: int, multiple_target: bool) -> list[ImageItem]:
+    items = []
+    for n, data in _jsonl(root, jsonl, "image_jsonl_file"):
         image = data.get("image_path", data.get("image_path_0")) if isinstance(data, dict) else None
         if not isinstance(image, str) or "caption" not in data:
             raise WorkspaceError(f"{jsonl}:{n}: each line needs \"image_path\" and \"caption\"")
@@ -450,17 +456,9 @@ def _video_fingerprints(root: Path, entry: dict, general: dict, hasher: Hasher, 
                     media.append(os.path.join(control_dir, os.path.relpath(os.path.join(dirpath, f), folder)))
     else:
         jsonl = entry["video_jsonl_file"]
-        try:
-            lines = _abs(root, jsonl).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise WorkspaceError(f"{jsonl}: file not found (video_jsonl_file of the dataset); fix the path") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except ValueError:
-                raise WorkspaceError(f"{jsonl}:{n}: not valid JSON; fix the line") from None
+        for n, data in _jsonl(root, jsonl, "video_jsonl_file"):
+            if not isinstance(data, dict):
+                raise WorkspaceError(f"{jsonl}:{n}: each line needs \"video_path\" and \"caption\"")
             media.append(data.get("video_path", ""))
             captions[data.get("video_path", "")] = str(data.get("caption", ""))
             for k, v in data.items():
