@@ -28,6 +28,14 @@ B ?=
 LORA ?=
 # LoRA multiplier for `make generate`; empty = 1.0
 MULTIPLIER ?=
+# 1 = `make tune` writes the fastest setting that fits into a new version (through `make new`)
+APPLY ?= 0
+# settings for `make tune`/`make bench` to measure, e.g. ONLY=current,swap12,fp8+swap0; empty = the candidates
+ONLY ?=
+# measured steps per setting after one warm-up step; empty = 3 (the median of 3 hides one slow step)
+STEPS ?=
+# 1 = tune/bench may pick settings that change the numbers (fp8 weights, another batch size); 0 keeps them
+ALLOW_CHANGES ?= 0
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
@@ -80,6 +88,14 @@ train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_
 .PHONY: generate
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
 	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
+
+.PHONY: tune
+tune: .venv/.stamp-train ## Measure memory/speed settings on the version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES]
+	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
+
+.PHONY: bench
+bench: .venv/.stamp-train ## The same on a random DiT and synthetic caches: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES]
+	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
 
 ##@ Pod and models
 

@@ -98,11 +98,12 @@ def process_count(cfg: Config, visible_gpus: int) -> int:
     return int(n)
 
 
-def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None) -> Command:
+def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None, module: str = TRAIN_MODULE) -> Command:
     """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.
 
     `extra` holds what must override the file for one run (resume's remaining steps); it goes last, since
-    musubi-tuner gives the command line precedence over the file.
+    musubi-tuner gives the command line precedence over the file. `module` is the trainer's module, or a module
+    that wraps it with the same arguments (`make tune`'s probe).
     """
     mixed = cfg.get("mixed_precision") or "bf16"
     argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]
@@ -119,7 +120,7 @@ def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None
         argv += ["--num_processes", str(n), "--num_machines", "1"]
         if n > 1:
             argv += ["--multi_gpu"]
-    argv += ["-m", TRAIN_MODULE, "--config_file", cfg.ws.rel(cfg.path)]
+    argv += ["-m", module, "--config_file", cfg.ws.rel(cfg.path)]
     argv += list(extra or [])
     return Command("train", argv)
 
