@@ -19,6 +19,8 @@ CONFIG_FILE ?=
 DRY_RUN ?= 0
 # 1 = `make check` (and the check before cache/train/generate) treats warnings as errors
 STRICT ?= 0
+# 1 = `make cache` re-encodes everything; 0 = only what changed since the last finished `make cache`
+FORCE ?= 0
 # version to copy with `make new`; empty = the newest
 FROM ?=
 # versions to compare with `make diff`; both empty = the newest two
@@ -28,6 +30,10 @@ B ?=
 LORA ?=
 # LoRA multiplier for `make generate`; empty = 1.0
 MULTIPLIER ?=
+# grace period before the pod stops after `make train`/`resume` (0 = off, 30s, 10m); empty = [workspace] auto_stop
+AUTO_STOP ?=
+# versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
+VERSIONS ?=
 # 1 = `make tune` writes the fastest setting that fits into a new version (through `make new`)
 APPLY ?= 0
 # settings for `make tune`/`make bench` to measure, e.g. ONLY=current,swap12,fp8+swap0; empty = the candidates
@@ -40,6 +46,10 @@ ALLOW_CHANGES ?= 0
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
 PYTEST_ARGS ?=
+# `make lock`: move the musubi-tuner pin to this full commit first; empty = keep the pin
+MUSUBI_REV ?=
+# `make lock`: a local clone of musubi-tuner to lock from instead of GitHub; empty = GitHub
+MUSUBI_SNAPSHOT ?=
 
 ifneq ($(UV_CACHE_DIR),)
 export UV_CACHE_DIR
@@ -62,7 +72,7 @@ help: ## Show this help
 setup: .venv/.stamp-base ## Make the environment with the workspace tool (any machine; no GPU, no GitHub)
 
 .PHONY: example
-example: .venv/.stamp-base ## Write the tiny example dataset configs/v1 uses (datasets/example-1f; never overwrites)
+example: .venv/.stamp-base ## Write the tiny example datasets (datasets/example-1f for configs/v1, datasets/example-video); never overwrites
 	@$(WS) example
 
 .PHONY: new
@@ -78,26 +88,58 @@ check: .venv/.stamp-base ## Find mistakes that would waste a GPU run  [CONFIG_FI
 	@$(WS) check $(CFG)
 
 .PHONY: cache
-cache: $(GPU_STACK) ## Cache latents and text-encoder outputs  [CONFIG_FILE DRY_RUN]
-	@$(WS) cache $(CFG)
+cache: $(GPU_STACK) ## Cache latents and text-encoder outputs; redoes only what changed  [CONFIG_FILE DRY_RUN FORCE]
+	@$(WS) cache $(CFG) --force "$(FORCE)"
 
 .PHONY: train
-train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN]
-	@$(WS) train $(CFG)
+train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN AUTO_STOP]
+	@$(WS) train $(CFG) --auto-stop "$(AUTO_STOP)"
 
 .PHONY: generate
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
 	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
 
+.PHONY: report
+report: .venv/.stamp-base ## Versions side by side, offline: loss, flags, sample grids (runs/report/)  [VERSIONS]
+	@$(WS) report --versions "$(VERSIONS)"
+
+##@ Runs: resume, background, records
+
+.PHONY: resume
+resume: $(GPU_STACK) ## Train the steps left from the version's newest saved state  [CONFIG_FILE DRY_RUN AUTO_STOP]
+	@$(WS) resume $(CFG) --auto-stop "$(AUTO_STOP)"
+
+.PHONY: train-bg
+train-bg: $(GPU_STACK) ## `make train` in a detached tmux session (survives SSH)  [CONFIG_FILE DRY_RUN AUTO_STOP]
+	@$(WS) train-bg $(CFG) --auto-stop "$(AUTO_STOP)"
+
+.PHONY: logs
+logs: .venv/.stamp-base ## Follow the newest run: its log, with step, loss, s/step and time left
+	@$(WS) logs
+
+.PHONY: runs
+runs: .venv/.stamp-base ## List every run: version, target, status, duration, steps, last loss, cost
+	@$(WS) runs
+
+##@ Speed and memory: the fastest settings that fit the GPU
+
 .PHONY: tune
-tune: .venv/.stamp-train ## Measure memory/speed settings on the version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES]
+tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES]
 	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
 
 .PHONY: bench
-bench: .venv/.stamp-train ## The same on a random DiT and synthetic caches: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES]
+bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES]
 	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
 
 ##@ Pod and models
+
+.PHONY: stop
+stop: .venv/.stamp-base ## Stop this RunPod pod now
+	@$(WS) stop
+
+.PHONY: cancel-stop
+cancel-stop: .venv/.stamp-base ## Keep the pod: cancel the auto-stop of a `make train` (while it trains or counts down)
+	@$(WS) cancel-stop
 
 .PHONY: models
 models: .venv/.stamp-base ## Download the model files the config names, and the tokenizers  [CONFIG_FILE DRY_RUN]
@@ -105,7 +147,7 @@ models: .venv/.stamp-base ## Download the model files the config names, and the 
 
 .PHONY: monitor
 monitor: .venv/.stamp-train ## Watch GPU use (nvitop)
-	@.venv/bin/nvitop
+	@$(WS) monitor
 
 ##@ Development
 
@@ -116,6 +158,10 @@ test: .venv/.stamp-base ## Run the test suite (no GPU, no musubi-tuner needed)  
 .PHONY: test-musubi
 test-musubi: .venv/.stamp-train ## Run the tests against the real musubi-tuner (needs the train extra)
 	.venv/bin/python -m pytest tests/musubi -ra
+
+.PHONY: lock
+lock: .venv/.stamp-base ## Re-lock uv.lock, e.g. after moving the musubi-tuner pin  [MUSUBI_REV MUSUBI_SNAPSHOT]
+	@$(WS) lock --rev "$(MUSUBI_REV)" --snapshot "$(MUSUBI_SNAPSHOT)"
 
 .PHONY: schema
 schema: .venv/.stamp-train ## Regenerate the committed musubi-tuner option schema from the pinned parsers

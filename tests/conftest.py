@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 STANDINS = REPO / "tests" / "bin"
 VENV = Path(sys.prefix)
-COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".env.example", "configs")
+COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".env.example", ".gitignore", "configs")
 # uv's folder: the Makefile's guard looks for uv, as on a user's machine.
 UV_DIR = [os.path.dirname(shutil.which("uv"))] if shutil.which("uv") else []
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY", "RUNPOD_POD_ID")
@@ -37,10 +37,12 @@ class TmpWorkspace:
         return Path(self.env["WS_RECORD"])
 
     def calls(self, prog: str | None = None) -> list[dict]:
+        """What the stand-ins saw; without `prog`, every program but nvidia-smi (each run record asks it for the
+        GPU model: `calls("nvidia-smi")` shows those)."""
         if not self.record.exists():
             return []
         entries = [json.loads(line) for line in self.record.read_text().splitlines() if line.strip()]
-        return [e for e in entries if prog is None or e["prog"] == prog]
+        return [e for e in entries if e["prog"] == prog or (prog is None and e["prog"] != "nvidia-smi")]
 
     def make(self, *args: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -100,6 +102,12 @@ def make_workspace(root: Path, tmp_path: Path) -> TmpWorkspace:
     (venv / "bin").symlink_to(VENV / "bin")
     for stamp in (".stamp-base", ".stamp-train"):
         (venv / stamp).touch()
+    return TmpWorkspace(root=root, env=isolated_env(tmp_path))
+
+
+def isolated_env(tmp_path: Path) -> dict:
+    """The environment of a test's make and ws calls: stand-ins first on PATH, HOME and caches in tmp_path, no
+    secrets or switches from the developer's environment."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith(("STANDIN_", "WS_", "MAKE"))}
@@ -110,23 +118,46 @@ def make_workspace(root: Path, tmp_path: Path) -> TmpWorkspace:
         UV_CACHE_DIR=str(home / "uv"),
         WS_RECORD=str(tmp_path / "record.jsonl"),
         STANDIN_GPUS="1",
+        # Never this machine's RunPod file: tests that want a pod write their own.
+        WS_RP_ENVIRONMENT=str(tmp_path / "rp_environment"),
+        WS_STOP_RETRY_SECONDS="0",
     )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("VIRTUAL_ENV", None)
-    return TmpWorkspace(root=root, env=env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def example_template(tmp_path_factory) -> Path:
+    """One workspace with the example datasets written by the real `ws example`, copied by each test."""
+    base = tmp_path_factory.mktemp("template")
+    w = make_workspace(base / "workspace", base)
+    r = w.ws("example")
+    assert r.returncode == 0, r.stderr
+    return w.root
 
 
 @pytest.fixture
-def ws(tmp_path) -> TmpWorkspace:
-    """A fresh workspace copy with the example dataset written."""
-    w = make_workspace(tmp_path / "workspace", tmp_path)
-    r = w.ws("example")
-    assert r.returncode == 0, r.stderr
-    return w
+def ws(tmp_path, example_template) -> TmpWorkspace:
+    """A fresh workspace copy with the example datasets written."""
+    root = tmp_path / "workspace"
+    shutil.copytree(example_template, root, symlinks=True)
+    return TmpWorkspace(root=root, env=isolated_env(tmp_path))
 
 
 @pytest.fixture
 def ready(ws) -> TmpWorkspace:
-    """A workspace copy with the example dataset and (empty) model files in place."""
+    """A workspace copy with the example dataset and (empty) model files in place, ready to train: wandb offline,
+    since the example logs to wandb and a run without WANDB_API_KEY would fail (`make check` says so)."""
     ws.touch_models()
+    ws.env["WANDB_MODE"] = "offline"
     return ws
+
+
+@pytest.fixture
+def cached(ready) -> TmpWorkspace:
+    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
+    r = ready.make("cache")
+    assert r.returncode == 0, r.stderr
+    ready.record.unlink()
+    return ready

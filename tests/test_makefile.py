@@ -80,3 +80,9 @@ def test_a_failing_step_fails_the_target_with_its_exit_code(ready):
     assert r.returncode != 0
     assert "cache latents failed with exit code 7" in r.stderr
     assert [c["prog"] for c in ready.calls()] == ["fpack_cache_latents"]  # text encoders never ran
+
+
+def test_monitor_runs_nvitop_from_the_gpu_stack(ws):
+    r = ws.make("monitor")
+    assert r.returncode == 0, r.stderr
+    assert [c["prog"] for c in ws.calls()] == ["nvitop"]

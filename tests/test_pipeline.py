@@ -47,6 +47,7 @@ def test_cache_takes_fp8_llm_and_batch_settings_from_the_config(ready):
     assert "--fp8_llm" in te["argv"] and "--fp8_llm" not in lat["argv"]
 
 
+@pytest.mark.usefixtures("cached")  # make train needs an up-to-date cache
 def test_train_launches_accelerate_with_the_config_file_and_secrets_only_in_the_environment(ready):
     ready.write(".env", "HF_TOKEN=hf_" + "a" * 34 + "\nWANDB_API_KEY=" + "b" * 40 + "\n")
     r = ready.make("train")
@@ -58,12 +59,14 @@ def test_train_launches_accelerate_with_the_config_file_and_secrets_only_in_the_
     assert "a" * 34 not in r.stdout + r.stderr
 
 
+@pytest.mark.usefixtures("cached")  # make train needs an up-to-date cache
 def test_train_uses_every_visible_gpu(ready):
     assert ready.make("train", env={"STANDIN_GPUS": "4"}).returncode == 0
     argv = ready.calls("accelerate")[0]["argv"]
     assert argv[argv.index("--num_processes") + 1] == "4" and "--multi_gpu" in argv
 
 
+@pytest.mark.usefixtures("cached")  # make train needs an up-to-date cache
 def test_train_process_count_from_workspace_table(ready):
     cfg = ready.read("configs/v1/config.toml").replace('num_processes = "auto"', "num_processes = 2")
     ready.write("configs/v1/config.toml", cfg)
@@ -140,3 +143,22 @@ def test_config_file_defaults_to_the_newest_version_and_says_so(ready):
 def test_config_file_may_name_just_the_version(ready):
     r = ready.make("train", "DRY_RUN=1", "CONFIG_FILE=v1")
     assert r.returncode == 0 and "--config_file configs/v1/config.toml" in r.stdout
+
+
+@pytest.mark.usefixtures("cached")  # make train needs an up-to-date cache
+def test_train_on_several_machines_uses_the_accelerate_config_and_each_machines_environment(ready):
+    ready.write("accelerate_multi.yaml", "num_machines: 2\nnum_processes: 16\ndistributed_type: MULTI_GPU\n")
+    cfg = ready.read("configs/v1/config.toml").replace("\n[workspace]\n", '\n[workspace]\naccelerate_config = "accelerate_multi.yaml"\n')
+    ready.write("configs/v1/config.toml", cfg)
+    machine = {"MACHINE_RANK": "1", "MAIN_PROCESS_IP": "10.0.0.1", "MAIN_PROCESS_PORT": "29500", "STANDIN_GPUS": "8"}
+    dry = ready.make("train", "DRY_RUN=1", env=machine)
+    assert dry.returncode == 0, dry.stderr
+    expected = [
+        "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
+        "--config_file", "accelerate_multi.yaml",
+        "--machine_rank", "1", "--main_process_ip", "10.0.0.1", "--main_process_port", "29500",
+        "-m", "musubi_tuner.fpack_train_network", "--config_file", "configs/v1/config.toml",
+    ]
+    assert shlex.split(dry.stdout.strip()) == ["accelerate", *expected]
+    assert ready.make("train", env=machine).returncode == 0
+    assert ready.calls("accelerate")[0]["argv"] == expected

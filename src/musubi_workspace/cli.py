@@ -25,13 +25,50 @@ def cmd_check(ws, a):
 def cmd_cache(ws, a):
     from .pipeline import cache
 
-    cache(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict))
+    cache(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), force=_flag(a.force))
 
 
 def cmd_train(ws, a):
     from .pipeline import train
 
-    train(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict))
+    train(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+
+
+def cmd_resume(ws, a):
+    from .pipeline import resume
+
+    resume(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+
+
+def cmd_train_bg(ws, a):
+    from .background import train_bg
+
+    train_bg(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+
+
+def cmd_logs(ws, a):
+    from .runs import follow
+
+    follow(ws)
+
+
+def cmd_runs(ws, a):
+    from .runs import runs_table
+
+    print("\n".join(runs_table(ws)))
+
+
+def cmd_stop(ws, a):
+    from .environment import child_env
+    from .pod import stop_now
+
+    stop_now(ws, child_env(ws))
+
+
+def cmd_cancel_stop(ws, a):
+    from .pod import cancel_stop
+
+    cancel_stop(ws)
 
 
 def cmd_generate(ws, a):
@@ -74,16 +111,41 @@ def cmd_models(ws, a):
 
 
 def cmd_example(ws, a):
-    from .example import FOLDER, make_example_dataset
+    from .example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
 
-    written = make_example_dataset(ws)
-    print(f"{FOLDER}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+    for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
+        written = make(ws)
+        print(f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+
+
+def cmd_report(ws, a):
+    from .report import report
+
+    report(ws, a.versions)
 
 
 def cmd_schema(ws, a):
     from .schema import main as schema_main
 
     schema_main(["--out", a.out] if a.out else [])
+
+
+def cmd_monitor(ws, a):
+    import shutil
+
+    from .environment import child_env
+
+    env = child_env(ws)
+    exe = shutil.which("nvitop", path=env["PATH"])
+    if exe is None:
+        raise WorkspaceError("nvitop not found: it comes with the GPU stack; run `make monitor` on the pod (it installs the train extra)")
+    os.execve(exe, [exe, *a.args], env)
+
+
+def cmd_lock(ws, a):
+    from .lock import relock
+
+    relock(ws.root, snapshot=a.snapshot or None, rev=a.rev or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add("check", cmd_check, "check a version before a GPU run", config=True, dry_run=True, strict=True)
-    add("cache", cmd_cache, "cache latents and text-encoder outputs", config=True, dry_run=True, strict=True)
-    add("train", cmd_train, "train a LoRA", config=True, dry_run=True, strict=True)
+    c = add("cache", cmd_cache, "cache latents and text-encoder outputs", config=True, dry_run=True, strict=True)
+    c.add_argument("--force", default="0", help="1: re-encode everything, whatever the manifest says")
+    for name, func, help_ in (
+        ("train", cmd_train, "train a LoRA; the pod stops afterwards"),
+        ("resume", cmd_resume, "train the steps left from the newest saved state"),
+        ("train-bg", cmd_train_bg, "train in a detached tmux session"),
+    ):
+        t = add(name, func, help_, config=True, dry_run=True, strict=True)
+        t.add_argument("--auto-stop", default="", help="grace period before the pod stops (0: off); empty: [workspace] auto_stop")
+    add("logs", cmd_logs, "follow the newest run's log")
+    add("runs", cmd_runs, "list every run as a table")
+    add("stop", cmd_stop, "stop the RunPod pod now")
+    add("cancel-stop", cmd_cancel_stop, "keep the pod: cancel a pending auto-stop")
     g = add("generate", cmd_generate, "render prompts.txt with a LoRA", config=True, dry_run=True, strict=True)
     g.add_argument("--lora", default="", help="LoRA file (default: the version's newest)")
     g.add_argument("--multiplier", default="", help="LoRA multiplier (default 1.0)")
@@ -121,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--b", default="")
     add("models", cmd_models, "download the model files a config names", config=True, dry_run=True)
     add("example", cmd_example, "write the example dataset (missing files only)")
+    add("monitor", cmd_monitor, "watch GPU use (nvitop)").add_argument("args", nargs="*")
+    lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
+    lk.add_argument("--rev", default="")
+    lk.add_argument("--snapshot", default="")
+    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p
 

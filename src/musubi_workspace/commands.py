@@ -98,12 +98,20 @@ def process_count(cfg: Config, visible_gpus: int) -> int:
     return int(n)
 
 
-def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None, module: str = TRAIN_MODULE) -> Command:
+# Per-machine values of a several-machine run, read from each machine's environment and passed to
+# `accelerate launch` under the names of its own options (accelerate itself reads none of these variables).
+MACHINE_ENV = (("MACHINE_RANK", "--machine_rank"), ("MAIN_PROCESS_IP", "--main_process_ip"), ("MAIN_PROCESS_PORT", "--main_process_port"))
+
+
+def train_command(
+    cfg: Config, visible_gpus: int, extra: list[str] | None = None, env: dict | None = None, module: str = TRAIN_MODULE
+) -> Command:
     """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.
 
     `extra` holds what must override the file for one run (resume's remaining steps); it goes last, since
-    musubi-tuner gives the command line precedence over the file. `module` is the trainer's module, or a module
-    that wraps it with the same arguments (`make tune`'s probe).
+    musubi-tuner gives the command line precedence over the file. `env` supplies the per-machine values of a
+    several-machine run (MACHINE_ENV). `module` is the trainer's module, or one that wraps it with the same
+    arguments (`make tune`'s probe).
     """
     mixed = cfg.get("mixed_precision") or "bf16"
     argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]
@@ -115,6 +123,9 @@ def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None
         argv += ["--config_file", accel_cfg]
         if cfg.settings.num_processes != "auto":
             argv += ["--num_processes", str(cfg.settings.num_processes)]
+        for var, option in MACHINE_ENV:
+            if (env or {}).get(var):
+                argv += [option, str(env[var])]
     else:
         n = process_count(cfg, visible_gpus)
         argv += ["--num_processes", str(n), "--num_machines", "1"]

@@ -1,9 +1,14 @@
 """The shipped example dataset: a handful of small kisekaeichi-style items drawn with Pillow (no downloads).
 
-Each item has a start image (a figure in a grey shirt), a reference image (a shirt of some colour alone), and a
+One-frame (configs/v1, datasets/example-1f): each item has a start image (a figure in a grey shirt), a reference image (a shirt of some colour alone), and a
 target image (the same figure wearing that shirt), with a caption. A held-out start/reference pair feeds the
 sample prompt, so samples measure generalisation rather than recall. Written to datasets/example-1f/, which
-configs/v1 points at. Existing files are never overwritten.
+configs/v1 points at.
+
+Video (configs/example-video, datasets/example-video): a few clips of a shape turning 360 degrees at constant
+speed, each a folder of 37 frames (musubi-tuner reads a folder of images as a video), with captions.
+
+Existing files are never overwritten.
 """
 
 from __future__ import annotations
@@ -82,6 +87,54 @@ def make_example_dataset(ws: Workspace) -> list[Path]:
     name, shirt, word, skin, bg = HELD_OUT
     _save(_figure(GREY, skin, bg), base / "samples" / f"{name}_start.png", written)
     _save(_reference(shirt), base / "samples" / f"{name}_ref.png", written)
+    jsonl = base / "train.jsonl"
+    if not jsonl.exists():
+        jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        written.append(jsonl)
+    return written
+
+
+VIDEO_FOLDER = "datasets/example-video"
+VIDEO_SIZE = (256, 256)
+VIDEO_FRAMES = 37  # one FramePack section: latent window 9 x 4 frames + the first frame
+CLIPS = [
+    # name, shape colour, colour word, background
+    ("clip01", (200, 40, 40), "red", (230, 230, 230)),
+    ("clip02", (40, 90, 200), "blue", (245, 235, 215)),
+    ("clip03", (40, 160, 70), "green", (220, 225, 245)),
+]
+VIDEO_HELD_OUT = ("sample01", (150, 60, 180), "purple", (240, 225, 225))
+
+
+def _turned(colour, background, angle: float) -> Image.Image:
+    """An arrow-like shape turned by `angle` degrees about the centre."""
+    import math
+
+    w, h = VIDEO_SIZE
+    img = Image.new("RGB", VIDEO_SIZE, background)
+    d = ImageDraw.Draw(img)
+    cx, cy, r = w / 2, h / 2, w * 0.35
+    points = [(r, 0), (-r * 0.6, r * 0.45), (-r * 0.3, 0), (-r * 0.6, -r * 0.45)]
+    a = math.radians(angle)
+    d.polygon([(cx + x * math.cos(a) - y * math.sin(a), cy + x * math.sin(a) + y * math.cos(a)) for x, y in points], fill=colour)
+    return img
+
+
+def video_caption(word: str) -> str:
+    return f"A {word} arrow rotates 360 degrees clockwise at constant speed."
+
+
+def make_video_example(ws: Workspace) -> list[Path]:
+    """Write the video example dataset (missing files only); returns the files written."""
+    base = ws.root / VIDEO_FOLDER
+    written: list[Path] = []
+    lines = []
+    for name, colour, word, bg in CLIPS:
+        for i in range(VIDEO_FRAMES):
+            _save(_turned(colour, bg, 360.0 * i / (VIDEO_FRAMES - 1)), base / "clips" / name / f"frame_{i:03d}.png", written)
+        lines.append({"video_path": f"{VIDEO_FOLDER}/clips/{name}", "caption": video_caption(word)})
+    name, colour, word, bg = VIDEO_HELD_OUT
+    _save(_turned(colour, bg, 0.0), base / "samples" / f"{name}_start.png", written)
     jsonl = base / "train.jsonl"
     if not jsonl.exists():
         jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")

@@ -19,3 +19,23 @@ def visible_gpu_count(env: dict[str, str]) -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def gpu_memory(env: dict[str, str]) -> list[tuple[str, int]]:
+    """(name, total memory in MiB) of each GPU `nvidia-smi` lists; empty without nvidia-smi or on any failure."""
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, env=env,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for line in out.splitlines():
+        name, _, mib = line.rpartition(",")
+        if name.strip() and mib.strip().isdigit():
+            found.append((name.strip(), int(mib.strip())))
+    return found

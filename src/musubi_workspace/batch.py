@@ -1,0 +1,105 @@
+"""Check 8: batch size and learning rate (what the batch size asks of attention is combos.py's).
+
+A batch size changed against the previous version with the learning rate left alone changes the training (the
+usual rule for Adam-type optimisers scales the rate with the square root of the batch); several GPUs or gradient
+accumulation multiply the batch a step sees.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from .config import load_toml
+from .dataset_scan import scan
+from .errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from .findings import Context
+
+DEFAULT_LEARNING_RATE = 2e-6  # musubi-tuner's default
+
+
+def dataset_batch(data: dict) -> tuple[int, tuple]:
+    """The first dataset's batch_size ([[datasets]] entry, then [general], then 1) and where it is set."""
+    entries = data.get("datasets") if isinstance(data.get("datasets"), list) else []
+    first = entries[0] if entries and isinstance(entries[0], dict) else {}
+    general = data.get("general") if isinstance(data.get("general"), dict) else {}
+    for value, place in ((first.get("batch_size"), (("datasets", 1), "batch_size")), (general.get("batch_size"), ("general", "batch_size"))):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, place
+    return 1, (("datasets", 1), None)
+
+
+def _grad_accum(options: dict) -> int:
+    g = options.get("gradient_accumulation_steps", 1)
+    return g if isinstance(g, int) and not isinstance(g, bool) and g > 0 else 1
+
+
+def _lr(options: dict) -> float | None:
+    lr = options.get("learning_rate", DEFAULT_LEARNING_RATE)
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+def previous_version(ctx: "Context"):
+    """(name, options, dataset data) of the version before this one; None where there is none or it does not read."""
+    from .config import flatten
+
+    cfg = ctx.cfg
+    if cfg.version is None:
+        return None
+    n = int(cfg.version[1:])
+    older = [v for v in cfg.ws.versions() if int(v[1:]) < n]
+    if not older:
+        return None
+    name = older[-1]
+    try:
+        data, _ = load_toml(cfg.ws.configs / name / "config.toml", cfg.ws)
+        options = flatten(data)
+        ds = options.get("dataset_config")
+        dataset, _ = load_toml(cfg.ws.resolve(ds), cfg.ws) if isinstance(ds, str) and ds else ({}, "")
+    except WorkspaceError:
+        return None
+    return name, options, dataset
+
+
+def check_batch(ctx: "Context") -> str | None:
+    cfg, report = ctx.cfg, ctx.report
+    s = scan(ctx)
+    if s.path is None:
+        return "no dataset.toml to read (see above)"
+    batch, place = dataset_batch(s.data)
+    lines = s.lines
+    line = lines.get(place) or lines.get((("datasets", 1), None))
+    batch_where = f"{s.shown}:{line}" if line else s.shown
+    largest = max([d.batch_size for d in s.datasets] or [batch])
+
+    lr = _lr(cfg.options)
+    grad = _grad_accum(cfg.options)
+    prev = previous_version(ctx)
+    if prev is not None and lr is not None:
+        name, prev_options, prev_dataset = prev
+        prev_batch = dataset_batch(prev_dataset)[0] * _grad_accum(prev_options)
+        now = batch * grad
+        if prev_batch != now and _lr(prev_options) == lr:
+            scaled = lr * math.sqrt(now / prev_batch)
+            report.warn(batch_where, f"batch size {prev_batch} in {name} -> {now} here, but learning_rate stayed {lr:g}: "
+                        f"square-root scaling gives learning_rate = {scaled:.3g} ({lr:g} x sqrt({now}/{prev_batch})); "
+                        "set it in config.toml, or keep it on purpose")
+
+    processes = 1
+    n = cfg.settings.num_processes
+    if isinstance(n, int):
+        processes = n
+    elif not cfg.settings.accelerate_config and ctx.target == "check" and not ctx.dry_run:
+        # "auto" is every visible GPU (`nvidia-smi -L`); only `make check` asks, never a dry run (train asks itself,
+        # after its check).
+        from .gpus import visible_gpu_count
+
+        processes = max(1, visible_gpu_count(ctx.env))
+    if (processes > 1 or grad > 1) and lr is not None:
+        effective = largest * processes * grad
+        report.note(cfg.where("learning_rate"),
+                    f"effective batch = {largest} per GPU x {processes} process(es) x {grad} gradient accumulation step(s) = {effective}: "
+                    f"learning_rate {lr:g} applies to that batch (square-root scaling from {largest} gives {lr * math.sqrt(effective / largest):.3g})")
+    return None

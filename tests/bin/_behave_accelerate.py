@@ -1,0 +1,107 @@
+"""The trainer stand-in (`accelerate launch ... -m musubi_tuner.fpack_train_network ...`): behaves like
+musubi-tuner's training loop as far as the workspace can see it, per environment variables the tests set.
+
+  STANDIN_STEPS=<k>|all        steps to run (default 0: exit at once, as before); `all` = --max_train_steps
+  STANDIN_STEP_SECONDS=<s>     sleep per step (default 0.01)
+  STANDIN_FAIL_AT=<k>          after step k: a traceback and exit 1
+  STANDIN_KILL_AT=<k>          after step k: SIGKILL itself (what an out-of-memory kill looks like)
+  STANDIN_HANG_AT=<k>          after step k: sleep for an hour, printing nothing
+  STANDIN_UPLOAD_SECONDS=<s>   at the end, leave a process in the group that "uploads" for s seconds, then
+                               records prog "upload-done" (musubi-tuner's async upload, wandb's sync)
+  STANDIN_LEAK=1               print the HF_TOKEN and WANDB_API_KEY values (a library logging its secrets)
+
+Progress goes to stderr the way tqdm draws it (`steps:  12%|...| 120/1000 [00:06<00:46,  0.05s/it,
+avr_loss=0.0832]`, redrawn with carriage returns). With save_every_n_steps / save_state in the config it
+writes LoRA files and state folders named as musubi-tuner names them and logs "saving state at step N".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+
+def _opt(args: list[str], name: str, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+
+def _bar(n: int, total: int, spi: float, loss: float) -> str:
+    pct = int(100 * n / total) if total else 100
+    fill = "█" * (pct // 10) + " " * (10 - pct // 10)
+    left = int((total - n) * spi)
+    return (f"steps: {pct:3d}%|{fill}| {n}/{total} [00:{min(n, 59):02d}<{left // 60:02d}:{left % 60:02d}, "
+            f"{spi:.2f}s/it, avr_loss={loss:.4f}]")
+
+
+def _upload_child(seconds: float) -> None:
+    code = (
+        "import json, os, sys, time\n"
+        f"time.sleep({seconds})\n"
+        "p = os.environ.get('WS_RECORD')\n"
+        "p and open(p, 'a').write(json.dumps({'prog': 'upload-done', 'argv': [], 'time': time.time()}) + '\\n')\n"
+    )
+    subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def behave(argv: list[str]) -> int | None:
+    steps_env = os.environ.get("STANDIN_STEPS", "0")
+    if steps_env == "0" and not os.environ.get("STANDIN_LEAK"):
+        return None
+    args = argv[argv.index("-m") + 2 :] if "-m" in argv else []
+    cfg = tomllib.loads(Path(_opt(args, "--config_file")).read_text()) if "--config_file" in args else {}
+    total = int(_opt(args, "--max_train_steps", cfg.get("max_train_steps", 1600)))
+    name = _opt(args, "--output_name", cfg.get("output_name", "lora"))
+    out = Path(cfg.get("output_dir", "outputs"))
+    every = cfg.get("save_every_n_steps")
+    save_state = cfg.get("save_state") is True
+    steps = total if steps_env == "all" else min(int(steps_env), total)
+    spi = float(os.environ.get("STANDIN_STEP_SECONDS", "0.01"))
+    at = {k: int(os.environ[f"STANDIN_{k}_AT"]) for k in ("FAIL", "KILL", "HANG") if os.environ.get(f"STANDIN_{k}_AT")}
+
+    print("Trying to import sageattention", flush=True)
+    if os.environ.get("STANDIN_LEAK"):
+        print(f"debug: HF_TOKEN={os.environ.get('HF_TOKEN')} WANDB_API_KEY={os.environ.get('WANDB_API_KEY')}", flush=True)
+    if "--resume" in args:
+        print(f"INFO resume training from local state: {_opt(args, '--resume')}", flush=True)
+    err = sys.stderr
+    err.write(f"steps:   0%|          | 0/{total} [00:00<?, ?it/s]\r")
+    err.flush()
+    loss = 0.2
+    for n in range(1, steps + 1):
+        time.sleep(spi)
+        loss = 0.05 + 0.15 * 0.97**n
+        err.write(_bar(n, total, spi, loss) + "\r")
+        err.flush()
+        if every and n % every == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}-step{n:08d}.safetensors").write_bytes(b"lora")
+            if save_state:
+                print(f"\nINFO saving state at step {n}", flush=True)
+                state = out / f"{name}-step{n:08d}-state"
+                state.mkdir(exist_ok=True)
+                (state / "model.safetensors").write_bytes(b"state")
+        if at.get("FAIL") == n:
+            err.write("\nTraceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
+            err.flush()
+            return 1
+        if at.get("KILL") == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if at.get("HANG") == n:
+            time.sleep(3600)
+    err.write("\n")
+    err.flush()
+    if steps == total:
+        out.mkdir(parents=True, exist_ok=True)
+        if save_state:
+            print("INFO saving last state.", flush=True)
+            (out / f"{name}-state").mkdir(exist_ok=True)
+        (out / f"{name}.safetensors").write_bytes(b"lora")
+        print("INFO model saved.", flush=True)
+    if os.environ.get("STANDIN_UPLOAD_SECONDS"):
+        _upload_child(float(os.environ["STANDIN_UPLOAD_SECONDS"]))
+    return None
