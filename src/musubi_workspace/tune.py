@@ -412,7 +412,7 @@ class Session:
                 raise WorkspaceError(f"{cmd.argv[0]}: not found; `make tune` needs the GPU stack (make setup-train)", EXIT_CHILD) from None
             except subprocess.TimeoutExpired:
                 code, status = None, "timeout"
-        record = json.loads(probe_out.read_text()) if probe_out.exists() else {"status": "error"}
+        record = json.loads(probe_out.read_text()) if probe_out.exists() else {}
         if status == "timeout":
             record["status"], record["message"] = "timeout", f"stopped after {CANDIDATE_TIMEOUT_S} s"
         elif record.get("status") in ("running", None):
