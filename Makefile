@@ -34,6 +34,14 @@ MULTIPLIER ?=
 AUTO_STOP ?=
 # versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
 VERSIONS ?=
+# 1 = `make tune` writes the fastest setting that fits into a new version (through `make new`)
+APPLY ?= 0
+# settings for `make tune`/`make bench` to measure, e.g. ONLY=current,swap12,fp8+swap0; empty = the candidates
+ONLY ?=
+# measured steps per setting after one warm-up step; empty = 3 (the median of 3 hides one slow step)
+STEPS ?=
+# 1 = tune/bench may pick settings that change the numbers (fp8 weights, another batch size); 0 keeps them
+ALLOW_CHANGES ?= 0
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
@@ -112,6 +120,16 @@ logs: .venv/.stamp-base ## Follow the newest run: its log, with step, loss, s/st
 .PHONY: runs
 runs: .venv/.stamp-base ## List every run: version, target, status, duration, steps, last loss, cost
 	@$(WS) runs
+
+##@ Speed and memory: the fastest settings that fit the GPU
+
+.PHONY: tune
+tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES]
+	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
+
+.PHONY: bench
+bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES]
+	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
 
 ##@ Pod and models
 

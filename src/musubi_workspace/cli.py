@@ -77,6 +77,20 @@ def cmd_generate(ws, a):
     generate(ws, a.config, _flag(a.dry_run), lora=a.lora, multiplier=a.multiplier, strict=_flag(a.strict))
 
 
+def cmd_tune(ws, a):
+    from .pipeline import load_config
+    from .tune import tune
+
+    tune(ws, load_config(ws, a.config), _flag(a.apply), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes))
+
+
+def cmd_bench(ws, a):
+    from .pipeline import load_config
+    from .tune import bench
+
+    bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes))
+
+
 def cmd_new(ws, a):
     from .versions import new_version
 
@@ -166,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = add("generate", cmd_generate, "render prompts.txt with a LoRA", config=True, dry_run=True, strict=True)
     g.add_argument("--lora", default="", help="LoRA file (default: the version's newest)")
     g.add_argument("--multiplier", default="", help="LoRA multiplier (default 1.0)")
+    for name, func, help_ in (("tune", cmd_tune, "measure memory/speed settings on the version's models and caches"),
+                              ("bench", cmd_bench, "measure them on a random DiT and synthetic caches")):
+        t = add(name, func, help_, config=True)
+        t.add_argument("--only", default="", help="settings to run, e.g. current,swap12,fp8+swap0 (default: the candidates)")
+        t.add_argument("--steps", default="", help="measured steps per setting after the warm-up (default 3)")
+        t.add_argument("--allow-changes", default="0", help="1: may pick settings that change the numbers")
+        if name == "tune":
+            t.add_argument("--apply", default="0", help="1: write the pick into a new version")
     add("new", cmd_new, "copy a version to the next number").add_argument("--from", dest="source", default="")
     d = add("diff", cmd_diff, "compare two versions")
     d.add_argument("--a", default="")

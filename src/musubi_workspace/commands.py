@@ -103,12 +103,15 @@ def process_count(cfg: Config, visible_gpus: int) -> int:
 MACHINE_ENV = (("MACHINE_RANK", "--machine_rank"), ("MAIN_PROCESS_IP", "--main_process_ip"), ("MAIN_PROCESS_PORT", "--main_process_port"))
 
 
-def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None, env: dict | None = None) -> Command:
+def train_command(
+    cfg: Config, visible_gpus: int, extra: list[str] | None = None, env: dict | None = None, module: str = TRAIN_MODULE
+) -> Command:
     """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.
 
     `extra` holds what must override the file for one run (resume's remaining steps); it goes last, since
     musubi-tuner gives the command line precedence over the file. `env` supplies the per-machine values of a
-    several-machine run (MACHINE_ENV).
+    several-machine run (MACHINE_ENV). `module` is the trainer's module, or one that wraps it with the same
+    arguments (`make tune`'s probe).
     """
     mixed = cfg.get("mixed_precision") or "bf16"
     argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]
@@ -128,7 +131,7 @@ def train_command(cfg: Config, visible_gpus: int, extra: list[str] | None = None
         argv += ["--num_processes", str(n), "--num_machines", "1"]
         if n > 1:
             argv += ["--multi_gpu"]
-    argv += ["-m", TRAIN_MODULE, "--config_file", cfg.ws.rel(cfg.path)]
+    argv += ["-m", module, "--config_file", cfg.ws.rel(cfg.path)]
     argv += list(extra or [])
     return Command("train", argv)
 

@@ -1,0 +1,53 @@
+"""The probe's stand-in (`accelerate launch ... -m musubi_workspace.probe --config_file <derived config>`), for
+`make tune` and `make bench`: it reads the derived config and dataset the tool wrote, and writes the probe's
+JSON record to $WS_PROBE_OUT with step times and memory from a simple model of the settings, so the tests see
+settings that fit, do not fit, and differ in speed:
+
+  memory GiB = weights (26 bf16, 14 fp8) x (1 - blocks_to_swap/60) + batch x (2.5 with checkpointing, 6 without)
+               - 2 with compile
+  s/step     = batch x 1.4 x (1 + 0.005 x blocks_to_swap) x (0.8 with compile) x (0.95 with fp8) x (1.3 with
+               checkpointing)
+  STANDIN_GPU_MEM_GIB=<g>      the GPU's memory (default 80); above it: out of memory at the first step
+  STANDIN_PROBE_CRASH=<name>   a run whose config's blocks_to_swap/compile match `swapN+compile` dies without a
+                               record (a segfault in the trainer), e.g. STANDIN_PROBE_CRASH=swap8+compile
+Losses are 0.1 + step/100 (+0.001 with fp8), so fp8 rows differ from bf16 ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+
+def behave(argv: list[str]) -> int:
+    args = argv[argv.index("-m") + 2 :]
+    cfg = tomllib.loads(Path(args[args.index("--config_file") + 1]).read_text())
+    ds = tomllib.loads(Path(cfg["dataset_config"]).read_text())
+    batch = ds["general"]["batch_size"]
+    swap = cfg.get("blocks_to_swap", 0)
+    fp8 = cfg.get("fp8_base") is True
+    ckpt = cfg.get("gradient_checkpointing") is True
+    compiled = cfg.get("compile") is True
+    crash = os.environ.get("STANDIN_PROBE_CRASH", "")
+    if crash and crash == f"swap{swap}" + ("+compile" if compiled else ""):
+        print("Command '[...]' died with <Signals.SIGSEGV: 11>.", file=sys.stderr)
+        return 1
+    total = float(os.environ.get("STANDIN_GPU_MEM_GIB", "80")) * 2**30
+    mem = ((14 if fp8 else 26) * (1 - swap / 60) + batch * (2.5 if ckpt else 6) - (2 if compiled else 0)) * 2**30
+    step = batch * 1.4 * (1 + 0.005 * swap) * (0.8 if compiled else 1) * (0.95 if fp8 else 1) * (1.3 if ckpt else 1)
+    out = os.environ["WS_PROBE_OUT"]
+    record = {"status": "running", "steps": [], "device_name": "NVIDIA H100 80GB HBM3", "total_memory": total}
+    if mem > total:
+        record.update(status="oom", message="CUDA out of memory. Tried to allocate 2.00 GiB")
+        Path(out).write_text(json.dumps(record))
+        return 1
+    for i in range(cfg["max_train_steps"]):
+        record["steps"].append({"t": 100 + i * step + 0.01 * (i % 2),
+                                "max_allocated": mem, "max_reserved": mem * 1.1,
+                                "loss": 0.1 + i / 100 + (0.001 if fp8 else 0)})
+    record["status"] = "ok"
+    Path(out).write_text(json.dumps(record))
+    return 0
