@@ -98,7 +98,7 @@ class MemoryRun:
         weights = "fp8_base + fp8_scaled" if self.weights == "fp8" else "bf16 weights"
         swap = f"blocks_to_swap = {self.blocks_to_swap}" if self.blocks_to_swap else "no block swap"
         extra = " + compile" if self.compile else ""
-        peak = f", ~{self.peak_gib:g} GB" if self.peak_gib else ""
+        peak = f", ~{self.peak_gib:g} GiB" if self.peak_gib else ""
         return f"batch {self.batch} at {w}x{h}, {weights}, {swap}{extra}{peak}"
 
 
