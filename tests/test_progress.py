@@ -42,3 +42,19 @@ def test_carriage_returns_and_newlines_cut_the_stream_and_a_rest_waits():
     assert s.feed("a\rb\nc") == [("a", "\r"), ("b", "\n")]
     assert s.feed("d\r") == [("cd", "\r")]
     assert s.close() == []
+
+
+def test_off_a_terminal_the_status_is_a_line_now_and_then_not_one_per_step():
+    import io
+
+    from musubi_workspace.console import Display
+
+    out = io.StringIO()
+    display = Display(Progress(), stream=out, tty=False)
+    for n in range(1, 301):
+        display.feed(f"steps: {n // 3:3d}%|█         | {n}/300 [00:01<00:01,  0.01s/it, avr_loss=0.05]\r")
+    display.feed("INFO saving last state.\n")
+    display.flush()
+    lines = out.getvalue().splitlines()
+    assert [l.split(" · ")[0] for l in lines if l.startswith("step ")] == ["step 1/300", "step 300/300"]
+    assert "INFO saving last state." in lines

@@ -11,6 +11,7 @@ ignored: the run goes on.
 from __future__ import annotations
 
 import sys
+import time
 
 from .progress import Progress
 
@@ -45,6 +46,10 @@ def say(text: str, stream=None) -> None:
         pass
 
 
+# Seconds between status lines when the output is not a terminal.
+PLAIN_EVERY = 30.0
+
+
 class Display:
     def __init__(self, progress: Progress, stream=None, tty: bool | None = None) -> None:
         self.progress = progress
@@ -52,6 +57,10 @@ class Display:
         self.tty = self.stream.isatty() if tty is None else tty
         self.splitter = Splitter()
         self.status_shown = False
+        # Off a terminal (a pipe, `tee`, a CI log) the status is a whole line: one every PLAIN_EVERY seconds,
+        # the first and the last, not one per step.
+        self.plain_last: float | None = None
+        self.plain_pending = False
 
     def feed(self, text: str) -> None:
         """Show a chunk of raw output (used by `make logs`)."""
@@ -79,12 +88,20 @@ class Display:
         if self.tty:
             self._write("\r\033[K" + line)
             self.status_shown = True
-        else:
+            return
+        now = time.monotonic()
+        if self.plain_last is None or now - self.plain_last >= PLAIN_EVERY:
             self._write(line + "\n")
+            self.plain_last, self.plain_pending = now, False
+        else:
+            self.plain_pending = True
 
     def flush(self) -> None:
         for piece, term in self.splitter.close():
             self.piece(piece, term)
+        if self.plain_pending:
+            self._write(self.progress.status() + "\n")
+            self.plain_pending = False
         if self.status_shown:
             self._write("\n")
             self.status_shown = False
