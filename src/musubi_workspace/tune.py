@@ -396,7 +396,8 @@ class Session:
         probe_out = work / "probe.json"
         env = {**self.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
         log = self.folder / f"{name}.log"
-        self.commands.append(f"{name}: {cmd.shell()}")
+        # The scratch folder is temporary and machine-local: the record names it <scratch>.
+        self.commands.append(f"{name}: {cmd.shell().replace(str(self.scratch), '<scratch>')}")
         print(f"[{index}/{total}] {name}: {s.describe()} ...", end="", flush=True)
         t0 = time.time()
         status = None
