@@ -134,6 +134,7 @@ def test_make_tune_runs_the_candidates_and_prints_the_table_and_pick(ready):
     assert report in r.stdout and "Rule: a run fits when" in report
     data = json.loads(next((ready.root / "runs" / "v1").glob("tune-*/tune.json")).read_text())
     assert {x["name"] for x in data["results"]} == set(names)
+    assert data["commands"] and all("--config_file <scratch>/" in c for c in data["commands"])  # no local path
     assert not (ready.root / "configs" / "v2").exists()
 
 
