@@ -5,11 +5,12 @@ command (`-L socket`) are taken and ignored, as a real tmux's server choice does
 from __future__ import annotations
 
 import os
+import tempfile
 import subprocess
 
 
 def _pidfile(name: str) -> str:
-    return f"{os.environ.get('WS_RECORD', '/tmp/ws-record')}.tmux-{name.lstrip('=')}"
+    return f"{os.environ.get('WS_RECORD') or os.path.join(tempfile.gettempdir(), 'ws-record')}.tmux-{name.lstrip('=')}"
 
 
 def behave(argv: list[str]) -> int | None:

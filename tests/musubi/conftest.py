@@ -7,6 +7,7 @@ Everything in this folder is marked `musubi` and skipped, with the reason, where
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,19 @@ def musubi() -> dict:
     from musubi_workspace.schema import import_musubi
 
     return import_musubi()
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A copy of configs/ with the example datasets, as the root musubi-tuner runs in (it reads dataset paths
+    relative to where it runs)."""
+    from musubi_workspace.example import make_example_dataset, make_video_example
+    from musubi_workspace.paths import Workspace
+
+    shutil.copytree(HERE.parents[1] / "configs", tmp_path / "configs")
+    ws = Workspace(tmp_path)
+    make_example_dataset(ws)
+    make_video_example(ws)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return ws

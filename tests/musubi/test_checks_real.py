@@ -5,31 +5,18 @@ the same through the check's parser and musubi-tuner's `line_to_prompt_dict`."""
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import pytest
 
 from musubi_workspace.checks import run_checks
 from musubi_workspace.config import Config
-from musubi_workspace.example import make_example_dataset, make_video_example
 from musubi_workspace.paths import Workspace
 from musubi_workspace.prompts import parse_line, read_lines
 from musubi_workspace.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"v1": "configs/v1", "example-video": "configs/example-video"}
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Workspace:
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    ws = Workspace(tmp_path)
-    make_example_dataset(ws)
-    make_video_example(ws)
-    monkeypatch.chdir(tmp_path)  # musubi-tuner reads dataset paths relative to where it runs
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    return ws
 
 
 def dataset_findings(ws: Workspace, version: str) -> list[str]:

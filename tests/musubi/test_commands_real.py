@@ -13,8 +13,6 @@ import pytest
 
 from musubi_workspace.commands import cache_commands, generate_command, train_command
 from musubi_workspace.config import Config
-from musubi_workspace.example import make_example_dataset, make_video_example
-from musubi_workspace.paths import Workspace
 from musubi_workspace.schema import build_parsers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,19 +22,6 @@ CONFIGS = sorted(REPO.glob("configs/*/config.toml"))
 @pytest.fixture(scope="module")
 def parsers(musubi):
     return build_parsers(musubi)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Workspace:
-    """A copy of configs/ with the example dataset, as the root musubi-tuner runs in."""
-    import shutil
-
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    ws = Workspace(tmp_path)
-    make_example_dataset(ws)
-    make_video_example(ws)
-    monkeypatch.chdir(tmp_path)
-    return ws
 
 
 def module_args(argv: list[str], module: str) -> list[str]:
