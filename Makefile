@@ -131,6 +131,10 @@ tune: .venv/.stamp-train ## Time the memory/speed settings on this version's mod
 bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES]
 	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
 
+.PHONY: smoke
+smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod
+	@$(WS) smoke
+
 ##@ Pod and models
 
 .PHONY: stop

@@ -91,6 +91,12 @@ def cmd_bench(ws, a):
     bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes))
 
 
+def cmd_smoke(ws, a):
+    from .smoke import smoke
+
+    smoke(ws)
+
+
 def cmd_new(ws, a):
     from .versions import new_version
 
@@ -188,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--allow-changes", default="0", help="1: may pick settings that change the numbers")
         if name == "tune":
             t.add_argument("--apply", default="0", help="1: write the pick into a new version")
+    add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")
     add("new", cmd_new, "copy a version to the next number").add_argument("--from", dest="source", default="")
     d = add("diff", cmd_diff, "compare two versions")
     d.add_argument("--a", default="")

@@ -9,6 +9,12 @@ musubi-tuner's training loop as far as the workspace can see it, per environment
   STANDIN_UPLOAD_SECONDS=<s>   at the end, leave a process in the group that "uploads" for s seconds, then
                                records prog "upload-done" (musubi-tuner's async upload, wandb's sync)
   STANDIN_LEAK=1               print the HF_TOKEN and WANDB_API_KEY values (a library logging its secrets)
+  STANDIN_REAL_FILES=1         files in their real formats (`make smoke`): LoRAs as safetensors with
+                               `lora_unet_` keys and a "saving checkpoint: <file>" line each, states with
+                               model.safetensors and optimizer.bin, a sample PNG at each sample_every_n_steps,
+                               tensorboard scalars (loss/current, lr/unet) under logging_dir
+  STANDIN_LORA_KEYS=<prefix>   with STANDIN_REAL_FILES: the LoRA keys' prefix (default lora_unet_)
+  STANDIN_NO_LORA=1            save no LoRA files at all (a trainer that dies quietly in its save)
 
 Progress goes to stderr the way tqdm draws it (`steps:  12%|...| 120/1000 [00:06<00:46,  0.05s/it,
 avr_loss=0.0832]`, redrawn with carriage returns). With save_every_n_steps / save_state in the config it
@@ -48,6 +54,55 @@ def _upload_child(seconds: float) -> None:
     subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _real() -> bool:
+    return os.environ.get("STANDIN_REAL_FILES") == "1"
+
+
+def _save_lora(path: Path) -> None:
+    if os.environ.get("STANDIN_NO_LORA") == "1":
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not _real():
+        path.write_bytes(b"lora")
+        return
+    from _fpack_dataset import safetensors
+
+    prefix = os.environ.get("STANDIN_LORA_KEYS", "lora_unet_")
+    print(f"\nsaving checkpoint: {path}", flush=True)
+    block = f"{prefix}transformer_blocks_0_attn_to_q"
+    safetensors(str(path), {f"{block}.alpha": ("F32", ()), f"{block}.lora_down.weight": ("BF16", (4, 3072)),
+                            f"{block}.lora_up.weight": ("BF16", (3072, 4))}, {"ss_network_module": "networks.lora_framepack"})
+
+
+def _save_state(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(b"state")
+    if _real():
+        (folder / "optimizer.bin").write_bytes(b"optimizer")
+
+
+def _sample(out: Path, name: str, step: int) -> None:
+    from PIL import Image
+
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    p = out / "sample" / f"{name}_{step:06d}_00_{stamp}_1234_000.png"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 96), (step * 40 % 255, 80, 120)).save(p)
+
+
+def _tensorboard(cfg: dict, losses: list[float]) -> None:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    folder = Path(cfg["logging_dir"]) / time.strftime("%Y%m%d%H%M%S") / cfg.get("log_tracker_name", "network_train")
+    writer = EventFileWriter(str(folder))
+    for step, loss in enumerate(losses, 1):
+        values = [summary_pb2.Summary.Value(tag="loss/current", simple_value=loss),
+                  summary_pb2.Summary.Value(tag="lr/unet", simple_value=2e-4)]
+        writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary_pb2.Summary(value=values)))
+    writer.close()
+
+
 def behave(argv: list[str]) -> int | None:
     if "musubi_workspace.probe" in argv:  # `make tune` / `make bench`: the probe's stand-in
         from _behave_tune import behave as probe
@@ -76,19 +131,22 @@ def behave(argv: list[str]) -> int | None:
     err.write(f"steps:   0%|          | 0/{total} [00:00<?, ?it/s]\r")
     err.flush()
     loss = 0.2
+    losses = []
+    sample_every = cfg.get("sample_every_n_steps") if cfg.get("sample_prompts") else None
     for n in range(1, steps + 1):
         time.sleep(spi)
         loss = 0.05 + 0.15 * 0.97**n
+        losses.append(loss)
         err.write(_bar(n, total, spi, loss) + "\r")
         err.flush()
+        if _real() and sample_every and n % sample_every == 0:
+            _sample(out, name, n)
         if every and n % every == 0:
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{name}-step{n:08d}.safetensors").write_bytes(b"lora")
+            _save_lora(out / f"{name}-step{n:08d}.safetensors")
             if save_state:
                 print(f"\nINFO saving state at step {n}", flush=True)
-                state = out / f"{name}-step{n:08d}-state"
-                state.mkdir(exist_ok=True)
-                (state / "model.safetensors").write_bytes(b"state")
+                _save_state(out / f"{name}-step{n:08d}-state")
         if at.get("FAIL") == n:
             err.write("\nTraceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
             err.flush()
@@ -103,9 +161,14 @@ def behave(argv: list[str]) -> int | None:
         out.mkdir(parents=True, exist_ok=True)
         if save_state:
             print("INFO saving last state.", flush=True)
-            (out / f"{name}-state").mkdir(exist_ok=True)
-        (out / f"{name}.safetensors").write_bytes(b"lora")
+            if _real():
+                _save_state(out / f"{name}-state")
+            else:
+                (out / f"{name}-state").mkdir(exist_ok=True)
+        _save_lora(out / f"{name}.safetensors")
         print("INFO model saved.", flush=True)
+    if _real() and cfg.get("logging_dir") and losses:
+        _tensorboard(cfg, losses)
     if os.environ.get("STANDIN_UPLOAD_SECONDS"):
         _upload_child(float(os.environ["STANDIN_UPLOAD_SECONDS"]))
     return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from _fpack_dataset import Writer, image_size, items, option, remove_unproduced, stem
+from _fpack_dataset import Writer, image_size, items, one_frame_latent_tensors, option, remove_unproduced, stem
 
 
 def behave(argv: list[str]) -> int | None:
@@ -31,7 +31,8 @@ def behave(argv: list[str]) -> int | None:
         if os.path.isfile(item["path"]):
             with open(item["path"], "rb") as f:
                 sha = hashlib.sha256(f.read()).hexdigest()
-        writer.write(path, {"image": item["path"], "sha256": sha, "argv": argv})
+        tensors = one_frame_latent_tensors(option(argv, "--dataset_config"), argv) if "--one_frame" in argv else None
+        writer.write(path, {"image": item["path"], "sha256": sha, "argv": argv}, tensors)
         encoded.append(stem(item["path"]))
     print(f"fpack_cache_latents (stand-in): encoded {len(encoded)}: {' '.join(encoded)}", flush=True)
     remove_unproduced(dirs, produced, "_fp.safetensors", "--keep_cache" in argv)

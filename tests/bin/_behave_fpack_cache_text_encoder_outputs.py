@@ -7,7 +7,7 @@ from __future__ import annotations
 import glob
 import os
 
-from _fpack_dataset import Writer, items, option, remove_unproduced, stem
+from _fpack_dataset import TE_TENSORS, Writer, items, option, remove_unproduced, stem
 
 
 def behave(argv: list[str]) -> int | None:
@@ -23,7 +23,7 @@ def behave(argv: list[str]) -> int | None:
         produced.add(path)
         if "--skip_existing" in argv and path in existing:
             continue
-        writer.write(path, {"caption": item["caption"], "argv": argv})
+        writer.write(path, {"caption": item["caption"], "argv": argv}, TE_TENSORS)
         encoded.append(stem(item["path"]))
     print(f"fpack_cache_text_encoder_outputs (stand-in): encoded {len(encoded)}: {' '.join(encoded)}", flush=True)
     remove_unproduced(dirs, produced, "_fp_te.safetensors", "--keep_cache" in argv)

@@ -73,6 +73,51 @@ def stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def safetensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
+    """A valid safetensors file of zeros: `tensors` is {key: (dtype, shape)} (dtypes F16, F32, I64, BOOL)."""
+    import struct
+
+    size = {"F16": 2, "BF16": 2, "F32": 4, "I64": 8, "BOOL": 1}
+    header, offset = {}, 0
+    for key, (dtype, shape) in tensors.items():
+        n = size[dtype]
+        for d in shape:
+            n *= d
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def one_frame_latent_tensors(dataset_config: str, argv: list[str]) -> dict:
+    """The keys and shapes musubi-tuner's one-frame latent cache holds (encode_and_save_batch_one_frame)."""
+    with open(dataset_config, "rb") as f:
+        cfg = tomllib.load(f)
+    w, h = cfg["general"]["resolution"]
+    ds = cfg["datasets"][0]
+    n_clean = len(ds.get("fp_1f_clean_indices", [0])) + (0 if ds.get("fp_1f_no_post") else 1)
+    lh, lw = h // 8, w // 8
+    out = {f"latents_1x{lh}x{lw}_float16": ("F16", (16, 1, lh, lw)),
+           f"latents_clean_1x{lh}x{lw}_float16": ("F16", (16, n_clean, lh, lw)),
+           "image_embeddings_float16": ("F16", (729, 1152)), "latent_indices_int64": ("I64", (1,)),
+           "clean_latent_indices_int64": ("I64", (n_clean,))}
+    if "--one_frame_no_2x" not in argv:
+        out["clean_latent_2x_indices_int64"] = ("I64", (2,))
+    if "--one_frame_no_4x" not in argv:
+        out["clean_latent_4x_indices_int64"] = ("I64", (16,))
+    return out
+
+
+TE_TENSORS = {"llama_vec_float16": ("F16", (512, 4096)), "llama_attention_mask": ("BOOL", (512,)),
+              "clip_l_pooler_float16": ("F16", (768,))}
+
+
 class Writer:
     """Writes cache files; STANDIN_DIE_AFTER_<PROG>=n: after n files, half-writes one more and is killed."""
 
@@ -81,8 +126,14 @@ class Writer:
         self.die_after = os.environ.get(f"STANDIN_DIE_AFTER_{prog.upper()}")
         self.written: list[str] = []
 
-    def write(self, path: str, content: dict) -> None:
+    def write(self, path: str, content: dict, tensors: dict | None = None) -> None:
+        """The file holds `content` as JSON; with STANDIN_REAL_FILES=1 a safetensors file of `tensors` (zeros)
+        with `content` in its metadata."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.environ.get("STANDIN_REAL_FILES") == "1" and tensors:
+            safetensors(path, tensors, {"standin": json.dumps(content)})
+            self.written.append(path)
+            return
         data = json.dumps(content).encode()
         if self.die_after is not None and len(self.written) >= int(self.die_after):
             with open(path, "wb") as f:

@@ -1,0 +1,30 @@
+"""Stand-in for `python -m musubi_workspace.smoke_models` (the random models and tokenizers of `make smoke`,
+made on a GPU): writes small placeholder files where the real one writes the models and the stand-in
+tokenizers, with the same names and markers. STANDIN_EXIT_SMOKE_MODELS=<n> makes it fail."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from _fpack_dataset import option
+
+NAMES = ("hunyuan_video_vae_random_fp16.safetensors", "llava_llama3_random_fp16.safetensors",
+         "clip_l_random_fp16.safetensors", "sigclip_vision_384_random_fp16.safetensors")
+
+
+def behave(argv: list[str]) -> int | None:
+    if os.environ.get("STANDIN_EXIT_SMOKE_MODELS", "0") != "0":
+        return None
+    folder, hub, dit = (Path(option(argv, o)) for o in ("--folder", "--hub-cache", "--dit-folder"))
+    for d in (folder, hub, dit):
+        d.mkdir(parents=True, exist_ok=True)
+    (dit / "framepack_dit_random_bf16.safetensors").write_bytes(b"dit")
+    for n in NAMES:
+        (folder / n).write_bytes(b"model")
+    snap = hub / "models--hunyuanvideo-community--HunyuanVideo" / "snapshots" / "standin"
+    for sub in ("tokenizer", "tokenizer_2"):
+        (snap / sub).mkdir(parents=True, exist_ok=True)
+        (snap / sub / "tokenizer_config.json").write_text("{}")
+    print(f"smoke_models (stand-in): models in {folder}, tokenizers in {hub}", flush=True)
+    return None
