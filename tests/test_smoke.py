@@ -121,3 +121,17 @@ def test_a_pod_stop_that_fails_fails_the_train_step(smoke_ws):
     assert r.returncode == 2 and "smoke] Error 4" in r.stderr
     assert error_line(r).startswith("error: smoke: step 6/10 (train) failed: `make train AUTO_STOP=1s` failed")
     assert [c["prog"] for c in ws.calls()].count("accelerate") == 1
+
+
+def test_with_two_gpus_train_and_resume_run_two_processes_and_save_and_stop_once(smoke_ws):
+    """num_processes = "auto" in configs/v1: one process per GPU, as `make train` does. The once-only actions
+    still happen once: each LoRA saved once (one "saving checkpoint" line each), one pod stop."""
+    ws = smoke_ws
+    r = ws.make("smoke", env={"STANDIN_GPUS": "2"}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    train_line = next(l for l in step_lines(r.stdout) if "] train ✓" in l)
+    assert train_line.endswith("(2 processes)")
+    for call in [c for c in ws.calls() if c["prog"] == "accelerate"]:
+        argv = call["argv"]
+        assert argv[argv.index("--num_processes") + 1] == "2" and "--multi_gpu" in argv
+    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
