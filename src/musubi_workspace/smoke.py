@@ -272,9 +272,11 @@ class Smoke:
                 raise StepFailed(f"{self.rel(p)}: keys/shapes {got} differ from the one-frame layout {want}")
         for p in te:
             got = safetensors_header(p)
-            for key, dim in (("llama_vec_float16", 4096), ("clip_l_pooler_float16", 768)):
-                if key not in got or got[key]["shape"][-1] != dim:
-                    raise StepFailed(f"{self.rel(p)}: no `{key}` of width {dim} (keys: {sorted(got)})")
+            # musubi-tuner names each tensor with its dtype (llama_vec_float16, clip_l_pooler_float32).
+            for prefix, dim in (("llama_vec_", 4096), ("clip_l_pooler_", 768)):
+                key = next((k for k in got if k.startswith(prefix)), None)
+                if key is None or got[key]["shape"][-1] != dim:
+                    raise StepFailed(f"{self.rel(p)}: no `{prefix}<dtype>` of width {dim} (keys: {sorted(got)})")
             if "llama_attention_mask" not in got:
                 raise StepFailed(f"{self.rel(p)}: no `llama_attention_mask` (keys: {sorted(got)})")
 
