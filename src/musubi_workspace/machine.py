@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,6 +139,12 @@ def check_credentials(ctx: "Context") -> str | None:
             report.error(cfg.where("log_with"),
                          f"log_with = {log_with!r} logs to wandb, but WANDB_API_KEY is not set: the run fails when wandb starts; "
                          "add WANDB_API_KEY=... to .env (or set WANDB_MODE=offline)", kind=MACHINE)
+    if log_with in ("wandb", "all") and find_spec("musubi_tuner") is not None and find_spec("wandb") is None:
+        # Where the trainer is installed, so must wandb be: musubi-tuner stops when it prepares the accelerator.
+        report.error(cfg.where("log_with"),
+                     f"log_with = {log_with!r} logs to wandb, but the wandb package is not installed beside musubi-tuner: "
+                     "the run stops before its first step; install it (`uv sync --extra train`, or pip install wandb) "
+                     "or set log_with = \"tensorboard\"")
     if cfg.get("huggingface_repo_id"):
         if not (env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")) and not _has_hf_login(env):
             report.error(cfg.where("huggingface_repo_id"),

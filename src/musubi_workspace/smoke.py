@@ -235,6 +235,9 @@ class Smoke:
         if str(table.get("generate_attn_mode", "sdpa")).startswith("sage") and find_spec("sageattention") is None:
             table["generate_attn_mode"] = "sdpa"
             self.notes.append("generate_attn_mode sdpa: sageattention is not installed")
+        if doc.get("log_with") in ("wandb", "all") and find_spec("wandb") is None:
+            doc["log_with"] = "tensorboard"
+            self.notes.append("log_with tensorboard: wandb is not installed")
         return tomlkit.dumps(doc)
 
     def config(self) -> dict:
