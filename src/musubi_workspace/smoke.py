@@ -224,11 +224,11 @@ class Smoke:
             doc[key] = f"models/{path.name}"
         for key in [k for k in doc if k.startswith("huggingface_") or k in
                     ("save_state_to_huggingface", "async_upload", "resume", "network_weights", "max_train_epochs",
-                     "save_every_n_epochs", "sample_every_n_epochs")]:
+                     "save_every_n_epochs", "sample_every_n_epochs", "sample_every_n_steps")]:
             del doc[key]
         doc.update(dataset_config="configs/v1/dataset.toml", sample_prompts="configs/v1/prompts.txt",
                    output_dir="outputs/v1", logging_dir="outputs/v1/logs", max_train_steps=TRAIN_STEPS,
-                   save_every_n_steps=TRAIN_STEPS, sample_every_n_steps=TRAIN_STEPS, sample_at_first=False,
+                   save_every_n_steps=TRAIN_STEPS, sample_every_n_epochs=TRAIN_STEPS, sample_at_first=False,
                    save_state=True, one_frame=True)
         doc.setdefault("output_name", "smoke")
         table = doc.setdefault("workspace", tomlkit.table())

@@ -81,11 +81,11 @@ def _save_state(folder: Path) -> None:
         (folder / "optimizer.bin").write_bytes(b"optimizer")
 
 
-def _sample(out: Path, name: str, step: int) -> None:
+def _sample(out: Path, name: str, step: int, tag: str = "") -> None:
     from PIL import Image
 
     stamp = time.strftime("%Y%m%d%H%M%S")
-    p = out / "sample" / f"{name}_{step:06d}_00_{stamp}_1234_000.png"
+    p = out / "sample" / f"{name}_{tag or f'{step:06d}'}_00_{stamp}_1234_000.png"
     p.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (64, 96), (step * 40 % 255, 80, 120)).save(p)
 
@@ -159,6 +159,10 @@ def behave(argv: list[str]) -> int | None:
     err.flush()
     if steps == total:
         out.mkdir(parents=True, exist_ok=True)
+        every_epochs = cfg.get("sample_every_n_epochs") if cfg.get("sample_prompts") else None
+        if _real() and every_epochs and steps % every_epochs == 0:
+            # The stand-in counts one batch per epoch (as the smoke's 4 items at batch 4): an epoch-end sample.
+            _sample(out, name, steps, tag=f"e{steps:06d}")
         if save_state:
             print("INFO saving last state.", flush=True)
             if _real():
