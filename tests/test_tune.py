@@ -241,7 +241,7 @@ def test_make_bench_makes_synthetic_inputs_then_measures_without_models(ws):
     fp8_row = next(line for line in table.splitlines() if line.startswith("| `swap0+fp8`"))
     assert "**changes numbers**: fp8 scaled weights" in fp8_row
     assert "0.1110 / 0.1210 / 0.1310 (current: 0.1100 / 0.1200 / 0.1300)" in fp8_row
-    assert "$ per 1,000 steps" in table and json.loads(ws.read("bench/nvidia-h100-80gb-hbm3_v1.json"))["results"]
+    assert "$ per 1,000 steps" in table and json.loads(ws.read("bench/nvidia-h100-80gb-hbm3_v1.runs.json"))[0]["results"]
 
 
 def test_bench_needs_a_one_frame_config(ws):
