@@ -104,7 +104,7 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
         run = earlier[0]
         sps = float(run["progress"]["seconds_per_step"])
         source = f"this version's run {run.get('id')} ({gpu}, same config.toml and dataset.toml)"
-        done = next((r for r in earlier if r.get("status") == "succeeded" and r.get("duration_s")
+        done = next((r for r in earlier if r.get("status") == "succeeded" and r.get("duration_s") is not None
                      and (r.get("progress") or {}).get("last_step")), None)
         if done is not None:
             p = done["progress"]
