@@ -164,7 +164,7 @@ def recommendation(cfg: Config, gpu: str) -> str | None:
 def _toml(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    return str(v)
+    return f'"{v}"' if isinstance(v, str) else str(v)
 
 
 def visible_gpu_name(env: dict) -> str | None:

@@ -65,7 +65,7 @@ ATTENTION_KEYS = ("sdpa", "flash_attn", "xformers", "flash3", "sage_attn")
 TRAIN_ATTENTION = {"sdpa": None, "flash_attn": "flash_attn", "xformers": "xformers"}
 # musubi-tuner options a candidate sets (batch size lives in dataset.toml).
 TUNED_KEYS = (*ATTENTION_KEYS, "split_attn", "blocks_to_swap", "use_pinned_memory_for_block_swap", "fp8_base",
-              "fp8_scaled", "gradient_checkpointing", "gradient_checkpointing_cpu_offload", "compile")
+              "fp8_scaled", "gradient_checkpointing", "gradient_checkpointing_cpu_offload", "compile", "compile_mode")
 # Options dropped from a measuring run: no sampling, saving, upload, logging, resume.
 DROPPED_PREFIXES = ("sample_", "save_", "huggingface_", "log_", "wandb_", "resume")
 DROPPED_KEYS = {"async_upload", "logging_dir", "max_train_epochs", "output_dir", "output_name", "network_weights"}
@@ -84,6 +84,7 @@ class Setting:
     checkpointing: bool = False
     offload: bool = False
     compile: bool = False
+    compile_mode: str = ""  # musubi-tuner's --compile_mode; "": its default ("default")
 
     @classmethod
     def of(cls, cfg: Config, batch_size: int) -> "Setting":
@@ -98,6 +99,7 @@ class Setting:
             weights=weights, attention=attention, split_attn=o.get("split_attn") is True,
             checkpointing=o.get("gradient_checkpointing") is True,
             offload=o.get("gradient_checkpointing_cpu_offload") is True, compile=o.get("compile") is True,
+            compile_mode="" if o.get("compile_mode") in (None, "default") else str(o.get("compile_mode")),
         )
 
     def options(self) -> dict:
@@ -112,6 +114,7 @@ class Setting:
             "gradient_checkpointing": self.checkpointing,
             "gradient_checkpointing_cpu_offload": self.checkpointing and self.offload,
             "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
         }
 
     def tokens(self, base: "Setting") -> list[str]:
@@ -134,6 +137,8 @@ class Setting:
             t.append("offload" if self.offload else "nooffload")
         if self.compile != base.compile:
             t.append("compile" if self.compile else "nocompile")
+        if self.compile_mode != base.compile_mode:
+            t.append(COMPILE_MODE_TOKENS.get(self.compile_mode, "defaultmode"))
         return t
 
     def name(self, base: "Setting") -> str:
@@ -154,11 +159,14 @@ class Setting:
         parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
         parts += [self.weights, self.attention, "split_attn" if self.split_attn else ""]
         parts += ["checkpointing" + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "") if self.checkpointing else "no checkpointing"]
-        parts += ["compile" if self.compile else ""]
+        parts += [("compile" + (f" ({self.compile_mode})" if self.compile_mode else "")) if self.compile else ""]
         return ", ".join(p for p in parts if p)
 
 
-TOKENS_HELP = "current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, ckpt, nockpt, offload, nooffload, compile, nocompile"
+TOKENS_HELP = ("current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
+               "ckpt, nockpt, offload, nooffload, compile, nocompile, autotune, autotunecg, overhead, defaultmode")
+# musubi-tuner's --compile_mode values and their names in a setting (`swap0+compile+autotune`).
+COMPILE_MODE_TOKENS = {"max-autotune-no-cudagraphs": "autotune", "max-autotune": "autotunecg", "reduce-overhead": "overhead"}
 
 
 def parse_name(name: str, base: Setting) -> Setting:
@@ -170,7 +178,8 @@ def parse_name(name: str, base: Setting) -> Setting:
              "nosplit": ("split_attn", False), "ckpt": ("checkpointing", True), "nockpt": ("checkpointing", False),
              "offload": ("offload", True), "nooffload": ("offload", False), "compile": ("compile", True),
              "nocompile": ("compile", False), "fp8": ("weights", "fp8_scaled"), "fp8base": ("weights", "fp8"),
-             "bf16": ("weights", "bf16"), **{a: ("attention", a) for a in TRAIN_ATTENTION}}
+             "bf16": ("weights", "bf16"), **{a: ("attention", a) for a in TRAIN_ATTENTION},
+             "defaultmode": ("compile_mode", ""), **{t: ("compile_mode", m) for m, t in COMPILE_MODE_TOKENS.items()}}
     for token in name.strip().split("+"):
         token = token.strip()
         if m := re.fullmatch(r"batch(\d+)", token):
@@ -224,7 +233,9 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
         att.append(replace(base, split_attn=False))
     if att:
         out.append(Axis("attention", att))
-    out.append(Axis("compile", [replace(base, compile=not base.compile)]))
+    compiled = replace(base, compile=True)
+    modes = [replace(compiled, compile_mode="max-autotune-no-cudagraphs")] if not base.compile_mode else []
+    out.append(Axis("compile", [replace(base, compile=not base.compile, compile_mode=""), *modes]))
     if base.checkpointing:
         out.append(Axis("gradient checkpointing", [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)]))
     else:
@@ -232,6 +243,11 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     batches = [b for b in (base.batch_size * 2, base.batch_size // 2) if b >= 1 and b != base.batch_size]
     out.append(Axis("batch size", [replace(base, batch_size=b) for b in batches]))
     known = []
+    if base.blocks_to_swap > 0 or not base.compile:
+        # No swap with compile: 1.50x the shipped setting on an H200 (issue 13), with the compile environment.
+        known.append(replace(base, blocks_to_swap=0, compile=True))
+        if not base.compile_mode:
+            known.append(replace(base, blocks_to_swap=0, compile=True, compile_mode="max-autotune-no-cudagraphs"))
     if base.weights == "bf16":
         known.append(replace(base, weights="fp8_scaled", blocks_to_swap=0, compile=True))
     if base.batch_size > 1:
