@@ -42,6 +42,8 @@ ONLY ?=
 STEPS ?=
 # 1 = tune/bench may pick settings that change the numbers (fp8 weights, another batch size); 0 keeps them
 ALLOW_CHANGES ?= 0
+# GPU memory `make tune`/`make bench` may use, e.g. MEMORY=80GB (GB = 10^9 bytes, GiB = 2^30): "fits" as on that card; empty = all
+MEMORY ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
@@ -124,12 +126,12 @@ runs: .venv/.stamp-base ## List every run: version, target, status, duration, st
 ##@ Speed and memory: the fastest settings that fit the GPU
 
 .PHONY: tune
-tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES]
-	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
+tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES MEMORY]
+	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)"
 
 .PHONY: bench
-bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES]
-	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)"
+bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES MEMORY]
+	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)"
 
 .PHONY: smoke
 smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod

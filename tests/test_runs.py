@@ -136,11 +136,11 @@ def test_make_runs_prints_a_table(ready):
     r = ready.make("runs")
     assert r.returncode == 0, r.stderr
     head, cache, train = r.stdout.splitlines()
-    assert head.split() == ["run", "version", "target", "status", "duration", "steps", "last", "loss", "cost"]
-    assert cache.split()[1:4] == ["v1", "cache", "succeeded"] and cache.split()[5:] == ["-", "-", "$0.00"]
+    assert head.split() == ["run", "version", "target", "status", "duration", "steps", "last", "loss", "cost", "estimated"]
+    assert cache.split()[1:4] == ["v1", "cache", "succeeded"] and cache.split()[5:] == ["-", "-", "$0.00", "-"]
     assert re.fullmatch(r"\d+s", cache.split()[4])
     assert train.split()[1:4] == ["v1", "train", "failed"]
-    assert train.split()[5:] == ["4/1000", f"{0.05 + 0.15 * 0.97**4:.4g}", "$0.00"]
+    assert train.split()[5:] == ["4/1000", f"{0.05 + 0.15 * 0.97**4:.4g}", "$0.00", "-"]  # no measurement: no estimate
 
 
 def test_no_secret_reaches_argv_output_log_or_run_json(cached):

@@ -192,6 +192,11 @@ def run_checks(cfg: Config, dry_run: bool = False, strict: bool = False, out=Non
         print(f"[{i}/{len(CHECKS)}] {name} {mark}", file=out)
         for f in new:
             print(f"  {f.line()}", file=out)
+    if ctx.for_training() and not dry_run:
+        from .estimate import speed_lines  # the run's time and cost on this GPU (estimate.py)
+
+        for line in speed_lines(cfg, ctx.env):
+            print(line, file=out)
     n_err, n_warn, n_note = len(report.errors), len(report.warnings), len(report.notes)
     verdict = "FAILED" if n_err else "OK"
     notes = f", {n_note} note(s)" if n_note else ""

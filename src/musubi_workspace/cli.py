@@ -81,14 +81,21 @@ def cmd_tune(ws, a):
     from .pipeline import load_config
     from .tune import tune
 
-    tune(ws, load_config(ws, a.config), _flag(a.apply), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes))
+    tune(ws, load_config(ws, a.config), _flag(a.apply), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes),
+         memory=a.memory)
 
 
 def cmd_bench(ws, a):
     from .pipeline import load_config
     from .tune import bench
 
-    bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes))
+    bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes), memory=a.memory)
+
+
+def cmd_bench_report(ws, a):
+    from .tune import bench_report
+
+    bench_report(ws, a.files, out=a.out, allow_changes=_flag(a.allow_changes))
 
 
 def cmd_smoke(ws, a):
@@ -192,9 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--only", default="", help="settings to run, e.g. current,swap12,fp8+swap0 (default: the candidates)")
         t.add_argument("--steps", default="", help="measured steps per setting after the warm-up (default 3)")
         t.add_argument("--allow-changes", default="0", help="1: may pick settings that change the numbers")
+        t.add_argument("--memory", default="", help="GPU memory a run may use, e.g. 80GB (decides 'fits' as on that card)")
         if name == "tune":
             t.add_argument("--apply", default="0", help="1: write the pick into a new version")
     add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")
+    br = add("bench-report", cmd_bench_report, "merge bench records (bench/*.runs.json, runs/vN/bench-*/bench.json) into one table")
+    br.add_argument("files", nargs="*")
+    br.add_argument("--out", default="", help="a .runs.json to add the sessions to; its .md is rewritten (default: print)")
+    br.add_argument("--allow-changes", default="0", help="1: the pick may change the numbers")
     add("new", cmd_new, "copy a version to the next number").add_argument("--from", dest="source", default="")
     d = add("diff", cmd_diff, "compare two versions")
     d.add_argument("--a", default="")

@@ -7,7 +7,7 @@ no config file, so the settings they share with training are copied from the sam
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
@@ -28,13 +28,16 @@ GENERATE_FLAG_OPTIONS = ("vae_tiling", "f1", "fp8_llm")
 
 @dataclass(frozen=True)
 class Command:
-    """One program run: its argv and what it is, for the dry run and the run record."""
+    """One program run: its argv and what it is, for the dry run and the run record. `env`: variables this
+    command adds to the workspace's environment (the compile fixes), shown in front of it as `VAR=value`."""
 
     label: str
     argv: list[str]
+    env: dict = field(default_factory=dict, hash=False, compare=False)
 
     def shell(self) -> str:
-        return shlex.join(self.argv)
+        prefix = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        return " ".join([*prefix, shlex.join(self.argv)])
 
 
 def _p(cfg: Config, key: str, purpose: str) -> str:
@@ -104,15 +107,19 @@ MACHINE_ENV = (("MACHINE_RANK", "--machine_rank"), ("MAIN_PROCESS_IP", "--main_p
 
 
 def train_command(
-    cfg: Config, visible_gpus: int, extra: list[str] | None = None, env: dict | None = None, module: str = TRAIN_MODULE
+    cfg: Config, visible_gpus: int, extra: list[str] | None = None, env: dict | None = None, module: str = TRAIN_MODULE,
+    compiled: bool | None = None,
 ) -> Command:
     """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.
 
     `extra` holds what must override the file for one run (resume's remaining steps); it goes last, since
     musubi-tuner gives the command line precedence over the file. `env` supplies the per-machine values of a
     several-machine run (MACHINE_ENV). `module` is the trainer's module, or one that wraps it with the same
-    arguments (`make tune`'s probe).
+    arguments (`make tune`'s probe). A compiled run (`compiled`, default: the config's `compile`) carries the
+    compile environment (compile_fix.py), less what `env` already sets.
     """
+    from .compile_fix import compile_run_env
+
     mixed = cfg.get("mixed_precision") or "bf16"
     argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]
     argv += ["--dynamo_backend", "no"]
@@ -133,7 +140,8 @@ def train_command(
             argv += ["--multi_gpu"]
     argv += ["-m", module, "--config_file", cfg.ws.rel(cfg.path)]
     argv += list(extra or [])
-    return Command("train", argv)
+    compiled = cfg.get("compile") is True if compiled is None else compiled
+    return Command("train", argv, env=compile_run_env(compiled, env if env is not None else {}))
 
 
 def lora_files(cfg: Config) -> list[Path]:

@@ -39,3 +39,31 @@ def gpu_memory(env: dict[str, str]) -> list[tuple[str, int]]:
         if name.strip() and mib.strip().isdigit():
             found.append((name.strip(), int(mib.strip())))
     return found
+
+
+def visible_gpu(env: dict[str, str]) -> tuple[str, int] | None:
+    """(name, MiB) of the GPU a process started with `env` uses first: nvidia-smi's GPU at the first index of
+    CUDA_VISIBLE_DEVICES (when it is a number), else its first; None without nvidia-smi."""
+    gpus = gpu_memory(env)
+    if not gpus:
+        return None
+    first = (env.get("CUDA_VISIBLE_DEVICES") or "").split(",")[0].strip()
+    if first.isdigit() and int(first) < len(gpus):
+        return gpus[int(first)]
+    return gpus[0]
+
+
+def gpu_names(env: dict[str, str]) -> list[str]:
+    """Names of the GPUs `nvidia-smi -L` lists, in its order; empty without nvidia-smi."""
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, env=env).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    names = []
+    for line in out.splitlines():
+        if line.startswith("GPU ") and ": " in line:
+            names.append(line.split(": ", 1)[1].split(" (UUID")[0].strip())
+    return names

@@ -53,7 +53,7 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_
     cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
         return runner.show([cmd])
-    train_run(cfg, "train", cmd, env, auto_stop)
+    train_run(cfg, "train", cmd, env, auto_stop, estimate=run_estimate(cfg, env))
 
 
 def generate(ws: Workspace, config: str, dry_run: bool, lora: str = "", multiplier: str = "", strict: bool = False) -> None:
@@ -96,6 +96,16 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
     if dry_run:
         return runner.show([cmd])
     train_run(cfg, "resume", cmd, env, auto_stop, offset=point.state.step, resume=point.record())
+
+
+def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
+    """The time and cost estimate the preflight printed (estimate.py), for run.json, beside the actual."""
+    from .estimate import estimate, visible_gpu_name
+
+    try:
+        return estimate(cfg, visible_gpu_name(env)).data
+    except WorkspaceError as e:
+        return {"note": e.message}
 
 
 def recorded_run(cfg: Config, target: str, cmds, env: dict[str, str], offset: int = 0, hang_timeout: int = 0,

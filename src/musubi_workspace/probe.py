@@ -19,6 +19,9 @@ import sys
 import time
 
 OUT_ENV = "WS_PROBE_OUT"
+# MEMORY= of `make tune`/`make bench`, in bytes: the most GPU memory this process may use
+# (torch.cuda.set_per_process_memory_fraction), so "fits" is decided as on a smaller card.
+MEMORY_ENV = "WS_PROBE_MEMORY"
 EXIT_OOM = 3
 
 
@@ -43,6 +46,11 @@ class Probe:
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             self.record.update(device_name=props.name, total_memory=props.total_memory)
+            cap = int(os.environ.get(MEMORY_ENV) or 0)
+            if cap:
+                # The allocator raises out-of-memory beyond this share of the device, as on a card of `cap` bytes.
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / props.total_memory), 0)
+                self.record["memory_cap"] = min(cap, props.total_memory)
         self.record["torch"] = torch.__version__
 
         # The loss is what the trainer passes to accelerator.backward; keep a reference to read after the step.

@@ -143,7 +143,7 @@ def execute(
                 note(f"==> {c.label}: {c.shell()}")
                 try:
                     proc = subprocess.Popen(
-                        c.argv, cwd=ws.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        c.argv, cwd=ws.root, env={**env, **c.env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, start_new_session=True,
                     )
                 except FileNotFoundError:

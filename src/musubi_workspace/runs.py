@@ -338,7 +338,7 @@ def runs_table(ws: Workspace) -> list[str]:
     runs = load_runs(ws)
     if not runs:
         return ["no runs yet (runs/ is empty): `make cache`, `make train` and `make generate` record theirs"]
-    head = ("run", "version", "target", "status", "duration", "steps", "last loss", "cost")
+    head = ("run", "version", "target", "status", "duration", "steps", "last loss", "cost", "estimated")
     rows = [head]
     for r in runs:
         p = r.get("progress") or {}
@@ -349,9 +349,12 @@ def runs_table(ws: Workspace) -> list[str]:
         steps = "-" if p.get("last_step") is None else f"{p['last_step']}/{p.get('total_steps') or '?'}"
         loss = "-" if p.get("last_loss") is None else f"{p['last_loss']:.4g}"
         cost = r.get("cost_usd")
+        est = r.get("estimate") or {}
+        estimated = f"{duration(est['total_s'])} ${est['usd']:.2f}" if est.get("total_s") is not None else "-"
         rows.append((
             r.get("id", "?"), r.get("version", "?"), r.get("target", "?"), r.get("status", "?"),
             duration(secs) if secs is not None else "-", steps, loss, f"${cost:.2f}" if cost is not None else "-",
+            estimated,
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

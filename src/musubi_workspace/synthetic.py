@@ -263,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         width=a.width, height=a.height, clean_indices=tuple(int(i) for i in a.clean_indices.split(",") if i != ""),
         target_index=a.target_index, no_post=a.no_post, no_2x=a.no_2x, no_4x=a.no_4x, window=a.window,
     )
-    make(Plan(folder=Path(a.folder), layout=layout, items=a.items, seed=a.seed), device=a.device)
+    import fcntl
+
+    folder = Path(a.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Two `make bench` processes (one per GPU) may start together: one makes the inputs, the other then reuses them.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        make(Plan(folder=folder, layout=layout, items=a.items, seed=a.seed), device=a.device)
     return 0
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import tomlkit
 
+from .bench_tables import append_session, describe_shape, locked, read_sessions, table_path, workload_of
 from .commands import train_command
 from .config import WORKSPACE_TABLE, Config, load_toml
 from .environment import child_env, redact, secret_values
@@ -47,6 +48,8 @@ from .errors import EXIT_CHILD, WorkspaceError
 from .paths import Workspace
 
 PROBE_MODULE = "musubi_workspace.probe"
+# The probe's memory cap (probe.MEMORY_ENV; probe.py imports torch, so the name is repeated here).
+MEMORY_ENV = "WS_PROBE_MEMORY"
 # Steps run before the measured ones (CUDA kernels, compile, allocator warm-up); excluded from the timing.
 WARMUP_STEPS = 1
 # Share of the GPU memory kept free when deciding "fits": other buckets, longer captions, fragmentation.
@@ -62,7 +65,7 @@ ATTENTION_KEYS = ("sdpa", "flash_attn", "xformers", "flash3", "sage_attn")
 TRAIN_ATTENTION = {"sdpa": None, "flash_attn": "flash_attn", "xformers": "xformers"}
 # musubi-tuner options a candidate sets (batch size lives in dataset.toml).
 TUNED_KEYS = (*ATTENTION_KEYS, "split_attn", "blocks_to_swap", "use_pinned_memory_for_block_swap", "fp8_base",
-              "fp8_scaled", "gradient_checkpointing", "gradient_checkpointing_cpu_offload", "compile")
+              "fp8_scaled", "gradient_checkpointing", "gradient_checkpointing_cpu_offload", "compile", "compile_mode")
 # Options dropped from a measuring run: no sampling, saving, upload, logging, resume.
 DROPPED_PREFIXES = ("sample_", "save_", "huggingface_", "log_", "wandb_", "resume")
 DROPPED_KEYS = {"async_upload", "logging_dir", "max_train_epochs", "output_dir", "output_name", "network_weights"}
@@ -81,6 +84,7 @@ class Setting:
     checkpointing: bool = False
     offload: bool = False
     compile: bool = False
+    compile_mode: str = ""  # musubi-tuner's --compile_mode; "": its default ("default")
 
     @classmethod
     def of(cls, cfg: Config, batch_size: int) -> "Setting":
@@ -95,6 +99,7 @@ class Setting:
             weights=weights, attention=attention, split_attn=o.get("split_attn") is True,
             checkpointing=o.get("gradient_checkpointing") is True,
             offload=o.get("gradient_checkpointing_cpu_offload") is True, compile=o.get("compile") is True,
+            compile_mode="" if o.get("compile_mode") in (None, "default") else str(o.get("compile_mode")),
         )
 
     def options(self) -> dict:
@@ -109,6 +114,7 @@ class Setting:
             "gradient_checkpointing": self.checkpointing,
             "gradient_checkpointing_cpu_offload": self.checkpointing and self.offload,
             "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
         }
 
     def tokens(self, base: "Setting") -> list[str]:
@@ -131,6 +137,8 @@ class Setting:
             t.append("offload" if self.offload else "nooffload")
         if self.compile != base.compile:
             t.append("compile" if self.compile else "nocompile")
+        if self.compile_mode != base.compile_mode:
+            t.append(COMPILE_MODE_TOKENS.get(self.compile_mode, "defaultmode"))
         return t
 
     def name(self, base: "Setting") -> str:
@@ -151,11 +159,14 @@ class Setting:
         parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
         parts += [self.weights, self.attention, "split_attn" if self.split_attn else ""]
         parts += ["checkpointing" + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "") if self.checkpointing else "no checkpointing"]
-        parts += ["compile" if self.compile else ""]
+        parts += [("compile" + (f" ({self.compile_mode})" if self.compile_mode else "")) if self.compile else ""]
         return ", ".join(p for p in parts if p)
 
 
-TOKENS_HELP = "current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, ckpt, nockpt, offload, nooffload, compile, nocompile"
+TOKENS_HELP = ("current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
+               "ckpt, nockpt, offload, nooffload, compile, nocompile, autotune, autotunecg, overhead, defaultmode")
+# musubi-tuner's --compile_mode values and their names in a setting (`swap0+compile+autotune`).
+COMPILE_MODE_TOKENS = {"max-autotune-no-cudagraphs": "autotune", "max-autotune": "autotunecg", "reduce-overhead": "overhead"}
 
 
 def parse_name(name: str, base: Setting) -> Setting:
@@ -167,7 +178,8 @@ def parse_name(name: str, base: Setting) -> Setting:
              "nosplit": ("split_attn", False), "ckpt": ("checkpointing", True), "nockpt": ("checkpointing", False),
              "offload": ("offload", True), "nooffload": ("offload", False), "compile": ("compile", True),
              "nocompile": ("compile", False), "fp8": ("weights", "fp8_scaled"), "fp8base": ("weights", "fp8"),
-             "bf16": ("weights", "bf16"), **{a: ("attention", a) for a in TRAIN_ATTENTION}}
+             "bf16": ("weights", "bf16"), **{a: ("attention", a) for a in TRAIN_ATTENTION},
+             "defaultmode": ("compile_mode", ""), **{t: ("compile_mode", m) for m, t in COMPILE_MODE_TOKENS.items()}}
     for token in name.strip().split("+"):
         token = token.strip()
         if m := re.fullmatch(r"batch(\d+)", token):
@@ -221,7 +233,9 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
         att.append(replace(base, split_attn=False))
     if att:
         out.append(Axis("attention", att))
-    out.append(Axis("compile", [replace(base, compile=not base.compile)]))
+    compiled = replace(base, compile=True)
+    modes = [replace(compiled, compile_mode="max-autotune-no-cudagraphs")] if not base.compile_mode else []
+    out.append(Axis("compile", [replace(base, compile=not base.compile, compile_mode=""), *modes]))
     if base.checkpointing:
         out.append(Axis("gradient checkpointing", [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)]))
     else:
@@ -229,6 +243,11 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     batches = [b for b in (base.batch_size * 2, base.batch_size // 2) if b >= 1 and b != base.batch_size]
     out.append(Axis("batch size", [replace(base, batch_size=b) for b in batches]))
     known = []
+    if base.blocks_to_swap > 0 or not base.compile:
+        # No swap with compile: 1.50x the shipped setting on an H200 (issue 13), with the compile environment.
+        known.append(replace(base, blocks_to_swap=0, compile=True))
+        if not base.compile_mode:
+            known.append(replace(base, blocks_to_swap=0, compile=True, compile_mode="max-autotune-no-cudagraphs"))
     if base.weights == "bf16":
         known.append(replace(base, weights="fp8_scaled", blocks_to_swap=0, compile=True))
     if base.batch_size > 1:
@@ -251,6 +270,8 @@ class Result:
     message: str = ""
     wall_s: float = 0.0
     changes: list[str] = field(default_factory=list)
+    # MEMORY=: the most memory the run could use (bytes); 0: the whole GPU. "fits" is decided against it.
+    memory_cap: int = 0
 
     @property
     def s_per_step(self) -> float | None:
@@ -265,8 +286,12 @@ class Result:
     def mean_loss(self) -> float | None:
         return statistics.fmean(self.losses) if self.losses else None
 
+    @property
+    def usable_memory(self) -> int:
+        return min(self.total_memory, self.memory_cap) if self.memory_cap and self.total_memory else (self.memory_cap or self.total_memory)
+
     def fits(self, margin: float = MARGIN) -> bool:
-        return self.status == "ok" and self.total_memory > 0 and self.peak_allocated <= (1 - margin) * self.total_memory
+        return self.status == "ok" and self.usable_memory > 0 and self.peak_allocated <= (1 - margin) * self.usable_memory
 
     @classmethod
     def from_probe(cls, setting: Setting, name: str, record: dict, warmup: int, changes: list[str]) -> "Result":
@@ -281,8 +306,16 @@ class Result:
             peak_reserved=max((s.get("max_reserved", 0) for s in steps), default=0),
             peak_allocated=max((s.get("max_allocated", 0) for s in steps), default=0),
             total_memory=int(record.get("total_memory", 0)), device_name=record.get("device_name", ""),
-            message=record.get("message", ""), changes=changes,
+            message=record.get("message", ""), changes=changes, memory_cap=int(record.get("memory_cap") or 0),
         )
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Result":
+        """A result as `to_json` wrote it (bench/*.runs.json): derived fields are recomputed, unknown ones ignored."""
+        known = {f.name for f in fields(Setting)}
+        setting = Setting(**{k: v for k, v in d["setting"].items() if k in known})
+        keep = {f.name for f in fields(cls)} - {"setting"}
+        return cls(setting=setting, **{k: v for k, v in d.items() if k in keep})
 
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "setting"}
@@ -367,6 +400,11 @@ class Session:
     env: dict = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    gpu: str = ""  # the GPU's name as nvidia-smi reports it before the candidates run ("" without nvidia-smi)
+    gpu_memory: int = 0  # its memory in bytes (nvidia-smi)
+    memory_cap: int = 0  # MEMORY= in bytes; 0: the whole GPU
+    memory: str = ""  # MEMORY= as given
+    workload: dict | None = None  # bench_tables.workload_of: the shape the results were measured on
 
     def options_for(self, s: Setting, out_dir: Path, dataset_path: Path) -> dict:
         opts = {k: v for k, v in self.cfg.options.items()
@@ -392,9 +430,11 @@ class Session:
         config_path = work / "config.toml"
         config_path.write_text(tomlkit.dumps(self.options_for(s, work / "output", dataset_path)), encoding="utf-8")
         cfg = Config.load(self.ws, config_path)
-        cmd = train_command(cfg, 1, module=PROBE_MODULE)
+        cmd = train_command(cfg, 1, module=PROBE_MODULE, env=self.env)
         probe_out = work / "probe.json"
-        env = {**self.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
+        env = {**self.env, **cmd.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
+        if self.memory_cap:
+            env[MEMORY_ENV] = str(self.memory_cap)
         log = self.folder / f"{name}.log"
         # The scratch folder is temporary and machine-local: the record names it <scratch>.
         self.commands.append(f"{name}: {cmd.shell().replace(str(self.scratch), '<scratch>')}")
@@ -484,25 +524,82 @@ def _gib(b: int) -> str:
     return f"{b / 2**30:.1f}" if b else "–"
 
 
-def report(sess: Session, title: str, command: str, price: float, allow_changes: bool) -> tuple[str, Result | None]:
-    """The markdown report: header, one row per run, the pick and the rule."""
-    rs = sess.results
-    gpu = next((r.device_name for r in rs if r.device_name), "unknown GPU")
-    total = next((r.total_memory for r in rs if r.total_memory), 0)
-    current = next((r for r in rs if r.setting == sess.base), None)
+def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
+    """One session as bench/*.runs.json and runs/vN/tune-*/tune.json keep it."""
+    return {
+        "config": sess.cfg.shown, "command": command, "steps": sess.steps, "warmup": WARMUP_STEPS, "margin": MARGIN,
+        "gpu": next((r.device_name for r in sess.results if r.device_name), sess.gpu),
+        "gpu_memory": next((r.total_memory for r in sess.results if r.total_memory), sess.gpu_memory),
+        "memory_cap": sess.memory_cap, "memory": sess.memory, "workload": sess.workload,
+        "base": {f.name: getattr(sess.base, f.name) for f in fields(Setting)},
+        "price_per_hour": sess.cfg.settings.price_per_hour, "allow_changes": allow_changes,
+        "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commands": sess.commands, "results": [r.to_json() for r in sess.results],
+    }
+
+
+def _flops_of(workload: dict | None, s: Setting) -> float | None:
+    """FLOPs of one step of setting `s` on `workload` (flops.py); None for a workload it cannot count (video)."""
+    from .flops import one_frame_tokens, step_flops
+
+    if not workload or not workload.get("one_frame"):
+        return None
+    w, h = workload["resolution"]
+    tokens = one_frame_tokens(w, h, len(workload.get("clean_indices") or [0]), bool(workload.get("no_post")),
+                              bool(workload.get("no_2x")), bool(workload.get("no_4x")),
+                              int(workload.get("caption_tokens") or 77))
+    return step_flops(tokens, s.batch_size, s.checkpointing, int(workload.get("network_dim") or 0)).total
+
+
+def share_of_peak(r: Result, workload: dict | None, gpu: str) -> float | None:
+    from .flops import share_of_peak as share
+
+    flops = _flops_of(workload, r.setting)
+    if flops is None or not r.s_per_step:
+        return None
+    return share(flops, r.s_per_step, gpu)
+
+
+def report(sessions: list[dict], title: str, price: float, allow_changes: bool) -> tuple[str, Result | None]:
+    """The markdown report of one or more sessions (merged: one row per run, in order): header, rows, pick, rule."""
+    rows = [(s, Result.from_json(d)) for s in sessions for d in s.get("results", [])]
+    rs = [r for _, r in rows]
+    last = sessions[-1] if sessions else {}
+    gpu = next((g for g in (s.get("gpu") for s in reversed(sessions)) if g), "") or next(
+        (r.device_name for r in rs if r.device_name), "unknown GPU")
+    total = next((s.get("gpu_memory") for s in reversed(sessions) if s.get("gpu_memory")), 0) or next(
+        (r.total_memory for r in rs if r.total_memory), 0)
+    known = {f.name for f in fields(Setting)}
+    base = Setting(**{k: v for k, v in last["base"].items() if k in known}) if last.get("base") else next(
+        (r.setting for r in rs if r.name == "current"), rs[0].setting if rs else None)
+    current = next((r for r in rs if r.setting == base), None)
+    caps = sorted({s.get("memory") or "" for s in sessions} - {""})
+    workload = last.get("workload")
+    steps = sorted({s.get("steps") for s in sessions if s.get("steps")})
     lines = [
         f"# {title}", "",
         f"- GPU: {gpu}" + (f" ({total / 2**30:.1f} GiB)" if total else ""),
-        f"- version: {sess.cfg.shown}; current setting: {sess.base.describe()}",
-        f"- each run: {WARMUP_STEPS} warm-up step(s), then {sess.steps} measured step(s); s/step is their median "
-        f"(GPU synchronised at every optimiser step); peak = most GPU memory allocated by tensors (reserved: "
-        f"held by PyTorch's allocator, cache included)",
-        f"- price: ${price:g}/h; measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- command: `{command}`", "",
-        "| setting | changes numbers | s/step | s/sample | peak GiB (reserved) | fits | steps/h | $ per 1,000 steps | loss (measured steps) |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rs:
+    if caps:
+        cap = max(s.get("memory_cap") or 0 for s in sessions)
+        lines.append(f"- memory capped at MEMORY={', '.join(caps)} ({cap / 2**30:.1f} GiB, torch's per-process memory "
+                     f"fraction): \"fits\" is decided as on a card of that size; the speeds are those of the {gpu}")
+    lines += [
+        f"- version: {last.get('config', '?')}; current setting: {base.describe() if base else '?'}",
+        f"- workload: {describe_shape(workload) if workload else 'not recorded'}",
+        f"- each run: {WARMUP_STEPS} warm-up step(s), then {'/'.join(str(x) for x in steps) or '?'} measured step(s); s/step is their median "
+        f"(GPU synchronised at every optimiser step); peak = most GPU memory allocated by tensors (reserved: "
+        f"held by PyTorch's allocator, cache included); % of peak: the step's FLOPs (README, \"How the FLOPs are "
+        f"counted\") per second over the GPU's dense bf16 peak",
+        f"- price: ${price:g}/h; measured {', '.join(dict.fromkeys(s.get('measured', '?') for s in sessions))}",
+    ]
+    lines += [f"- command: `{s.get('command', '?')}`" for s in sessions]
+    lines += [
+        "",
+        "| setting | changes numbers | s/step | s/sample | peak GiB (reserved) | fits | steps/h | $ per 1,000 steps | % of dense bf16 peak | loss (measured steps) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sess, r in rows:
         s = r.s_per_step
         if r.status == "ok":
             fits = "yes" if r.fits() else f"no (over {1 - MARGIN:.0%})"
@@ -511,10 +608,12 @@ def report(sess: Session, title: str, command: str, price: float, allow_changes:
         loss = " / ".join(f"{x:.4f}" for x in r.losses) or "–"
         if r.changes and current is not None and current.losses and r.losses:
             loss += f" (current: {' / '.join(f'{x:.4f}' for x in current.losses)})"
+        share = share_of_peak(r, sess.get("workload"), gpu)
         lines.append(
             f"| `{r.name}` ({r.setting.describe()}) | {'**changes numbers**: ' + ', '.join(r.changes) if r.changes else 'no'} | "
             f"{f'{s:.2f}' if s else '–'} | {f'{r.s_per_sample:.3f}' if s else '–'} | {_gib(r.peak_allocated)} ({_gib(r.peak_reserved)}) | {fits} | "
-            f"{f'{3600 / s:.0f}' if s else '–'} | {f'{s * 1000 / 3600 * price:.2f}' if s else '–'} | {loss} |"
+            f"{f'{3600 / s:.0f}' if s else '–'} | {f'{s * 1000 / 3600 * price:.2f}' if s else '–'} | "
+            f"{f'{share:.0%}' if share is not None else '–'} | {loss} |"
         )
     pick = select(rs, allow_changes)
     lines.append("")
@@ -599,47 +698,133 @@ def _only(value: str) -> list[str]:
     return [n.strip() for n in re.split(r"[,\s]+", value or "") if n.strip()]
 
 
-def _session(ws: Workspace, cfg: Config, steps: int, kind: str) -> Session:
+MEMORY_UNITS = {"gb": 10**9, "gib": 2**30, "mb": 10**6, "mib": 2**20, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory(value: str) -> int:
+    """MEMORY=80GB -> bytes (GB, MB, TB: powers of 10; GiB, MiB, TiB: powers of 2); empty -> 0 (no cap)."""
+    text = (value or "").strip()
+    if not text:
+        return 0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", text)
+    if not m or m.group(2).lower() not in MEMORY_UNITS or float(m.group(1)) <= 0:
+        raise WorkspaceError(f"MEMORY={value}: expected an amount of GPU memory with its unit, such as 80GB or 79.2GiB "
+                             f"(units: GB, GiB, MB, MiB, TB, TiB)")
+    return int(float(m.group(1)) * MEMORY_UNITS[m.group(2).lower()])
+
+
+def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = "") -> Session:
+    from .gpus import visible_gpu
+
+    cap = parse_memory(memory)
     data, batch, _ = dataset_values(cfg)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = ws.runs / cfg.name / f"{kind}-{stamp}"
-    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):  # two sessions started in one second (two GPUs) get a folder each
+        folder = ws.runs / cfg.name / (f"{kind}-{stamp}" if n == 1 else f"{kind}-{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
     env = child_env(ws)
     env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     scratch = Path(tempfile.mkdtemp(prefix=f"ws-{kind}-"))
-    return Session(ws=ws, cfg=cfg, base=Setting.of(cfg, batch), dataset=data, steps=steps, folder=folder,
-                   scratch=scratch, env=env)
+    # The GPU's name before any candidate runs: a session in which every candidate fails still names it.
+    gpu = visible_gpu(env)
+    sess = Session(ws=ws, cfg=cfg, base=Setting.of(cfg, batch), dataset=data, steps=steps, folder=folder,
+                   scratch=scratch, env=env, gpu=gpu[0] if gpu else "", gpu_memory=gpu[1] * 2**20 if gpu else 0,
+                   memory_cap=cap, memory=memory.strip() if cap else "", workload=workload_of(cfg))
+    if cap:
+        shown = sess.gpu or "this GPU"
+        print(f"MEMORY={sess.memory}: each run may use at most {cap / 2**30:.1f} GiB of {shown}'s memory: whether a "
+              f"setting fits is decided as on a card of that size; the speeds are {shown}'s", flush=True)
+    return sess
 
 
-def _finish(sess: Session, name: str, title: str, command: str, allow_changes: bool, extra: Path | None = None) -> Result | None:
-    text, pick = report(sess, title, command, sess.cfg.settings.price_per_hour, allow_changes)
-    text = redact(text, secret_values(sess.env))
-    for path in [sess.folder / f"{name}.md", *([extra] if extra else [])]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        path.with_suffix(".json").write_text(json.dumps({
-            "config": sess.cfg.shown, "command": command, "steps": sess.steps, "warmup": WARMUP_STEPS,
-            "margin": MARGIN, "commands": sess.commands, "results": [r.to_json() for r in sess.results]},
-            indent=1), encoding="utf-8")
+def _finish(sess: Session, name: str, title: str, command: str, allow_changes: bool, table: Path | None = None) -> Result | None:
+    """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
+    bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
+    record = session_record(sess, command, allow_changes)
+    record = json.loads(redact(json.dumps(record), secret_values(sess.env)))
+    price = sess.cfg.settings.price_per_hour
+    text, pick = report([record], title, price, allow_changes)
+    (sess.folder / f"{name}.md").write_text(text, encoding="utf-8")
+    (sess.folder / f"{name}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     shutil.rmtree(sess.scratch, ignore_errors=True)
     print()
     print(text)
-    print(f"Report: {sess.ws.rel(sess.folder / (name + '.md'))}" + (f" and {sess.ws.rel(extra)}" if extra else ""))
+    where = sess.ws.rel(sess.folder / (name + ".md"))
+    if table is not None:
+        with locked(table):
+            sessions = append_session(table, record)
+            write_table(table, sessions, title, price, allow_changes)
+        md = table.with_name(table.name.replace(".runs.json", ".md"))
+        where += f" and {sess.ws.rel(md)}" + (f" (every session of {sess.ws.rel(table)}: {len(sessions)})" if len(sessions) > 1 else "")
+    print(f"Report: {where}")
     return pick
 
 
-def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = "", allow_changes: bool = False) -> None:
+def write_table(table: Path, sessions: list[dict], title: str, price: float, allow_changes: bool) -> Path:
+    """bench/<name>.md from the sessions of bench/<name>.runs.json; the notes of the old .md are kept."""
+    md = table.with_name(table.name.replace(".runs.json", ".md"))
+    text, _ = report(sessions, title, price, allow_changes)
+    if md.exists():
+        old = md.read_text(encoding="utf-8")
+        if "\nNotes:\n" in old:
+            text += "\nNotes:\n" + old.split("\nNotes:\n", 1)[1]
+    md.write_text(text, encoding="utf-8")
+    return md
+
+
+def bench_report(ws: Workspace, files: list[str], out: str = "", allow_changes: bool = False) -> None:
+    """`ws bench-report A.runs.json [B.json ...] [--out bench/x.runs.json]`: the sessions of several bench
+    records (e.g. of two GPUs, or of several device calls) as one table; with --out, also their merged record
+    and its .md beside it (an existing --out file's sessions come first; nothing is lost)."""
+    if not files:
+        raise WorkspaceError("bench-report: name the bench records to merge, e.g. bench/nvidia-h200_v1.runs.json runs/v1/bench-*/bench.json")
+    sessions: list[dict] = []
+    for f in files:
+        path = ws.resolve(f)
+        if not path.exists():
+            raise WorkspaceError(f"bench-report: {f}: file not found")
+        for s in read_sessions(path):
+            if s not in sessions:
+                sessions.append(s)
+    gpu = next((s.get("gpu") for s in sessions if s.get("gpu")), "") or "unknown GPU"
+    config = sessions[-1].get("config", "?")
+    price = sessions[-1].get("price_per_hour") or 2.5
+    title = f"make bench: {config} on {gpu} (random weights, synthetic caches)"
+    if not out:
+        print(report(sessions, title, price, allow_changes)[0])
+        return
+    target = ws.resolve(out)
+    if not target.name.endswith(".runs.json"):
+        raise WorkspaceError(f"bench-report: --out {out}: name a .runs.json file (its .md is written beside it)")
+    with locked(target):
+        merged = read_sessions(target) if target.exists() else []
+        merged += [s for s in sessions if s not in merged]
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(target)
+        md = write_table(target, merged, title, price, allow_changes)
+    print(f"{ws.rel(target)}: {len(merged)} session(s); table: {ws.rel(md)}")
+
+
+def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = "", allow_changes: bool = False,
+         memory: str = "") -> None:
     """`make tune`: the candidates on the version's real models and caches."""
     from .checks import preflight
 
+    parse_memory(memory)
     preflight(cfg, target="tune")
-    sess = _session(ws, cfg, _steps(steps), "tune")
+    sess = _session(ws, cfg, _steps(steps), "tune", memory)
     data = sess.dataset
     for d in data.get("datasets", []):
         folder = d.get("cache_directory") or d.get("image_directory") or d.get("video_directory")
         if folder and not list(ws.resolve(folder).glob("*_fp.safetensors")):
             raise WorkspaceError(f"{ws.rel(cfg.dataset_path)}: no caches in {folder}; `make tune` trains on them: run `make cache` first")
-    command = f"make tune CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
+    command = (f"make tune CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
+               + (f" MEMORY={sess.memory}" if sess.memory else ""))
     run_all(sess, _only(only), available_attention(), allow_changes)
     pick = _finish(sess, "tune", f"make tune: {cfg.shown}", command, allow_changes)
     if apply_:
@@ -651,14 +836,15 @@ def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = 
         apply(ws, cfg, sess.base, pick.setting)
 
 
-def bench(ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_changes: bool = False) -> None:
+def bench(ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_changes: bool = False, memory: str = "") -> None:
     """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
     from .synthetic import CacheLayout, Plan
 
     if cfg.get("one_frame") is not True:
         raise WorkspaceError(f"{cfg.shown}: `make bench` makes one-frame caches only (one_frame = true); for video "
                              f"sections run `make tune` on your real caches")
-    sess = _session(ws, cfg, _steps(steps), "bench")
+    parse_memory(memory)
+    sess = _session(ws, cfg, _steps(steps), "bench", memory)
     data, batch, (width, height) = dataset_values(cfg)
     first = (data.get("datasets") or [{}])[0]
     s = cfg.settings
@@ -682,9 +868,9 @@ def bench(ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_cha
     entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
     sess.dataset = {"general": general, "datasets": [entry]}
     sess.dit = str(plan.dit)
-    command = f"make bench CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
+    command = (f"make bench CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
+               + (f" MEMORY={sess.memory}" if sess.memory else ""))
     run_all(sess, names, available_attention(), allow_changes)
-    gpu = next((r.device_name for r in sess.results if r.device_name), "gpu")
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "gpu"
+    gpu = next((r.device_name for r in sess.results if r.device_name), "") or sess.gpu or "unknown GPU"
     _finish(sess, "bench", f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)", command,
-            allow_changes, extra=ws.root / "bench" / f"{slug}_{cfg.name}.md")
+            allow_changes, table=table_path(ws.root, gpu, cfg.name, sess.memory))

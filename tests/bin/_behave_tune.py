@@ -8,6 +8,9 @@ settings that fit, do not fit, and differ in speed:
   s/step     = batch x 1.4 x (1 + 0.005 x blocks_to_swap) x (0.8 with compile) x (0.95 with fp8) x (1.3 with
                checkpointing)
   STANDIN_GPU_MEM_GIB=<g>      the GPU's memory (default 80); above it: out of memory at the first step
+  STANDIN_GPU_NAME=<name>      the GPU's name the probe records (default NVIDIA H100 80GB HBM3)
+  WS_PROBE_MEMORY=<bytes>      the memory cap (MEMORY=): the GPU's memory counts as at most this much, as with
+                               torch.cuda.set_per_process_memory_fraction in the real probe
   STANDIN_PROBE_CRASH=<name>   a run whose config's blocks_to_swap/compile match `swapN+compile` dies without a
                                record (a segfault in the trainer), e.g. STANDIN_PROBE_CRASH=swap8+compile
 Losses are 0.1 + step/100 (+0.001 with fp8), so fp8 rows differ from bf16 ones.
@@ -36,11 +39,16 @@ def behave(argv: list[str]) -> int:
         print("Command '[...]' died with <Signals.SIGSEGV: 11>.", file=sys.stderr)
         return 1
     total = float(os.environ.get("STANDIN_GPU_MEM_GIB", "80")) * 2**30
+    cap = int(os.environ.get("WS_PROBE_MEMORY") or 0)
+    usable = min(total, cap) if cap else total
     mem = ((14 if fp8 else 26) * (1 - swap / 60) + batch * (2.5 if ckpt else 6) - (2 if compiled else 0)) * 2**30
     step = batch * 1.4 * (1 + 0.005 * swap) * (0.8 if compiled else 1) * (0.95 if fp8 else 1) * (1.3 if ckpt else 1)
     out = os.environ["WS_PROBE_OUT"]
-    record = {"status": "running", "steps": [], "device_name": "NVIDIA H100 80GB HBM3", "total_memory": total}
-    if mem > total:
+    record = {"status": "running", "steps": [], "total_memory": total,
+              "device_name": os.environ.get("STANDIN_GPU_NAME", "NVIDIA H100 80GB HBM3")}
+    if cap:
+        record["memory_cap"] = cap
+    if mem > usable:
         record.update(status="oom", message="CUDA out of memory. Tried to allocate 2.00 GiB")
         Path(out).write_text(json.dumps(record))
         return 1
