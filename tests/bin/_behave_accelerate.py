@@ -9,6 +9,11 @@ musubi-tuner's training loop as far as the workspace can see it, per environment
   STANDIN_UPLOAD_SECONDS=<s>   at the end, leave a process in the group that "uploads" for s seconds, then
                                records prog "upload-done" (musubi-tuner's async upload, wandb's sync)
   STANDIN_LEAK=1               print the HF_TOKEN and WANDB_API_KEY values (a library logging its secrets)
+  STANDIN_OUTPUTS=1            also write what `make report` reads, where and as musubi-tuner writes it:
+                               tensorboard events (loss/current, loss/average, lr/unet every step) in
+                               `{logging_dir}/{log_prefix}{local time}/{log_tracker_name}/`, and one-frame samples
+                               `{output_dir}/sample/{output_name}_{tag}_{NN}_{local time}_{seed}_000.png` for every
+                               prompt (sample_at_first, sample_every_n_steps), steps counted from 0 in a resumed run
 
 Progress goes to stderr the way tqdm draws it (`steps:  12%|...| 120/1000 [00:06<00:46,  0.05s/it,
 avr_loss=0.0832]`, redrawn with carriage returns). With save_every_n_steps / save_state in the config it
@@ -18,6 +23,7 @@ writes LoRA files and state folders named as musubi-tuner names them and logs "s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,11 +82,20 @@ def behave(argv: list[str]) -> int | None:
     err.write(f"steps:   0%|          | 0/{total} [00:00<?, ?it/s]\r")
     err.flush()
     loss = 0.2
+    # A resumed run restores the weights: its loss goes on from the state's step (named in --output_name).
+    offset = int(re.search(r"-resume(\d+)$", name).group(1)) if re.search(r"-resume(\d+)$", name) else 0
+    outputs = _Outputs(cfg, name) if os.environ.get("STANDIN_OUTPUTS") == "1" else None
+    if outputs:
+        outputs.sample("e000000", first=True)
     for n in range(1, steps + 1):
         time.sleep(spi)
-        loss = 0.05 + 0.15 * 0.97**n
+        loss = 0.05 + 0.15 * 0.97 ** (n + offset)
         err.write(_bar(n, total, spi, loss) + "\r")
         err.flush()
+        if outputs:
+            outputs.step(n, loss)
+            if cfg.get("sample_every_n_steps") and n % cfg["sample_every_n_steps"] == 0:
+                outputs.sample(f"{n:06d}")
         if every and n % every == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}-step{n:08d}.safetensors").write_bytes(b"lora")
@@ -90,6 +105,8 @@ def behave(argv: list[str]) -> int | None:
                 state.mkdir(exist_ok=True)
                 (state / "model.safetensors").write_bytes(b"state")
         if at.get("FAIL") == n:
+            if outputs:
+                outputs.close()  # what the tracker had flushed before the crash
             err.write("\nTraceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
             err.flush()
             return 1
@@ -99,6 +116,8 @@ def behave(argv: list[str]) -> int | None:
             time.sleep(3600)
     err.write("\n")
     err.flush()
+    if outputs:
+        outputs.close()
     if steps == total:
         out.mkdir(parents=True, exist_ok=True)
         if save_state:
@@ -109,3 +128,53 @@ def behave(argv: list[str]) -> int | None:
     if os.environ.get("STANDIN_UPLOAD_SECONDS"):
         _upload_child(float(os.environ["STANDIN_UPLOAD_SECONDS"]))
     return None
+
+
+class _Outputs:
+    """Tensorboard events and samples, named and placed as musubi-tuner names and places them."""
+
+    def __init__(self, cfg: dict, name: str):
+        self.cfg, self.name = cfg, name
+        self.writer = None
+        if cfg.get("log_with") in ("tensorboard", "all") and cfg.get("logging_dir"):
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            base = Path(cfg["logging_dir"])
+            while True:  # musubi-tuner's folder is the local time in seconds; a real run takes minutes to get here
+                run = base / (str(cfg.get("log_prefix") or "") + time.strftime("%Y%m%d%H%M%S", time.localtime()))
+                if not run.exists():
+                    break
+                time.sleep(0.2)
+            self.writer = EventFileWriter(str(run / str(cfg.get("log_tracker_name") or "network_train")))
+        prompts = Path(cfg["sample_prompts"]) if cfg.get("sample_prompts") else None
+        self.prompts = [l for l in prompts.read_text().splitlines() if l.strip() and not l.startswith("#")] if prompts and prompts.is_file() else []
+        self.sum, self.count = 0.0, 0
+
+    def step(self, n: int, loss: float) -> None:
+        if self.writer is None:
+            return
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        self.sum, self.count = self.sum + loss, self.count + 1
+        values = [
+            summary_pb2.Summary.Value(tag="loss/current", simple_value=loss),
+            summary_pb2.Summary.Value(tag="loss/average", simple_value=self.sum / self.count),
+            summary_pb2.Summary.Value(tag="lr/unet", simple_value=float(self.cfg.get("learning_rate", 1e-4))),
+        ]
+        self.writer.add_event(event_pb2.Event(step=n, wall_time=time.time(), summary=summary_pb2.Summary(value=values)))
+
+    def sample(self, tag: str, first: bool = False) -> None:
+        if first and not self.cfg.get("sample_at_first"):
+            return
+        from PIL import Image
+
+        folder = Path(self.cfg["output_dir"]) / "sample"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
+        for i, _ in enumerate(self.prompts):
+            shade = (int(tag.lstrip("e")) * 7 + i * 60) % 256
+            Image.new("RGB", (32, 48), (shade, 90, 255 - shade)).save(folder / f"{self.name}_{tag}_{i:02d}_{stamp}_42_000.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
