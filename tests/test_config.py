@@ -75,3 +75,36 @@ def test_no_workspace_key_collides_with_a_musubi_tuner_option_or_dataset_key():
     dataset = set().union(*(set(v) for v in schema["dataset"].values()))
     assert ours & train == set()
     assert ours & dataset == set()
+
+
+def test_a_table_header_with_a_comment_keeps_the_line_of_its_keys(ws):
+    text = ws.read("configs/v1/config.toml").replace("\n[workspace]\n", "\n[workspace]  # the workspace's own settings\n", 1)
+    text = re.sub(r"^auto_stop = .*$", 'auto_stp = "5m"', text, count=1, flags=re.M)
+    ws.write("configs/v1/config.toml", text)
+    line = text.splitlines().index('auto_stp = "5m"') + 1
+    r = ws.make("check")
+    assert r.returncode == 2
+    assert last_line(r).startswith(
+        f"error: configs/v1/config.toml:{line}: unknown key `auto_stp` in [workspace] (did you mean `auto_stop`?)"
+    )
+
+
+def test_key_line_reads_table_headers_and_not_array_rows():
+    from musubi_workspace.config import key_line
+
+    text = (
+        "seed = 1\n"
+        "[workspace]  # the workspace's own\n"
+        'auto_stop = "10m"\n'
+        "[[datasets]] # one dataset\n"
+        "resolution = [512, 768]\n"
+        "rows = [\n"
+        "  [1, 2],  # an array row, not a header\n"
+        "]\n"
+        "batch_size = 1\n"
+    )
+    assert key_line(text, "seed") == 1
+    assert key_line(text, "auto_stop", "workspace") == 3
+    assert key_line(text, "resolution", "datasets") == 5
+    assert key_line(text, "batch_size", "datasets") == 9
+    assert key_line(text, "batch_size", "workspace") is None

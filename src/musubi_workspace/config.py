@@ -46,18 +46,19 @@ def load_toml(path: Path, ws: Workspace | None = None) -> tuple[dict, str]:
         raise WorkspaceError(f"{where}: not valid TOML: {what}; fix the line and run again") from None
 
 
+# A table header line: `[name]` or `[[name]]`, then nothing but an optional comment (`[workspace]  # ...`).
+TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#]+?)\s*\]\]?\s*(?:#.*)?$")
+
+
 def key_line(text: str, key: str, table: str | None = None) -> int | None:
     """1-based line of `key = ...` (inside `[table]` when given, else outside any table first)."""
     current: str | None = None
     pattern = re.compile(rf"^\s*(?:\"{re.escape(key)}\"|'{re.escape(key)}'|{re.escape(key)})\s*=")
     fallback = None
     for n, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if s.startswith("[") and not s.startswith("[["):
-            current = s.strip("[] ").strip()
-            continue
-        if s.startswith("[["):
-            current = s.strip("[] ").strip()
+        header = TABLE_HEADER.match(line)
+        if header:
+            current = header.group(1)
             continue
         if pattern.match(line):
             if current == table:

@@ -6,6 +6,7 @@ secret value from text before it is shown, logged or recorded.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
@@ -26,25 +27,40 @@ TOKEN_SHAPES = (
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file; `#` comments, `export ` prefixes and quotes allowed."""
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise WorkspaceError(f".env:{n}: expected KEY=VALUE; fix or remove the line")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    return values
+    """The variables of a `.env` file, read by python-dotenv itself: its rules for `export `, quotes (escapes,
+    values over several lines), `#` comments (after a space, outside quotes) and `${VAR}` expansion are the ones
+    users know from every other tool that reads `.env`. A key without `=` (no value) is left out. A line
+    python-dotenv cannot read is one error naming the line (python-dotenv would only warn and skip it)."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise WorkspaceError(f"{path.name}:{line}: not UTF-8 text; save the file as UTF-8") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # python-dotenv counts a binding from the blank lines before it; the line meant is the first with text
+            text_at = binding.original.string
+            blank = text_at[: len(text_at) - len(text_at.lstrip())]
+            line = binding.original.line + len(re.findall(r"\r\n|\n|\r", blank))
+            raise WorkspaceError(f"{path.name}:{line}: {_unreadable(text_at)}")
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def _unreadable(line: str) -> str:
+    """Why python-dotenv cannot read a line, without repeating the line (it may hold a secret)."""
+    body = re.sub(r"^\s*export\s+", "", line.strip())
+    key, eq, value = body.partition("=")
+    value = value.strip()
+    if eq and key.strip() and value[:1] in ("'", '"'):
+        if value.find(value[0], 1) < 0:
+            return f"the value's opening {value[0]} is never closed; close the quote (or remove it)"
+        return "text after the closing quote; start a comment with ` #` or put all of the value inside the quotes"
+    return "expected KEY=VALUE (`export KEY=VALUE`, a `# comment`, or a blank line); fix or remove the line"
 
 
 def child_env(ws: Workspace, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -7,12 +7,14 @@ token pasted into a config file ends up in git and in every run's copy of the co
 from __future__ import annotations
 
 import math
+import netrc
 import os
 import re
 import shutil
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .findings import MACHINE
 
@@ -111,11 +113,20 @@ def check_disk(ctx: "Context") -> str | None:
     return None
 
 
-def _has_netrc_login(home: str, host: str) -> bool:
+def _has_netrc_login(env: dict, url: str) -> bool:
+    """Whether the .netrc file wandb reads (NETRC, else ~/.netrc, else ~/_netrc) holds a password for the host of
+    `url`, read with the standard library's netrc as wandb reads it; an unreadable file holds none."""
+    home = env.get("HOME") or str(Path.home())
+    if env.get("NETRC"):
+        path = Path(os.path.expanduser(env["NETRC"]))
+    else:
+        path = next((p for p in (Path(home, ".netrc"), Path(home, "_netrc")) if p.exists()), Path(home, ".netrc"))
+    host = urlsplit(url).netloc  # wandb's machine name: host[:port]
     try:
-        return host in Path(home, ".netrc").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        entry = netrc.netrc(str(path)).authenticators(host) if host else None
+    except (OSError, netrc.NetrcParseError):
         return False
+    return bool(entry and entry[2])
 
 
 def _has_hf_login(env: dict) -> bool:
@@ -135,7 +146,7 @@ def check_credentials(ctx: "Context") -> str | None:
     env = ctx.env
     log_with = cfg.get("log_with")
     if log_with in ("wandb", "all") and not env.get("WANDB_API_KEY") and env.get("WANDB_MODE") not in ("offline", "disabled"):
-        if not _has_netrc_login(env.get("HOME", ""), "api.wandb.ai"):
+        if not _has_netrc_login(env, env.get("WANDB_BASE_URL") or "https://api.wandb.ai"):
             report.error(cfg.where("log_with"),
                          f"log_with = {log_with!r} logs to wandb, but WANDB_API_KEY is not set: the run fails when wandb starts; "
                          "add WANDB_API_KEY=... to .env (or set WANDB_MODE=offline)", kind=MACHINE)

@@ -69,10 +69,7 @@ def download(cfg: Config, dry_run: bool = False) -> None:
     print(f"Hugging Face cache <- {repo} {' '.join(patterns)} (tokenizers musubi-tuner loads at run time)")
     if dry_run:
         return
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-    except ImportError:  # pragma: no cover - a dependency of the workspace
-        raise WorkspaceError("huggingface_hub is not installed; run `make setup`") from None
+    from huggingface_hub import hf_hub_download, snapshot_download
     token = os.environ.get("HF_TOKEN") or None
     for d in items:
         if (root / d.target).exists():

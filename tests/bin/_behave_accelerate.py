@@ -11,10 +11,14 @@ musubi-tuner's training loop as far as the workspace can see it, per environment
   STANDIN_LEAK=1               print the HF_TOKEN and WANDB_API_KEY values (a library logging its secrets)
   STANDIN_REAL_FILES=1         files in their real formats (`make smoke`): LoRAs as safetensors with
                                `lora_unet_` keys and a "saving checkpoint: <file>" line each, states with
-                               model.safetensors and optimizer.bin, a sample PNG at each sample_every_n_steps,
-                               tensorboard scalars (loss/current, lr/unet) under logging_dir
+                               model.safetensors and optimizer.bin, and what STANDIN_OUTPUTS writes
   STANDIN_LORA_KEYS=<prefix>   with STANDIN_REAL_FILES: the LoRA keys' prefix (default lora_unet_)
   STANDIN_NO_LORA=1            save no LoRA files at all (a trainer that dies quietly in its save)
+  STANDIN_OUTPUTS=1            also write what `make report` reads, where and as musubi-tuner writes it:
+                               tensorboard events (loss/current, loss/average, lr/unet every step) in
+                               `{logging_dir}/{log_prefix}{local time}/{log_tracker_name}/`, and one-frame samples
+                               `{output_dir}/sample/{output_name}_{tag}_{NN}_{local time}_{seed}_000.png` for every
+                               prompt (sample_at_first, sample_every_n_steps), steps counted from 0 in a resumed run
 
 Progress goes to stderr the way tqdm draws it (`steps:  12%|...| 120/1000 [00:06<00:46,  0.05s/it,
 avr_loss=0.0832]`, redrawn with carriage returns). With save_every_n_steps / save_state in the config it
@@ -24,6 +28,7 @@ writes LoRA files and state folders named as musubi-tuner names them and logs "s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,26 +86,6 @@ def _save_state(folder: Path) -> None:
         (folder / "optimizer.bin").write_bytes(b"optimizer")
 
 
-def _sample(out: Path, name: str, step: int, tag: str = "") -> None:
-    from PIL import Image
-
-    stamp = time.strftime("%Y%m%d%H%M%S")
-    p = out / "sample" / f"{name}_{tag or f'{step:06d}'}_00_{stamp}_1234_000.png"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (64, 96), (step * 40 % 255, 80, 120)).save(p)
-
-
-def _tensorboard(cfg: dict, losses: list[float]) -> None:
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-    folder = Path(cfg["logging_dir"]) / time.strftime("%Y%m%d%H%M%S") / cfg.get("log_tracker_name", "network_train")
-    writer = EventFileWriter(str(folder))
-    for step, loss in enumerate(losses, 1):
-        values = [summary_pb2.Summary.Value(tag="loss/current", simple_value=loss),
-                  summary_pb2.Summary.Value(tag="lr/unet", simple_value=2e-4)]
-        writer.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summary_pb2.Summary(value=values)))
-    writer.close()
 
 
 def behave(argv: list[str]) -> int | None:
@@ -131,16 +116,20 @@ def behave(argv: list[str]) -> int | None:
     err.write(f"steps:   0%|          | 0/{total} [00:00<?, ?it/s]\r")
     err.flush()
     loss = 0.2
-    losses = []
-    sample_every = cfg.get("sample_every_n_steps") if cfg.get("sample_prompts") else None
+    # A resumed run restores the weights: its loss goes on from the state's step (named in --output_name).
+    offset = int(re.search(r"-resume(\d+)$", name).group(1)) if re.search(r"-resume(\d+)$", name) else 0
+    outputs = _Outputs(cfg, name) if os.environ.get("STANDIN_OUTPUTS") == "1" or _real() else None
+    if outputs:
+        outputs.sample("e000000", first=True)
     for n in range(1, steps + 1):
         time.sleep(spi)
-        loss = 0.05 + 0.15 * 0.97**n
-        losses.append(loss)
+        loss = 0.05 + 0.15 * 0.97 ** (n + offset)
         err.write(_bar(n, total, spi, loss) + "\r")
         err.flush()
-        if _real() and sample_every and n % sample_every == 0:
-            _sample(out, name, n)
+        if outputs:
+            outputs.step(n, loss)
+            if cfg.get("sample_every_n_steps") and n % cfg["sample_every_n_steps"] == 0:
+                outputs.sample(f"{n:06d}")
         if every and n % every == 0:
             out.mkdir(parents=True, exist_ok=True)
             _save_lora(out / f"{name}-step{n:08d}.safetensors")
@@ -148,6 +137,8 @@ def behave(argv: list[str]) -> int | None:
                 print(f"\nINFO saving state at step {n}", flush=True)
                 _save_state(out / f"{name}-step{n:08d}-state")
         if at.get("FAIL") == n:
+            if outputs:
+                outputs.close()  # what the tracker had flushed before the crash
             err.write("\nTraceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
             err.flush()
             return 1
@@ -157,12 +148,14 @@ def behave(argv: list[str]) -> int | None:
             time.sleep(3600)
     err.write("\n")
     err.flush()
+    if outputs:
+        outputs.close()
     if steps == total:
         out.mkdir(parents=True, exist_ok=True)
-        every_epochs = cfg.get("sample_every_n_epochs") if cfg.get("sample_prompts") else None
-        if _real() and every_epochs and steps % every_epochs == 0:
+        every_epochs = cfg.get("sample_every_n_epochs")
+        if outputs and every_epochs and steps % every_epochs == 0:
             # The stand-in counts one batch per epoch (as the smoke's 4 items at batch 4): an epoch-end sample.
-            _sample(out, name, steps, tag=f"e{steps:06d}")
+            outputs.sample(f"e{steps:06d}")
         if save_state:
             print("INFO saving last state.", flush=True)
             if _real():
@@ -171,8 +164,56 @@ def behave(argv: list[str]) -> int | None:
                 (out / f"{name}-state").mkdir(exist_ok=True)
         _save_lora(out / f"{name}.safetensors")
         print("INFO model saved.", flush=True)
-    if _real() and cfg.get("logging_dir") and losses:
-        _tensorboard(cfg, losses)
     if os.environ.get("STANDIN_UPLOAD_SECONDS"):
         _upload_child(float(os.environ["STANDIN_UPLOAD_SECONDS"]))
     return None
+
+
+class _Outputs:
+    """Tensorboard events and samples, named and placed as musubi-tuner names and places them."""
+
+    def __init__(self, cfg: dict, name: str):
+        self.cfg, self.name = cfg, name
+        self.writer = None
+        if cfg.get("log_with") in ("tensorboard", "all") and cfg.get("logging_dir"):
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            base = Path(cfg["logging_dir"])
+            while True:  # musubi-tuner's folder is the local time in seconds; a real run takes minutes to get here
+                run = base / (str(cfg.get("log_prefix") or "") + time.strftime("%Y%m%d%H%M%S", time.localtime()))
+                if not run.exists():
+                    break
+                time.sleep(0.2)
+            self.writer = EventFileWriter(str(run / str(cfg.get("log_tracker_name") or "network_train")))
+        prompts = Path(cfg["sample_prompts"]) if cfg.get("sample_prompts") else None
+        self.prompts = [l for l in prompts.read_text().splitlines() if l.strip() and not l.startswith("#")] if prompts and prompts.is_file() else []
+        self.sum, self.count = 0.0, 0
+
+    def step(self, n: int, loss: float) -> None:
+        if self.writer is None:
+            return
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        self.sum, self.count = self.sum + loss, self.count + 1
+        values = [
+            summary_pb2.Summary.Value(tag="loss/current", simple_value=loss),
+            summary_pb2.Summary.Value(tag="loss/average", simple_value=self.sum / self.count),
+            summary_pb2.Summary.Value(tag="lr/unet", simple_value=float(self.cfg.get("learning_rate", 1e-4))),
+        ]
+        self.writer.add_event(event_pb2.Event(step=n, wall_time=time.time(), summary=summary_pb2.Summary(value=values)))
+
+    def sample(self, tag: str, first: bool = False) -> None:
+        if first and not self.cfg.get("sample_at_first"):
+            return
+        from PIL import Image
+
+        folder = Path(self.cfg["output_dir"]) / "sample"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
+        for i, _ in enumerate(self.prompts):
+            shade = (int(tag.lstrip("e")) * 7 + i * 60) % 256
+            Image.new("RGB", (32, 48), (shade, 90, 255 - shade)).save(folder / f"{self.name}_{tag}_{i:02d}_{stamp}_42_000.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
