@@ -303,7 +303,7 @@ class Item:
     where: str  # datasets/x/train.jsonl:3 or datasets/x/img.png
     path: str  # the target
     controls: list[str]
-    caption: str | None
+    caption: str  # as musubi-tuner reads it: a caption file stripped, a JSONL caption as written
     dataset: int
     root: Path
     extra_targets: list[str] = field(default_factory=list)  # multiple_target
@@ -590,7 +590,7 @@ def _image_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
         for k, v in bad:
             listing.error(where, f"{names.get(k, k)} {v} not found; fix the path (relative to the workspace root)", "line")
         if not bad:
-            listing.items.append(Item(where, target, [norm[k] for k in have[:need]], norm["caption"].strip(), d.index, root, extra))
+            listing.items.append(Item(where, target, [norm[k] for k in have[:need]], norm["caption"], d.index, root, extra))
 
 
 def video_control(root: Path, control_dir: str, video: str) -> str | None:
@@ -660,7 +660,7 @@ def _video_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
             listing.error(where, "no \"control_path\", but other lines have one: musubi-tuner stops; add one to every line", "line")
         else:
             controls = [obj["control_path"]] if listing.has_controls else []
-            listing.items.append(Item(where, video, controls, obj["caption"].strip(), d.index, root))
+            listing.items.append(Item(where, video, controls, obj["caption"], d.index, root))
 
 
 def items(ws: "Workspace", d: Dataset) -> Listing:

@@ -260,6 +260,6 @@ def check_content(ctx: "Context") -> str | None:
         else:
             seen[key] = item
     report.listed(WARNING, duplicates, "{n} more duplicate items", s.shown)
-    empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if item.caption == ""]
+    empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if not item.caption.strip()]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
     return None
