@@ -23,6 +23,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -312,11 +313,11 @@ class Item:
     def resolve(self, written: str) -> Path:
         return Path(written) if os.path.isabs(written) else self.root / written
 
-    @property
+    @cached_property
     def target(self) -> Path:
         return self.resolve(self.path)
 
-    @property
+    @cached_property
     def control_paths(self) -> list[Path]:
         return [self.resolve(c) for c in self.controls]
 
@@ -586,7 +587,7 @@ def _image_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
                 extra.append(norm[f"image_path_{i}"])
                 i += 1
         paths = [("image_path", target), *((k, norm[k]) for k in have[:need]), *((f"image_path_{i}", v) for i, v in enumerate(extra, 1))]
-        bad = [(k, v) for k, v in paths if not isinstance(v, str) or not _abs(root, v).is_file()]
+        bad = [(k, v) for k, v in paths if not isinstance(v, str) or not os.path.isfile(os.path.join(root, v))]
         for k, v in bad:
             listing.error(where, f"{names.get(k, k)} {v} not found; fix the path (relative to the workspace root)", "line")
         if not bad:
