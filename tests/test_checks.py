@@ -175,6 +175,36 @@ def test_directory_dataset_images_without_caption_and_controls(ready):
     ]
 
 
+def test_control_named_against_musubi_tuners_pattern_fails_check_and_cache_alike(ready):
+    """x.png with a control x_a.png: musubi-tuner stops (Invalid digits suffix); check and cache say so in one line."""
+    from musubi_workspace import cache_state
+    from musubi_workspace.config import Config
+    from musubi_workspace.errors import WorkspaceError
+    from musubi_workspace.paths import Workspace
+
+    d = ready.root / "datasets" / "dir"
+    (d / "img").mkdir(parents=True)
+    (d / "ctl").mkdir()
+    Image.new("RGB", (512, 768), "red").save(d / "img" / "x.png")
+    (d / "img" / "x.txt").write_text("caption x")
+    Image.new("RGB", (512, 768), "white").save(d / "ctl" / "x_a.png")
+    ready.write(DS, ready.read(DS).split("[[datasets]]")[0] + "\n".join([
+        "[[datasets]]", 'image_directory = "datasets/dir/img"', 'control_directory = "datasets/dir/ctl"',
+        'caption_extension = ".txt"', 'cache_directory = "cache/v1/dir"', "fp_1f_clean_indices = [0]", "fp_1f_target_index = 1", ""]))
+    line = ("datasets/dir/ctl/x_a.png: control image x_a.png of x.png must be named x.<ext> or x_<number>.<ext>: "
+            "musubi-tuner stops on it (Invalid digits suffix); rename it")
+    r = ready.make("check")
+    assert r.returncode == 2
+    assert [f for f in findings(r) if "datasets/dir" in f] == [f"error: {line}"]
+    r = ready.make("cache")
+    assert r.returncode == 2 and f"error: {line}" in findings(r)
+    assert ready.calls("fpack_cache_latents") == []
+    cfg = Config.load(Workspace(ready.root), ready.root / CFG)
+    with pytest.raises(WorkspaceError) as e:
+        cache_state.plan(cfg)
+    assert e.value.message == line
+
+
 def test_jsonl_lines_must_parse_and_name_existing_files(ready):
     rows = jsonl(ready)
     rows[1]["control_path_1"] = "datasets/example-1f/control/nope.png"

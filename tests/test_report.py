@@ -8,6 +8,7 @@ import html as html_lib
 import io
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -277,7 +278,8 @@ def test_without_pyav_a_video_cell_says_how_to_get_it(ws, tmp_path):
     video = ws.root / "outputs/v1/sample/example-1f_v1_000100_00_20250611100000.mp4"
     video.parent.mkdir(parents=True)
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    r = ws.make("report", env={"PYTHONPATH": str(blocker.parent)})
+    path = os.pathsep.join(p for p in (str(blocker.parent), os.environ.get("PYTHONPATH")) if p)
+    r = ws.make("report", env={"PYTHONPATH": path})
     assert r.returncode == 0, r.stderr
     assert (
         '<div class="note">video not shown: reading .mp4 needs PyAV (comes with the train extra; or `uv pip install av`)</div>'

@@ -16,7 +16,8 @@ from test_pod import POD, RP_KEY, wait_for
 
 HF_TOKEN = "hf_" + "a" * 34
 WANDB_KEY = "b" * 40
-PYLIB = {"PYTHONPATH": str(REPO / "tests" / "pylib")}
+# Ahead of any PYTHONPATH of the test run (a side environment points it at the code under test).
+PYLIB = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "tests" / "pylib"), os.environ.get("PYTHONPATH")) if p)}
 
 
 def records(w, target="*", version="v1") -> list[dict]:

@@ -11,24 +11,24 @@ import math
 from typing import TYPE_CHECKING
 
 from .config import load_toml
+from .dataset import read
 from .dataset_scan import scan
 from .errors import WorkspaceError
 
 if TYPE_CHECKING:
+    from .dataset import DatasetFile
     from .findings import Context
 
 DEFAULT_LEARNING_RATE = 2e-6  # musubi-tuner's default
 
 
-def dataset_batch(data: dict) -> tuple[int, tuple]:
-    """The first dataset's batch_size ([[datasets]] entry, then [general], then 1) and where it is set."""
-    entries = data.get("datasets") if isinstance(data.get("datasets"), list) else []
-    first = entries[0] if entries and isinstance(entries[0], dict) else {}
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
-    for value, place in ((first.get("batch_size"), (("datasets", 1), "batch_size")), (general.get("batch_size"), ("general", "batch_size"))):
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, place
-    return 1, (("datasets", 1), None)
+def dataset_batch(f: "DatasetFile | None") -> tuple[int, str]:
+    """The first dataset's batch_size as musubi-tuner uses it (entry, then [general], then 1) and where it is set."""
+    if f is None or not f.datasets:
+        return 1, f.shown if f else ""
+    d = f.datasets[0]
+    batch = d.batch_size
+    return (batch if batch > 0 else 1), d.at("batch_size")
 
 
 def _grad_accum(options: dict) -> int:
@@ -42,7 +42,7 @@ def _lr(options: dict) -> float | None:
 
 
 def previous_version(ctx: "Context"):
-    """(name, options, dataset data) of the version before this one; None where there is none or it does not read."""
+    """(name, options, dataset file or None) of the version before this one; None where there is none or it does not read."""
     from .config import flatten
 
     cfg = ctx.cfg
@@ -57,7 +57,7 @@ def previous_version(ctx: "Context"):
         data, _ = load_toml(cfg.ws.configs / name / "config.toml", cfg.ws)
         options = flatten(data)
         ds = options.get("dataset_config")
-        dataset, _ = load_toml(cfg.ws.resolve(ds), cfg.ws) if isinstance(ds, str) and ds else ({}, "")
+        dataset = read(cfg.ws, cfg.ws.resolve(ds)) if isinstance(ds, str) and ds else None
     except WorkspaceError:
         return None
     return name, options, dataset
@@ -66,12 +66,9 @@ def previous_version(ctx: "Context"):
 def check_batch(ctx: "Context") -> str | None:
     cfg, report = ctx.cfg, ctx.report
     s = scan(ctx)
-    if s.path is None:
+    if s.file is None:
         return "no dataset.toml to read (see above)"
-    batch, place = dataset_batch(s.data)
-    lines = s.lines
-    line = lines.get(place) or lines.get((("datasets", 1), None))
-    batch_where = f"{s.shown}:{line}" if line else s.shown
+    batch, batch_where = dataset_batch(s.file)
     largest = max([d.batch_size for d in s.datasets] or [batch])
 
     lr = _lr(cfg.options)

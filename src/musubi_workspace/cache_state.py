@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import dataset as dataset_model
 from .commands import Command, cache_commands
 from .config import Config
+from .dataset import Dataset, Item
 from .errors import EXIT_CHECK, WorkspaceError
 
 MANIFEST = "ws_cache_manifest.json"
@@ -48,11 +50,6 @@ LATENTS, TE = "latents", "te"
 SIDE_NAMES = {LATENTS: "latents", TE: "text-encoder outputs"}
 # Cache file names musubi-tuner globs (and deletes when no item produces them), architecture `fp`.
 LATENT_SUFFIX, TE_SUFFIX = "_fp.safetensors", "_fp_te.safetensors"
-# dataset/media_utils.py at the pinned commit (.jxl only with a Pillow plugin, not installed by the workspace).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP", ".avif", ".AVIF")
-VIDEO_EXTENSIONS = tuple(
-    e for x in (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg") for e in (x, x.upper())
-)
 # Dataset keys that change latents, with musubi-tuner's defaults (a key written out at its default is no change).
 LATENT_DATASET_KEYS = {
     "resolution": [960, 544],
@@ -315,24 +312,13 @@ def _load_manifest(path: Path) -> tuple[dict, bool]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The dataset as musubi-tuner reads it (dataset/config_utils.py, datasources.py at the pinned commit)
+# The dataset as musubi-tuner reads it (the dataset model: dataset.py)
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ImageItem:
-    path: str  # as written (relative to the workspace root)
-    caption: str
-    controls: list[str]
-    extra_targets: list[str] = field(default_factory=list)
-
-    @property
-    def stem(self) -> str:
-        return os.path.splitext(os.path.basename(self.path))[0]
-
-
-def _effective(entry: dict, general: dict, key: str, default: Any) -> Any:
-    value = entry.get(key, general.get(key, default))
+def _option(d: Dataset, key: str, default: Any) -> Any:
+    """A dataset value as the manifest records it: [w, h] for a resolution, lists for tuples."""
+    value = d.get(key) if key in d.defaults else default
     if key in ("resolution", "control_resolution") and isinstance(value, int) and not isinstance(value, bool):
         value = [value, value]
     if isinstance(value, tuple):
@@ -340,130 +326,26 @@ def _effective(entry: dict, general: dict, key: str, default: Any) -> Any:
     return value
 
 
+def _items(cfg: Config, d: Dataset) -> list[Item]:
+    """The dataset's items; the first thing musubi-tuner would stop on is a WorkspaceError."""
+    listing = dataset_model.items(cfg.ws, d)
+    problem = listing.first_error()
+    if problem is not None:
+        raise WorkspaceError(f"{problem.where}: {problem.message}")
+    for item in listing.items:
+        if item.caption_error:
+            raise WorkspaceError(f"{item.where}: its caption file is {item.caption_error}; musubi-tuner stops on it: save it as UTF-8")
+    return listing.items
+
+
 def _abs(root: Path, written: str) -> Path:
     return Path(written) if os.path.isabs(written) else root / written
 
 
-def _listdir(root: Path, written: str, extensions) -> list[str]:
-    """Files of a folder with the given extensions, as musubi-tuner's glob finds them (no hidden files)."""
-    folder = _abs(root, written)
-    if not folder.is_dir():
-        raise WorkspaceError(f"{written}: folder not found (named by the dataset); fix the path")
-    names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and os.path.splitext(e.name)[1] in extensions]
-    return sorted(os.path.join(written, n) for n in names)
-
-
-def _directory_items(root: Path, entry: dict, general: dict, where: str, control_count: int) -> list[ImageItem]:
-    directory = entry["image_directory"]
-    ext = _effective(entry, general, "caption_extension", None)
-    if not ext:
-        raise WorkspaceError(f"{where}: image_directory needs caption_extension (e.g. \".txt\"); musubi-tuner fails without it")
-    images = _listdir(root, directory, IMAGE_EXTENSIONS)
-    folder = _abs(root, directory)
-    bases = {os.path.splitext(e.name)[0] for e in os.scandir(folder) if not e.name.startswith(".") and e.name.endswith(ext)}
-    images = [p for p in images if os.path.splitext(os.path.basename(p))[0] in bases]
-    items = []
-    for p in images:
-        try:
-            caption = _abs(root, os.path.splitext(p)[0] + ext).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise WorkspaceError(f"{os.path.splitext(p)[0] + ext}: cannot read the caption ({e.__class__.__name__})") from None
-        items.append(ImageItem(p, caption, []))
-    control_dir = entry.get("control_directory")
-    if control_dir:
-        _match_controls(root, control_dir, items, control_count, where)
-    return items
-
-
-def _match_controls(root: Path, control_dir: str, items: list[ImageItem], count: int, where: str) -> None:
-    """ImageDirectoryDatasource's matching: `x.*` or `x_<n>.*`, longest image names first, unsuffixed first."""
-    pool = set(_listdir(root, control_dir, IMAGE_EXTENSIONS))
-    for item in sorted(items, key=lambda i: len(os.path.basename(i.path)), reverse=True):
-        stem = item.stem
-        found = [p for p in pool if os.path.basename(p).startswith((stem + ".", stem + "_"))]
-        pool.difference_update(found)
-
-        def order(p: str) -> int:
-            base = os.path.splitext(os.path.basename(p))[0]
-            if base == stem:
-                return 0
-            suffix = base.rsplit("_", 1)[-1]
-            if not suffix.isdigit():
-                raise WorkspaceError(f"{p}: control image name must be {stem}.<ext> or {stem}_<number>.<ext>")
-            return int(suffix) + 1
-
-        found.sort(key=order)
-        if len(found) < count:
-            raise WorkspaceError(f"{where}: {item.path} has {len(found)} control image(s) in {control_dir}, needs {count}")
-        item.controls = found[:count]
-
-
-def _jsonl(root: Path, jsonl: str, key: str) -> list[tuple[int, object]]:
-    """(line number, parsed value) of each non-blank line of a dataset's JSONL file."""
-    try:
-        lines = _abs(root, jsonl).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise WorkspaceError(f"{jsonl}: file not found ({key} of the dataset); fix the path") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((n, json.loads(line)))
-        except ValueError:
-            raise WorkspaceError(f"{jsonl}:{n}: not valid JSON; fix the line") from None
-    return out
-
-
-def _jsonl_items(root: Path, jsonl: str, control_count: int, multiple_target: bool) -> list[ImageItem]:
-    items = []
-    for n, data in _jsonl(root, jsonl, "image_jsonl_file"):
-        image = data.get("image_path", data.get("image_path_0")) if isinstance(data, dict) else None
-        if not isinstance(image, str) or "caption" not in data:
-            raise WorkspaceError(f"{jsonl}:{n}: each line needs \"image_path\" and \"caption\"")
-        if "control_path" in data:
-            data["control_path_0"] = data.pop("control_path")
-        keys = sorted((k for k in data if k.startswith("control_path_")), key=lambda k: int(k.rsplit("_", 1)[-1]) if k.rsplit("_", 1)[-1].isdigit() else 0)
-        controls = [data[k] for k in keys][:control_count]
-        extra = []
-        if multiple_target:
-            i = 1
-            while isinstance(data.get(f"image_path_{i}"), str):
-                extra.append(data[f"image_path_{i}"])
-                i += 1
-        items.append(ImageItem(image, str(data["caption"]), controls, extra))
-    return items
-
-
-def _video_fingerprints(root: Path, entry: dict, general: dict, hasher: Hasher, where: str) -> tuple[str, str, int]:
+def _video_fingerprints(root: Path, items: list[Item], hasher: Hasher) -> tuple[str, str, int]:
     """Whole-dataset fingerprints (latents, captions) of a video dataset, and its item count."""
-    media: list[str] = []
-    captions: dict[str, str] = {}
-    if entry.get("video_directory"):
-        directory = entry["video_directory"]
-        ext = _effective(entry, general, "caption_extension", None)
-        if not ext:
-            raise WorkspaceError(f"{where}: video_directory needs caption_extension (e.g. \".txt\"); musubi-tuner fails without it")
-        for p in _listdir(root, directory, VIDEO_EXTENSIONS):
-            media.append(p)
-            cap = _abs(root, os.path.splitext(p)[0] + ext)
-            captions[p] = cap.read_text(encoding="utf-8").strip() if cap.exists() else ""
-        control_dir = entry.get("control_directory")
-        if control_dir:
-            folder = _abs(root, control_dir)
-            for dirpath, _, files in os.walk(folder):
-                for f in files:
-                    media.append(os.path.join(control_dir, os.path.relpath(os.path.join(dirpath, f), folder)))
-    else:
-        jsonl = entry["video_jsonl_file"]
-        for n, data in _jsonl(root, jsonl, "video_jsonl_file"):
-            if not isinstance(data, dict):
-                raise WorkspaceError(f"{jsonl}:{n}: each line needs \"video_path\" and \"caption\"")
-            media.append(data.get("video_path", ""))
-            captions[data.get("video_path", "")] = str(data.get("caption", ""))
-            for k, v in data.items():
-                if k.startswith("control_path") and isinstance(v, str):
-                    media.append(v)
+    media = [p for item in items for p in (item.path, *item.controls)]
+    captions = {item.path: item.caption or "" for item in items}
     hashes = []
     for p in sorted(set(media)):
         ap = _abs(root, p)
@@ -494,11 +376,13 @@ def _options(cfg: Config) -> tuple[dict, dict]:
     return latent, te
 
 
-def _dataset_state(cfg: Config, index: int, entry: dict, general: dict, latent_opts: dict, te_opts: dict, force: bool) -> DatasetState:
+def _dataset_state(cfg: Config, d: Dataset, latent_opts: dict, te_opts: dict, force: bool) -> DatasetState:
     root = cfg.ws.root
-    where = f"{cfg.ws.rel(cfg.dataset_path)}: [[datasets]] #{index}"
-    video = bool(entry.get("video_directory") or entry.get("video_jsonl_file"))
-    cache_written = entry.get("cache_directory") or entry.get("video_directory" if video else "image_directory")
+    where = f"{cfg.ws.rel(cfg.dataset_path)}: [[datasets]] #{d.index}"
+    video = d.kind == "video"
+    if d.source is None:
+        raise WorkspaceError(f"{where}: needs image_directory, image_jsonl_file, video_directory or video_jsonl_file")
+    cache_written = d.cache_directory
     if not cache_written:
         raise WorkspaceError(f"{where}: a JSONL dataset needs cache_directory; add `cache_directory = \"cache/...\"`")
     cache_dir = _abs(root, cache_written)
@@ -506,23 +390,16 @@ def _dataset_state(cfg: Config, index: int, entry: dict, general: dict, latent_o
     hasher = Hasher(root, manifest.get("hashes") or {})
 
     keys = dict(LATENT_DATASET_KEYS, **(VIDEO_DATASET_KEYS if video else {}))
-    ds_opts = {k: _effective(entry, general, k, d) for k, d in keys.items()}
+    ds_opts = {k: _option(d, k, default) for k, default in keys.items()}
     if not ds_opts["enable_bucket"] and not video:
         ds_opts["bucket_no_upscale"] = False  # musubi-tuner forces it off without bucketing
     lat_options = dict(latent_opts, **ds_opts)
 
+    items = _items(cfg, d)
     if video:
-        lat_fp, te_fp, n = _video_fingerprints(root, entry, general, hasher, where)
+        lat_fp, te_fp, n = _video_fingerprints(root, items, hasher)
         lat_expected, te_expected = {"*": lat_fp}, {"*": te_fp}
     else:
-        indices = ds_opts["fp_1f_clean_indices"]
-        control_count = len(indices) if isinstance(indices, list) else 1
-        if entry.get("image_directory"):
-            items = _directory_items(root, entry, general, where, control_count)
-        elif entry.get("image_jsonl_file"):
-            items = _jsonl_items(root, entry["image_jsonl_file"], control_count, bool(ds_opts["multiple_target"]))
-        else:
-            raise WorkspaceError(f"{where}: needs image_directory, image_jsonl_file, video_directory or video_jsonl_file")
         lat_expected, te_expected = {}, {}
         for item in items:
             _, _, sha, w, h = hasher.entry(item.path, image=True)
@@ -538,7 +415,7 @@ def _dataset_state(cfg: Config, index: int, entry: dict, general: dict, latent_o
         side = Side(name, options, expected, present, part.get("entries") or {}, part.get("options"), video=video)
         side.classify(force)
         sides[name] = side
-    return DatasetState(index, cache_dir, cache_written, hasher, manifest_ok, sides, n)
+    return DatasetState(d.index, cache_dir, cache_written, hasher, manifest_ok, sides, n)
 
 
 @dataclass
@@ -657,13 +534,11 @@ class CachePlan:
 
 def plan(cfg: Config, force: bool = False) -> CachePlan:
     """Compare every dataset of the version's dataset.toml with its manifest. Reads; writes nothing."""
-    data, _ = cfg.load_dataset()
-    general = data.get("general") or {}
-    datasets = data.get("datasets") or []
-    if not isinstance(datasets, list) or not datasets:
-        raise WorkspaceError(f"{cfg.ws.rel(cfg.dataset_path)}: no [[datasets]] entry; add one (see configs/v1/dataset.toml)")
+    f = dataset_model.load(cfg)
+    if not f.datasets:
+        raise WorkspaceError(f"{f.shown}: no [[datasets]] entry; add one (see configs/v1/dataset.toml)")
     latent_opts, te_opts = _options(cfg)
-    states = [_dataset_state(cfg, i, e, general, latent_opts, te_opts, force) for i, e in enumerate(datasets, 1)]
+    states = [_dataset_state(cfg, d, latent_opts, te_opts, force) for d in f.datasets]
     return CachePlan(cfg, states, force)
 
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import dataset as dataset_model
 from .config import Config, tomllib
 from .environment import child_env
 from .errors import WorkspaceError
@@ -28,9 +29,6 @@ DATA = Path(__file__).resolve().parent / "data" / "known_issues.toml"
 
 # The attention options in the order musubi-tuner picks them (trainer_base._load_dit_and_swap).
 ATTENTION_FLAGS = ("sdpa", "flash_attn", "sage_attn", "xformers", "flash3")
-# musubi-tuner's dataset defaults (dataset/config_utils.BaseDatasetParams).
-DEFAULT_BATCH_SIZE = 1
-DEFAULT_RESOLUTION = (960, 544)
 # checks.MACHINE: a finding about this machine, not the version (checks imports this module, not the reverse).
 MACHINE = "machine"
 OPS = ("==", "!=", ">=", "<=", ">", "<", "in")
@@ -175,58 +173,21 @@ class Dataset:
     raw: dict = field(default_factory=dict)
 
 
-def _table_line(text: str, key: str, table: str, nth: int = 0) -> int | None:
-    """1-based line of `key = ...` in `[table]`, or in the nth (0-based) `[[table]]` entry."""
-    current, seen = None, {}
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-    for n, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if s.startswith("["):
-            current = s.strip("[] ")
-            if s.startswith("[["):
-                seen[current] = seen.get(current, -1) + 1
-            continue
-        if current == table and seen.get(table, 0) == nth and pattern.match(line):
-            return n
-    return None
-
-
-def _resolution(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    return DEFAULT_RESOLUTION
-
-
 def datasets(cfg: Config) -> list[Dataset] | None:
     """The datasets of dataset.toml with effective batch size and resolution; None when it does not load (the
     dataset.toml check reports why)."""
     try:
-        data, text = cfg.load_dataset()
+        f = dataset_model.load(cfg)
     except WorkspaceError:
         return None
-    shown = cfg.ws.rel(cfg.dataset_path)
-    general = data.get("general", {}) if isinstance(data.get("general"), dict) else {}
     out = []
-    entries = data.get("datasets") if isinstance(data.get("datasets"), list) else []  # else: the dataset.toml check says so
-    for i, ds in enumerate(entries):
-        if not isinstance(ds, dict):
-            continue
+    for d in f.datasets:
 
-        def pick(key, default):
-            if key in ds:
-                line = _table_line(text, key, "datasets", i)
-                return ds[key], f"{shown}:{line}" if line else shown
-            if key in general:
-                line = _table_line(text, key, "general")
-                return general[key], f"{shown}:{line}" if line else shown
-            return default, f"{shown} (musubi-tuner's default)"
+        def where(key: str) -> str:
+            return d.at(key) if d.is_set(key) else f"{f.shown} (musubi-tuner's default)"
 
-        batch, bwhere = pick("batch_size", DEFAULT_BATCH_SIZE)
-        res, rwhere = pick("resolution", DEFAULT_RESOLUTION)
-        batch = batch if isinstance(batch, int) and not isinstance(batch, bool) else DEFAULT_BATCH_SIZE
-        out.append(Dataset(i, batch, bwhere, _resolution(res), rwhere, {**general, **ds}))
+        out.append(Dataset(d.index - 1, d.batch_size, where("batch_size"), d.resolution, where("resolution"),
+                           {**f.general, **d.entry}))
     return out
 
 

@@ -251,15 +251,6 @@ class Config:
     def dataset_path(self) -> Path:
         return self.require_path("dataset_config", "every target")
 
-    def load_dataset(self) -> tuple[dict, str]:
-        path = self.dataset_path
-        if not path.exists():
-            raise WorkspaceError(
-                f"{self.where('dataset_config')}: dataset_config {self.ws.rel(path)} not found; "
-                f"create it (copy configs/v1/dataset.toml) or fix the path"
-            )
-        return load_toml(path, self.ws)
-
 
 def resolve_config_file(ws: Workspace, value: str, announce=None) -> Path:
     """CONFIG_FILE as given (a path, or a version name like `v3`); empty: the newest configs/vN/config.toml."""

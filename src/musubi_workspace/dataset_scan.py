@@ -1,19 +1,20 @@
 """Checks 3 and 4: dataset.toml against musubi-tuner's dataset schema, its sources, and the data itself.
 
-`scan(ctx)` reads dataset.toml the way musubi-tuner's ConfigSanitizer and datasources do, reports what they would
-reject (or, worse, silently drop), and returns the training items it found: target image, control images,
-caption. The content checks and the prompt check read the same scan (`ctx.memo`).
+`scan(ctx)` reads dataset.toml through the dataset model (dataset.py: the file, [general] merged, defaults, and the
+items musubi-tuner's datasources find), reports what musubi-tuner would reject (or, worse, silently drop), and
+keeps the training items: target image, control images, caption. The content checks and the prompt check read
+the same scan (`ctx.memo`).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import dataset as model
 from .config import suggest
+from .dataset import SOURCE_KEYS, Dataset, DatasetFile, Item, Listing, value_problem
 from .errors import WorkspaceError
 from .findings import ERROR, WARNING
 from .image_cache import ImageCache, ImageFacts
@@ -22,112 +23,39 @@ from .options import schema_of
 if TYPE_CHECKING:
     from .findings import Context
 
-_IMAGE = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif")
-IMAGE_EXTENSIONS = frozenset(_IMAGE + tuple(e.upper() for e in _IMAGE))
-_VIDEO = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
-VIDEO_EXTENSIONS = frozenset(_VIDEO + tuple(e.upper() for e in _VIDEO))
-DEFAULT_RESOLUTION = (960, 544)  # musubi-tuner's dataset default, [width, height]
-SOURCE_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
 # How far an image's aspect ratio may differ from the resolution's before centre-cropping is worth a warning.
 ASPECT_TOLERANCE = 0.02
-
-
-@dataclass
-class Item:
-    """One training item as musubi-tuner would read it."""
-
-    where: str  # datasets/x/train.jsonl:3 or datasets/x/img.png
-    target: Path
-    controls: list[Path]
-    caption: str | None
-    dataset: int
-
-
-@dataclass
-class Dataset:
-    index: int  # 1-based, in the order of [[datasets]]
-    kind: str  # "image" or "video"
-    values: dict  # [general] merged with the entry
-    where: str  # dataset.toml:line of its [[datasets]] header
-    items: list[Item] = field(default_factory=list)
-    has_controls: bool = False
-
-    @property
-    def resolution(self) -> tuple[int, int]:
-        r = self.values.get("resolution", DEFAULT_RESOLUTION)
-        return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
-
-    @property
-    def batch_size(self) -> int:
-        b = self.values.get("batch_size", 1)
-        return int(b) if isinstance(b, int) else 1
+# The line that stands for the rest of a kind of problem once findings.LISTED are shown.
+REST = {
+    "caption": "{n} more %ss without a caption file",
+    "controls": "{n} more images without enough control images",
+    "control-name": "{n} more control images named against musubi-tuner's pattern",
+    "targets": "{n} more multiple-target problems",
+}
 
 
 @dataclass
 class Scan:
-    path: Path | None = None  # set once dataset.toml parsed
+    file: DatasetFile | None = None  # set once dataset.toml parsed
     shown: str = ""
-    data: dict = field(default_factory=dict)
-    text: str = ""
-    lines: dict = field(default_factory=dict)
-    datasets: list[Dataset] = field(default_factory=list)
+    listings: list[Listing] = field(default_factory=list)
     images: dict[Path, ImageFacts] = field(default_factory=dict)
 
     @property
+    def path(self) -> Path | None:
+        return self.file.path if self.file else None
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        return [li.dataset for li in self.listings]
+
+    @property
     def items(self) -> list[Item]:
-        return [i for d in self.datasets for i in d.items]
+        return [i for li in self.listings for i in li.items]
 
     def at(self, table: Any, key: str | None = None) -> str:
         """dataset.toml:line of a key (or of a table's header when key is None)."""
-        line = self.lines.get((table, key))
-        return f"{self.shown}:{line}" if line else self.shown
-
-
-def toml_lines(text: str) -> dict:
-    """(table, key) -> line: table is None (top level), a table name, or ("datasets", i) for the i-th [[datasets]]
-    (1-based); key None is the table's header line."""
-    out: dict = {}
-    table: Any = None
-    counts: dict[str, int] = {}
-    key_re = re.compile(r"""^\s*("[^"]+"|'[^']+'|[A-Za-z0-9_-]+)\s*=""")
-    for n, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if s.startswith("[["):
-            name = s.strip("[] ").split("#")[0].strip("[] ")
-            counts[name] = counts.get(name, 0) + 1
-            table = (name, counts[name])
-            out.setdefault((table, None), n)
-        elif s.startswith("["):
-            table = s.split("#")[0].strip().strip("[]").strip()
-            out.setdefault((table, None), n)
-        else:
-            m = key_re.match(line)
-            if m:
-                out.setdefault((table, m.group(1).strip("\"'")), n)
-    return out
-
-
-def value_problem(value: Any, t: str) -> str | None:
-    """Why a dataset value fails musubi-tuner's voluptuous schema, or None."""
-    is_int = isinstance(value, int)  # voluptuous's int accepts TOML booleans too
-    if t == "int":
-        return None if is_int else f"must be a whole number, got {value!r}"
-    if t == "float":
-        return None if isinstance(value, float) else f"must be a decimal number such as 30.0 (musubi-tuner rejects {value!r})"
-    if t == "str":
-        return None if isinstance(value, str) else f"must be a string in quotes, got {value!r}"
-    if t == "bool":
-        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
-    if t == "int_or_pair":
-        ok = (is_int and not isinstance(value, bool)) or (
-            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        )
-        return None if ok else f"must be a whole number or [width, height], got {value!r}"
-    if t.startswith("list["):
-        inner = {"list[int]": int, "list[str]": str}.get(t, object)
-        ok = isinstance(value, list) and all(isinstance(v, inner) for v in value)
-        return None if ok else f"must be a list ({t}), got {value!r}"
-    return None
+        return self.file.at(table, key) if self.file else self.shown
 
 
 def scan(ctx: "Context") -> Scan:
@@ -141,22 +69,23 @@ def _scan(ctx: "Context") -> Scan:
     path = cfg.path_of("dataset_config") if isinstance(cfg.get("dataset_config"), str) else None
     if path is None or not path.is_file():
         return s  # reported by the options and files checks
-    shown = cfg.ws.rel(path)
+    s.shown = cfg.ws.rel(path)
     if path.suffix.lower() != ".toml":
-        report.error(shown, "the workspace reads dataset configs as TOML; rename it to .toml (musubi-tuner also takes .json)")
+        report.error(s.shown, "the workspace reads dataset configs as TOML; rename it to .toml (musubi-tuner also takes .json)")
         return s
+    schema = schema_of(ctx)["dataset"]
     try:
-        data, text = cfg.load_dataset()
+        f = model.load(cfg, schema)
     except WorkspaceError as e:
         where, _, message = e.message.partition(": ")
         report.error(where, message)
         return s
-    s.path, s.shown, s.data, s.text, s.lines = path, shown, data, text, toml_lines(text)
-    schema = schema_of(ctx)["dataset"]
+    s.file = f
+    data = f.data
 
     for key in data:
         if key not in ("general", "datasets"):
-            report.error(s.at(key) if (key, None) in s.lines else s.at(None, key),
+            report.error(s.at(key) if (key, None) in f.lines else s.at(None, key),
                          f"unknown top-level key `{key}`{suggest(key, ['general', 'datasets'])}; only [general] and [[datasets]] are allowed")
     general = data.get("general", {})
     if not isinstance(general, dict):
@@ -172,10 +101,8 @@ def _scan(ctx: "Context") -> Scan:
                 report.error(where, f"unknown key `{key}` in [general]{suggest(key, schema['general'])}; musubi-tuner rejects the file")
         elif problem := value_problem(value, schema["general"][key]):
             report.error(where, f"`{key}` {problem}")
-    # Only valid values go on (a wrong one is reported above and would only break what follows).
-    general_ok = {k: v for k, v in general.items() if k in schema["general"] and not value_problem(v, schema["general"][k])}
 
-    entries = data.get("datasets", [])
+    entries = f.entries
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         report.error(s.at(None, "datasets"), "`datasets` must be [[datasets]] tables")
         return s
@@ -184,26 +111,26 @@ def _scan(ctx: "Context") -> Scan:
         return s
 
     cache = ctx.memo("images", lambda: ImageCache(cfg.ws))
-    for i, entry in enumerate(entries, 1):
-        d = _dataset(ctx, s, schema, i, entry, general_ok)
-        if d is not None:
-            s.datasets.append(d)
+    for d in f.datasets:
+        listing = _dataset(ctx, s, schema, d)
+        if listing is not None:
+            s.listings.append(listing)
     _cache_directories(ctx, s)
-    images = [p for item in s.items for p in (item.target, *item.controls) if p.suffix in IMAGE_EXTENSIONS]
+    images = [p for item in s.items for p in (item.target, *item.control_paths) if p.suffix in model.IMAGE_EXTENSIONS]
     s.images = cache.facts(images)
     _images(ctx, s)
-    for d in s.datasets:
-        if not d.items:
+    for li in s.listings:
+        if not li.items:
+            d = li.dataset
             report.error(d.where, f"dataset {d.index} has no training items; add media with captions or fix its source")
     return s
 
 
-def _dataset(ctx, s: Scan, schema: dict, i: int, entry: dict, general: dict) -> Dataset | None:
+def _dataset(ctx, s: Scan, schema: dict, d: Dataset) -> Listing | None:
     report, ws = ctx.report, ctx.cfg.ws
-    table = ("datasets", i)
-    sources = [k for k in SOURCE_KEYS if k in entry]
-    kind = "video" if any(k.startswith("video") for k in sources) else "image"
-    header = s.at(table)
+    i, kind, entry = d.index, d.kind, d.entry
+    sources = d.sources
+    header = d.where
     if not sources:
         report.error(header, f"dataset {i} has no source; set one of {', '.join(SOURCE_KEYS)}")
         return None
@@ -211,7 +138,7 @@ def _dataset(ctx, s: Scan, schema: dict, i: int, entry: dict, general: dict) -> 
         report.error(header, f"dataset {i} sets {' and '.join(sources)}; set only one (musubi-tuner would use {sources[0]} alone)")
     other = "image" if kind == "video" else "video"
     for key, value in entry.items():
-        where = s.at(table, key)
+        where = s.at(d.table, key)
         if key not in schema[kind]:
             if key in schema[other]:
                 report.error(where, f"`{key}` is a key of {other} datasets; dataset {i} is an {kind} dataset ({sources[0]})")
@@ -219,200 +146,41 @@ def _dataset(ctx, s: Scan, schema: dict, i: int, entry: dict, general: dict) -> 
                 report.error(where, f"unknown key `{key}`{suggest(key, schema[kind])}; musubi-tuner rejects the file")
         elif problem := value_problem(value, schema[kind][key]):
             report.error(where, f"`{key}` {problem}")
-    values = {**general, **{k: v for k, v in entry.items() if k in schema[kind] and not value_problem(v, schema[kind][k])}}
-    d = Dataset(index=i, kind=kind, values=values, where=header)
     one_frame = ctx.cfg.get("one_frame") is True
     if kind == "image":
-        indices = values.get("fp_1f_clean_indices")
-        need = len(indices) if isinstance(indices, list) and indices else 1
         if one_frame and "fp_1f_target_index" not in entry:
             report.error(header, f"dataset {i}: one_frame needs fp_1f_target_index (caching fails without it); add `fp_1f_target_index = 1`")
         if one_frame and "fp_1f_clean_indices" not in entry:
             report.warn(header, f"dataset {i}: fp_1f_clean_indices is not set, so musubi-tuner uses [0] (one control image); set it to say so")
         if not one_frame:
             report.error(header, f"dataset {i} is an image dataset: FramePack trains on images only in one-frame mode; set `one_frame = true` in {ctx.cfg.shown}")
-        if isinstance(values.get("image_directory"), str):
-            _image_directory(ctx, s, d, ws.resolve(values["image_directory"]), values, need)
-        elif isinstance(values.get("image_jsonl_file"), str):
-            _image_jsonl(ctx, d, ws.resolve(values["image_jsonl_file"]), need)
-        if one_frame and not d.has_controls and d.items:
-            report.error(header, f"dataset {i}: one_frame needs control images (control_directory, or control_path in the JSONL); none found")
-    else:
-        if one_frame:
-            report.error(header, f"dataset {i} is a video dataset, but one_frame = true trains on image datasets with control images only")
-        if isinstance(values.get("video_directory"), str):
-            _video_directory(ctx, d, ws.resolve(values["video_directory"]), values)
-        elif isinstance(values.get("video_jsonl_file"), str):
-            _video_jsonl(ctx, d, ws.resolve(values["video_jsonl_file"]))
-    return d
+    elif one_frame:
+        report.error(header, f"dataset {i} is a video dataset, but one_frame = true trains on image datasets with control images only")
+    listing = model.items(ws, d)
+    _report(ctx, listing)
+    if kind == "image" and one_frame and not listing.has_controls and listing.items:
+        report.error(header, f"dataset {i}: one_frame needs control images (control_directory, or control_path in the JSONL); none found")
+    return listing
 
 
-def _media(folder: Path, extensions) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix in extensions and p.is_file())
-
-
-def _folder(ctx, d: Dataset, key: str, folder: Path) -> bool:
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "not found"
-        ctx.report.error(d.where, f"dataset {d.index}: {key} {ctx.cfg.ws.rel(folder)} {what}; fix the path")
-        return False
-    return True
-
-
-def _read_caption(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace").strip()
-
-
-def _captions(ctx, d: Dataset, media: list[Path], values: dict, noun: str, drops: bool) -> list[tuple[Path, str]]:
-    """(media, caption) for media with a caption file; the others are reported (musubi-tuner drops images without
-    a caption silently and fails on videos without one)."""
-    ws = ctx.cfg.ws
-    ext = values.get("caption_extension")
-    if not ext:
-        ctx.report.error(d.where, f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); add `caption_extension = \".txt\"`")
-        return []
-    found, missing = [], []
-    for m in media:
-        cap = m.with_name(m.stem + ext)
-        if cap.is_file():
-            found.append((m, _read_caption(cap)))
-        else:
-            consequence = "musubi-tuner skips the image without a word" if drops else "caching fails on it"
-            missing.append((ws.rel(m), f"no caption file {cap.name}: {consequence}; write one or remove the {noun}"))
-    # A skipped image is a smaller dataset (a warning; none left is an error below); a video without one crashes.
-    severity = WARNING if drops else ERROR
-    ctx.report.listed(severity, missing, f"{{n}} more {noun}s without a caption file", ws.rel(media[0].parent) if media else d.where)
-    return found
-
-
-def _image_directory(ctx, s: Scan, d: Dataset, folder: Path, values: dict, need: int) -> None:
-    ws = ctx.cfg.ws
-    if not _folder(ctx, d, "image_directory", folder):
-        return
-    captioned = _captions(ctx, d, _media(folder, IMAGE_EXTENSIONS), values, "image", drops=True)
-    controls: dict[Path, list[Path]] = {}
-    control_dir = values.get("control_directory")
-    if isinstance(control_dir, str):
-        cdir = ws.resolve(control_dir)
-        if _folder(ctx, d, "control_directory", cdir):
-            d.has_controls = True
-            controls = match_controls([m for m, _ in captioned], _media(cdir, IMAGE_EXTENSIONS))
-            short = [(ws.rel(m), f"{len(controls.get(m, []))} control image(s) in {ws.rel(cdir)}, {need} needed "
-                      f"(named {m.stem}.png or {m.stem}_0.png, {m.stem}_1.png ...); caching fails on it")
-                     for m, _ in captioned if len(controls.get(m, [])) < need]
-            ctx.report.listed(ERROR, short, "{n} more images without enough control images", ws.rel(cdir))
-    for m, caption in captioned:
-        d.items.append(Item(ws.rel(m), m, controls.get(m, [])[:need], caption, d.index))
-
-
-def match_controls(images: list[Path], candidates: list[Path]) -> dict[Path, list[Path]]:
-    """musubi-tuner's control matching: for x.png, files named x.<ext> or x_<suffix>.<ext>, longest image names
-    first (each control used once), the unsuffixed one first, then by the number after the last `_`."""
-    pool = set(candidates)
-    out: dict[Path, list[Path]] = {}
-    for img in sorted(images, key=lambda p: len(p.name), reverse=True):
-        stem = img.stem
-        found = [p for p in pool if p.name.startswith(stem + ".") or p.name.startswith(stem + "_")]
-        pool.difference_update(found)
-
-        def order(p: Path) -> tuple[int, str]:
-            if p.stem == stem:
-                return (0, p.name)
-            suffix = p.stem.rsplit("_", 1)[-1]
-            return (int(suffix) + 1 if suffix.isdigit() else 10**9, p.name)
-
-        if found:
-            out[img] = sorted(found, key=order)
-    return out
-
-
-def _jsonl_lines(ctx, d: Dataset, path: Path, problems: list) -> list[tuple[int, dict]]:
-    """(line number, object) of each JSONL line; blank and broken lines go to `problems` (musubi-tuner fails on
-    them)."""
-    shown = ctx.cfg.ws.rel(path)
-    if not path.is_file():
-        ctx.report.error(d.where, f"dataset {d.index}: {shown} not found; fix the path")
-        return []
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                problems.append((n, "empty line: musubi-tuner fails on it (JSONDecodeError); remove it"))
-                continue
-            try:
-                obj = json.loads(line.strip())
-            except json.JSONDecodeError as e:
-                problems.append((n, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"))
-                continue
-            if not isinstance(obj, dict):
-                problems.append((n, "expected a JSON object {\"image_path\": ..., \"caption\": ...}"))
-                continue
-            out.append((n, obj))
-    return out
-
-
-def _report_lines(ctx, shown: str, problems: list[tuple[int, str]]) -> None:
-    """A JSONL file's problems in line order, the first few, then a count."""
-    problems.sort(key=lambda p: p[0])
-    ctx.report.listed(ERROR, [(f"{shown}:{n}", m) for n, m in problems], "{n} more problems in " + shown, shown)
-
-
-def control_keys(obj: dict) -> list[str]:
-    """A JSONL line's control keys in musubi-tuner's order: control_path first, then control_path_N by number."""
-    numbered = sorted((k for k in obj if re.fullmatch(r"control_path_\d+", k)), key=lambda k: int(k.rsplit("_", 1)[1]))
-    return (["control_path"] if "control_path" in obj else []) + numbered
-
-
-def _image_jsonl(ctx, d: Dataset, path: Path, need: int) -> None:
-    ws = ctx.cfg.ws
-    shown = ws.rel(path)
-    problems: list[tuple[int, str]] = []
-    lines = _jsonl_lines(ctx, d, path, problems)
-    d.has_controls = any(control_keys(obj) for _, obj in lines)
-    for n, obj in lines:
-        target = obj.get("image_path")
-        if not isinstance(target, str) or not target:
-            problems.append((n, "no \"image_path\"; every line needs the target image"))
-            continue
-        if not isinstance(obj.get("caption"), str):
-            problems.append((n, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one"))
-            continue
-        keys = control_keys(obj)
-        if d.has_controls and len(keys) < need:
-            problems.append((n, f"{len(keys)} control image(s), {need} needed (len(fp_1f_clean_indices)); caching fails on it"))
-        elif len(keys) > need:
-            ctx.report.warn(f"{shown}:{n}", f"{len(keys)} control images, but fp_1f_clean_indices uses {need}: {', '.join(keys[need:])} ignored")
-        paths = [(k, obj[k]) for k in ["image_path", *keys[:need]]]
-        bad = [(k, v) for k, v in paths if not isinstance(v, str) or not ws.resolve(v).is_file()]
-        for k, v in bad:
-            problems.append((n, f"{k} {v} not found; fix the path (relative to the workspace root)"))
-        if not bad:
-            d.items.append(Item(f"{shown}:{n}", ws.resolve(target), [ws.resolve(v) for _, v in paths[1:]], obj["caption"].strip(), d.index))
-    _report_lines(ctx, shown, problems)
-
-
-def _video_directory(ctx, d: Dataset, folder: Path, values: dict) -> None:
-    if not _folder(ctx, d, "video_directory", folder):
-        return
-    for m, caption in _captions(ctx, d, _media(folder, VIDEO_EXTENSIONS), values, "video", drops=False):
-        d.items.append(Item(ctx.cfg.ws.rel(m), m, [], caption, d.index))
-
-
-def _video_jsonl(ctx, d: Dataset, path: Path) -> None:
-    ws = ctx.cfg.ws
-    shown = ws.rel(path)
-    problems: list[tuple[int, str]] = []
-    for n, obj in _jsonl_lines(ctx, d, path, problems):
-        video = obj.get("video_path")
-        if not isinstance(video, str) or not video:
-            problems.append((n, "no \"video_path\"; every line needs one"))
-        elif not isinstance(obj.get("caption"), str):
-            problems.append((n, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one"))
-        elif not ws.resolve(video).exists():
-            problems.append((n, f"video_path {video} not found; fix the path (relative to the workspace root)"))
-        else:
-            d.items.append(Item(f"{shown}:{n}", ws.resolve(video), [], obj["caption"].strip(), d.index))
-    _report_lines(ctx, shown, problems)
+def _report(ctx, listing: Listing) -> None:
+    """The listing's problems: per-line problems of a JSONL file in line order, the others grouped by kind, the
+    first few of each, then a count."""
+    report = ctx.report
+    noun = "video" if listing.dataset.kind == "video" else "image"
+    anchor = listing.folder or listing.dataset.where
+    lines = sorted((p for p in listing.problems if p.kind == "line"), key=lambda p: int(p.where.rsplit(":", 1)[1]))
+    groups: dict[tuple[str, str], list] = {}
+    for p in listing.problems:
+        if p.kind in ("source", "extra-controls") or (p.kind == "caption" and p.where == listing.dataset.where):
+            (report.error if p.severity == ERROR else report.warn)(p.where, p.message)
+        elif p.kind != "line":
+            groups.setdefault((p.kind, p.severity), []).append((p.where, p.message))
+    for (kind, severity), found in groups.items():
+        rest = REST.get(kind, "{n} more problems").replace("%s", noun)
+        at = listing.control_folder if kind in ("controls", "control-name") and listing.control_folder else anchor
+        report.listed(severity, found, rest, at)
+    report.listed(ERROR, [(p.where, p.message) for p in lines], "{n} more problems in " + anchor, anchor)
 
 
 def _cache_directories(ctx, s: Scan) -> None:
@@ -436,22 +204,23 @@ def _images(ctx, s: Scan) -> None:
     """Every image decodes; sizes against the dataset's resolution (one line per size, not per image)."""
     ws, report = ctx.cfg.ws, ctx.report
     broken = [(item.where if p == item.target else ws.rel(p), f"{ws.rel(p)} cannot be read as an image ({s.images[p].error}); replace it")
-              for item in s.items for p in (item.target, *item.controls) if p in s.images and s.images[p].error]
+              for item in s.items for p in (item.target, *item.control_paths) if p in s.images and s.images[p].error]
     report.listed(ERROR, list(dict.fromkeys(broken)), "{n} more unreadable images", s.shown)
-    for d in s.datasets:
+    for li in s.listings:
+        d = li.dataset
         if d.kind != "image":
             continue
         rw, rh = d.resolution
-        bucket = d.values.get("enable_bucket") is True
+        bucket = d.get("enable_bucket") is True
         sizes: dict[tuple[int, int], list[Item]] = {}
-        for item in d.items:
+        for item in li.items:
             f = s.images.get(item.target)
             if f and not f.error:
                 sizes.setdefault(f.size, []).append(item)
         for (w, h), items in sorted(sizes.items()):
             what = f"{len(items)} target image(s) of {w}x{h} (e.g. {items[0].where})"
             if bucket:
-                if w * h < rw * rh / 2 and d.values.get("bucket_no_upscale") is not True:
+                if w * h < rw * rh / 2 and d.get("bucket_no_upscale") is not True:
                     report.warn(d.where, f"dataset {d.index}: {what} have less than half the pixels of {rw}x{rh}: upscaled, so blurry; use larger images")
                 continue
             if w < rw or h < rh:
@@ -478,19 +247,19 @@ def check_content(ctx: "Context") -> str | None:
     ws = ctx.cfg.ws
     for item in s.items:
         t = digest.get(item.target)
-        for n, c in enumerate(item.controls):
+        for n, c in enumerate(item.control_paths):
             if t and digest.get(c) == t:
                 report.error(item.where, f"the target image is identical in content to its control image {n} ({ws.rel(c)}): "
                              f"the model learns to copy it (loss near 0.01 from step 0); the target must be the changed image")
     seen: dict[tuple, Item] = {}
     duplicates = []
     for item in s.items:
-        key = (digest.get(item.target, str(item.target)), tuple(digest.get(c, str(c)) for c in item.controls))
+        key = (digest.get(item.target, str(item.target)), tuple(digest.get(c, str(c)) for c in item.control_paths))
         if key in seen:
             duplicates.append((item.where, f"same target and control images as {seen[key].where}: it trains twice as often; remove one"))
         else:
             seen[key] = item
     report.listed(WARNING, duplicates, "{n} more duplicate items", s.shown)
-    empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if item.caption == ""]
+    empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if not item.caption.strip()]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
     return None

@@ -156,7 +156,7 @@ def check_prompts(ctx: "Context") -> str | None:
     facts = ctx.memo("images", lambda: ImageCache(ws)).facts([f for _, _, f in images])
     training = {}
     for item in scan(ctx).items:
-        for role, path_ in [("target", item.target)] + [("control", c) for c in item.controls]:
+        for role, path_ in [("target", item.target)] + [("control", c) for c in item.control_paths]:
             f = scan(ctx).images.get(path_)
             if f and f.digest:
                 training.setdefault(f.digest, (role, item.where))

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import dataset as dataset_model
 from .commands import Command
 from .config import Config
 from .environment import redact
@@ -92,7 +93,7 @@ def version_files(cfg: Config) -> dict:
 def dataset_files(cfg: Config) -> list[Path]:
     """Every media and caption file the dataset names: the files of its directories, its JSONL files and the
     paths in their lines (folders taken whole)."""
-    data, _ = cfg.load_dataset()
+    f = dataset_model.load(cfg)
     ws = cfg.ws
     found: set[Path] = set()
 
@@ -102,9 +103,8 @@ def dataset_files(cfg: Config) -> list[Path]:
         elif p.is_file():
             found.add(p)
 
-    for entry in data.get("datasets", []) or []:
-        if not isinstance(entry, dict):
-            continue
+    for d in f.datasets:
+        entry = d.entry
         for key in ("image_directory", "video_directory", "control_directory"):
             if isinstance(entry.get(key), str):
                 take(ws.resolve(entry[key]))

@@ -32,7 +32,9 @@ import importlib
 import inspect
 import io
 import json
+import logging
 import math
+import os
 import pathlib
 import re
 import subprocess
@@ -52,8 +54,28 @@ def pinned_commit(pyproject: Path = PYPROJECT) -> str:
     return str(doc["tool"]["uv"]["sources"]["musubi-tuner"]["rev"])
 
 
+@contextlib.contextmanager
+def globals_as_found():
+    """os.environ and the root logger as they were before. Importing musubi-tuner sets TORCHINDUCTOR_CACHE_DIR,
+    TOKENIZERS_PARALLELISM, LD_LIBRARY_PATH and Qt paths in os.environ and configures logging: a process that
+    imported it (the tool building a live schema, a test) must not hand those to the programs it starts (a stale
+    TORCHINDUCTOR_CACHE_DIR would pass for the user's own and defeat the per-settings compile cache)."""
+    env = dict(os.environ)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        if dict(os.environ) != env:
+            os.environ.clear()
+            os.environ.update(env)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def import_musubi():
-    """Import musubi_tuner's FramePack modules; on a host without CUDA, first stub the one call made at import."""
+    """Import musubi_tuner's FramePack modules, leaving os.environ and logging as found; on a host without CUDA,
+    first stub the one call made at import."""
     import torch
 
     if not torch.cuda.is_available():
@@ -62,7 +84,8 @@ def import_musubi():
     names = ("fpack_train_network", "fpack_generate_video", "fpack_cache_latents", "fpack_cache_text_encoder_outputs",
              "cache_latents", "cache_text_encoder_outputs", "training.parser_common", "training.sampling_prompts",
              "dataset.config_utils")
-    with contextlib.redirect_stdout(io.StringIO()):  # the attention-backend probes print at import
+    # The attention-backend probes print at import.
+    with globals_as_found(), contextlib.redirect_stdout(io.StringIO()):
         return {n: importlib.import_module(f"musubi_tuner.{n}") for n in names}
 
 

@@ -41,8 +41,9 @@ from pathlib import Path
 import tomlkit
 
 from .bench_tables import append_session, describe_shape, locked, read_sessions, table_path, workload_of
+from . import dataset as dataset_model
 from .commands import train_command
-from .config import WORKSPACE_TABLE, Config, load_toml
+from .config import WORKSPACE_TABLE, Config
 from .environment import child_env, redact, secret_values
 from .errors import EXIT_CHILD, WorkspaceError
 from .paths import Workspace
@@ -360,15 +361,13 @@ def combined(base: Setting, results: list[Result], allow_changes: bool) -> Setti
 
 
 def dataset_values(cfg: Config) -> tuple[dict, int, tuple[int, int]]:
-    """(dataset.toml as a dict, batch size per GPU, resolution (W, H)) as musubi-tuner resolves them."""
-    data, _ = cfg.load_dataset()
-    general = data.get("general", {}) or {}
-    first = (data.get("datasets") or [{}])[0]
-    batch = first.get("batch_size", general.get("batch_size", cfg.get("batch_size", 1)))
-    reso = first.get("resolution", general.get("resolution", (960, 544)))
-    if isinstance(reso, int):
-        reso = (reso, reso)
-    return data, int(batch), (int(reso[0]), int(reso[1]))
+    """(dataset.toml as a dict, batch size per GPU, resolution (W, H)) of its first dataset, as musubi-tuner
+    resolves them."""
+    f = dataset_model.load(cfg)
+    first = f.datasets[0] if f.datasets else None
+    if first is None:
+        return f.data, 1, dataset_model.BASE_DEFAULTS["resolution"]
+    return f.data, first.batch_size, first.resolution
 
 
 def with_batch_size(data: dict, batch: int) -> dict:

@@ -7,6 +7,7 @@ Everything in this folder is marked `musubi` and skipped, with the reason, where
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.musubi)
         if why:
             item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(autouse=True)
+def _environ_as_found():
+    """Each test leaves os.environ as it found it (musubi-tuner's modules set variables when they run; the tests of
+    tests/ that run after these must not see them). The import itself is undone by `import_musubi`."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from musubi_workspace import dataset as dataset_model
 from musubi_workspace.commands import cache_commands, generate_command, train_command
 from musubi_workspace.config import Config
 from musubi_workspace.schema import build_parsers
@@ -80,15 +82,20 @@ def test_dataset_config_passes_the_real_sanitizer_with_the_values_the_cache_scri
     blueprint = cu.BlueprintGenerator(cu.ConfigSanitizer()).generate(user, namespace, architecture="fp")
     datasets = blueprint.dataset_group.datasets
     assert datasets, "no dataset in the blueprint"
-    dataset, _ = cfg.load_dataset()
-    general = dataset.get("general", {})
-    for bp, entry in zip(datasets, dataset["datasets"]):
-        params = bp.params
-        assert params.batch_size == entry.get("batch_size", general.get("batch_size", 1))
-        assert tuple(params.resolution) == tuple(entry.get("resolution", general.get("resolution")))
-        for key in ("fp_1f_clean_indices", "fp_1f_target_index", "fp_1f_no_post"):
-            if key in entry:
-                assert getattr(params, key) == entry[key], key
+    # Every parameter of musubi-tuner's blueprint is the value the dataset model gives ([general] merged, defaults).
+    model = dataset_model.load(cfg)
+    assert len(model.datasets) == len(datasets)
+    for bp, d in zip(datasets, model.datasets):
+        for key, value in asdict(bp.params).items():
+            if key not in ("architecture", "debug_dataset"):
+                assert _plain(key, d.get(key)) == _plain(key, value), key
+
+
+def _plain(key, value):
+    """Tuples as lists, a square resolution as [n, n]: the two spellings of one value."""
+    if key in ("resolution", "control_resolution") and isinstance(value, int):
+        value = [value, value]
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.parent.name)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from musubi_workspace.schema import build_schema, dumps, installed_commit, load_schema, pinned_commit
@@ -106,3 +110,14 @@ def test_value_options_parse_with_their_recorded_type(musubi):
         for dest, opt in schema[name].items():
             if opt["kind"] == "store_true":
                 assert getattr(parser.parse_args(base + [opt["flags"][0]]), dest) is True, (name, dest)
+
+
+def test_importing_musubi_tuner_leaves_the_environment_as_found(musubi):
+    """In a fresh process (modules import once per process): import_musubi undoes what the import sets in
+    os.environ (TORCHINDUCTOR_CACHE_DIR among others), so nothing later in that process inherits it."""
+    code = ("import os; before = dict(os.environ); from musubi_workspace.schema import import_musubi; import_musubi(); "
+            "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); print(changed)")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
