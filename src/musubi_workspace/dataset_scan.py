@@ -7,7 +7,9 @@ caption. The content checks and the prompt check read the same scan (`ctx.memo`)
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,8 @@ class Dataset:
     where: str  # dataset.toml:line of its [[datasets]] header
     items: list[Item] = field(default_factory=list)
     has_controls: bool = False
+    # keys of this dataset (or of [general]) whose value was rejected: what depends on them is not checked further
+    rejected: set = field(default_factory=set)
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -130,6 +134,28 @@ def value_problem(value: Any, t: str) -> str | None:
     return None
 
 
+# FramePack's LLaMA text encoder reads this many tokens of a caption (frame_pack/hunyuan.encode_prompt_conds,
+# max_length=256); the rest is cut. Every whitespace-separated word is at least one token, so more words than
+# this are cut for certain.
+CAPTION_TOKENS = 256
+
+
+def range_problem(key: str, value: Any) -> str | None:
+    """A dataset value of the right type that musubi-tuner still cannot use (0 or negative): None when fine."""
+    if key in ("resolution", "control_resolution"):
+        sizes = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and v <= 0 for v in sizes):
+            return f"= {value!r}: width and height must be above 0 (musubi-tuner divides by them), e.g. [512, 768]"
+    if key in ("batch_size", "num_repeats") and isinstance(value, int) and value <= 0:
+        what = "items per batch" if key == "batch_size" else "times each item is seen per epoch"
+        return f"= {value}: it must be 1 or more ({what}); {value} leaves the dataset with nothing to train"
+    return None
+
+
+def _problem(value: Any, key: str, t: str) -> str | None:
+    return value_problem(value, t) or range_problem(key, value)
+
+
 def scan(ctx: "Context") -> Scan:
     """The dataset as musubi-tuner sees it; findings go to ctx.report (check 3). Run once per check run."""
     return ctx.memo("scan", lambda: _scan(ctx))
@@ -170,10 +196,11 @@ def _scan(ctx: "Context") -> Scan:
                 report.error(where, f"`{key}` is not allowed in [general] (musubi-tuner rejects it); move it into each [[datasets]]")
             else:
                 report.error(where, f"unknown key `{key}` in [general]{suggest(key, schema['general'])}; musubi-tuner rejects the file")
-        elif problem := value_problem(value, schema["general"][key]):
+        elif problem := _problem(value, key, schema["general"][key]):
             report.error(where, f"`{key}` {problem}")
     # Only valid values go on (a wrong one is reported above and would only break what follows).
-    general_ok = {k: v for k, v in general.items() if k in schema["general"] and not value_problem(v, schema["general"][k])}
+    general_ok = {k: v for k, v in general.items() if k in schema["general"] and not _problem(v, k, schema["general"][k])}
+    general_rejected = {k for k in general if k in schema["general"] and k not in general_ok}
 
     entries = data.get("datasets", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -187,6 +214,7 @@ def _scan(ctx: "Context") -> Scan:
     for i, entry in enumerate(entries, 1):
         d = _dataset(ctx, s, schema, i, entry, general_ok)
         if d is not None:
+            d.rejected |= general_rejected | {k for k in entry if k in schema[d.kind] and k not in d.values}
             s.datasets.append(d)
     _cache_directories(ctx, s)
     images = [p for item in s.items for p in (item.target, *item.controls) if p.suffix in IMAGE_EXTENSIONS]
@@ -217,9 +245,9 @@ def _dataset(ctx, s: Scan, schema: dict, i: int, entry: dict, general: dict) -> 
                 report.error(where, f"`{key}` is a key of {other} datasets; dataset {i} is an {kind} dataset ({sources[0]})")
             else:
                 report.error(where, f"unknown key `{key}`{suggest(key, schema[kind])}; musubi-tuner rejects the file")
-        elif problem := value_problem(value, schema[kind][key]):
+        elif problem := _problem(value, key, schema[kind][key]):
             report.error(where, f"`{key}` {problem}")
-    values = {**general, **{k: v for k, v in entry.items() if k in schema[kind] and not value_problem(v, schema[kind][k])}}
+    values = {**general, **{k: v for k, v in entry.items() if k in schema[kind] and not _problem(v, k, schema[kind][k])}}
     d = Dataset(index=i, kind=kind, values=values, where=header)
     one_frame = ctx.cfg.get("one_frame") is True
     if kind == "image":
@@ -251,12 +279,53 @@ def _media(folder: Path, extensions) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in extensions and p.is_file())
 
 
+def broken_links(ctx, folder: Path, extensions, noun: str) -> None:
+    """Symlinks in a source folder whose target is gone or that loop: musubi-tuner's glob lists them (it does not
+    look behind a name), then fails on them when caching opens them. `_media` skips them, so they are said here."""
+    ws = ctx.cfg.ws
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix not in extensions or not p.is_symlink() or p.exists():
+            continue
+        try:
+            p.resolve(strict=True)
+        except RuntimeError:  # a loop, before Python 3.13
+            what = "is a symlink loop"
+        except OSError as e:
+            what = "is a symlink loop" if e.errno == errno.ELOOP else f"is a symlink to {os.readlink(p)}, which does not exist"
+        else:  # pragma: no cover - exists() said it does not
+            continue
+        shown = f"{ws.rel(p.parent)}/{p.name}"  # the link itself (ws.rel would follow it)
+        found.append((shown, f"{what}: musubi-tuner lists it and fails on it while caching; fix or remove the link"))
+    ctx.report.listed(ERROR, found, f"{{n}} more broken {noun} links", ws.rel(folder))
+
+
+def utf8_problem(path: Path) -> str | None:
+    """musubi-tuner opens captions (and JSONL files) with encoding="utf-8": other bytes fail caching
+    (UnicodeDecodeError). None when the file is UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return (f"is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): musubi-tuner fails on it "
+                f"(UnicodeDecodeError) while caching; save it as UTF-8")
+    return None
+
+
 def _folder(ctx, d: Dataset, key: str, folder: Path) -> bool:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "not found"
         ctx.report.error(d.where, f"dataset {d.index}: {key} {ctx.cfg.ws.rel(folder)} {what}; fix the path")
         return False
     return True
+
+
+def missing_file(path: Path) -> str:
+    """What to say of a path that should be an image file and is not one."""
+    if path.is_dir():
+        return "is a folder, not an image file; name the image in it"
+    return "not found; fix the path (relative to the workspace root)"
 
 
 def _read_caption(path: Path) -> str:
@@ -271,17 +340,22 @@ def _captions(ctx, d: Dataset, media: list[Path], values: dict, noun: str, drops
     if not ext:
         ctx.report.error(d.where, f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); add `caption_extension = \".txt\"`")
         return []
-    found, missing = [], []
+    found, missing, unreadable = [], [], []
     for m in media:
         cap = m.with_name(m.stem + ext)
         if cap.is_file():
+            if problem := utf8_problem(cap):
+                unreadable.append((ws.rel(cap), problem))
             found.append((m, _read_caption(cap)))
+        elif cap.is_symlink():
+            continue  # a broken link: broken_links says so (musubi-tuner counts it as a caption and fails on it)
         else:
             consequence = "musubi-tuner skips the image without a word" if drops else "caching fails on it"
             missing.append((ws.rel(m), f"no caption file {cap.name}: {consequence}; write one or remove the {noun}"))
     # A skipped image is a smaller dataset (a warning; none left is an error below); a video without one crashes.
     severity = WARNING if drops else ERROR
     ctx.report.listed(severity, missing, f"{{n}} more {noun}s without a caption file", ws.rel(media[0].parent) if media else d.where)
+    ctx.report.listed(ERROR, unreadable, "{n} more captions that are not UTF-8", ws.rel(media[0].parent) if media else d.where)
     return found
 
 
@@ -289,12 +363,15 @@ def _image_directory(ctx, s: Scan, d: Dataset, folder: Path, values: dict, need:
     ws = ctx.cfg.ws
     if not _folder(ctx, d, "image_directory", folder):
         return
+    caption_ext = values.get("caption_extension")
+    broken_links(ctx, folder, IMAGE_EXTENSIONS | ({caption_ext} if isinstance(caption_ext, str) else set()), "image")
     captioned = _captions(ctx, d, _media(folder, IMAGE_EXTENSIONS), values, "image", drops=True)
     controls: dict[Path, list[Path]] = {}
     control_dir = values.get("control_directory")
     if isinstance(control_dir, str):
         cdir = ws.resolve(control_dir)
         if _folder(ctx, d, "control_directory", cdir):
+            broken_links(ctx, cdir, IMAGE_EXTENSIONS, "control image")
             d.has_controls = True
             controls = match_controls([m for m, _ in captioned], _media(cdir, IMAGE_EXTENSIONS))
             short = [(ws.rel(m), f"{len(controls.get(m, []))} control image(s) in {ws.rel(cdir)}, {need} needed "
@@ -334,6 +411,8 @@ def _jsonl_lines(ctx, d: Dataset, path: Path, problems: list) -> list[tuple[int,
         ctx.report.error(d.where, f"dataset {d.index}: {shown} not found; fix the path")
         return []
     out = []
+    if problem := utf8_problem(path):
+        ctx.report.error(shown, problem)
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -385,7 +464,7 @@ def _image_jsonl(ctx, d: Dataset, path: Path, need: int) -> None:
         paths = [(k, obj[k]) for k in ["image_path", *keys[:need]]]
         bad = [(k, v) for k, v in paths if not isinstance(v, str) or not ws.resolve(v).is_file()]
         for k, v in bad:
-            problems.append((n, f"{k} {v} not found; fix the path (relative to the workspace root)"))
+            problems.append((n, f"{k} {v} {missing_file(ws.resolve(v)) if isinstance(v, str) else 'is not a path'}"))
         if not bad:
             d.items.append(Item(f"{shown}:{n}", ws.resolve(target), [ws.resolve(v) for _, v in paths[1:]], obj["caption"].strip(), d.index))
     _report_lines(ctx, shown, problems)
@@ -394,6 +473,8 @@ def _image_jsonl(ctx, d: Dataset, path: Path, need: int) -> None:
 def _video_directory(ctx, d: Dataset, folder: Path, values: dict) -> None:
     if not _folder(ctx, d, "video_directory", folder):
         return
+    caption_ext = values.get("caption_extension")
+    broken_links(ctx, folder, VIDEO_EXTENSIONS | ({caption_ext} if isinstance(caption_ext, str) else set()), "video")
     for m, caption in _captions(ctx, d, _media(folder, VIDEO_EXTENSIONS), values, "video", drops=False):
         d.items.append(Item(ctx.cfg.ws.rel(m), m, [], caption, d.index))
 
@@ -439,7 +520,7 @@ def _images(ctx, s: Scan) -> None:
               for item in s.items for p in (item.target, *item.controls) if p in s.images and s.images[p].error]
     report.listed(ERROR, list(dict.fromkeys(broken)), "{n} more unreadable images", s.shown)
     for d in s.datasets:
-        if d.kind != "image":
+        if d.kind != "image" or "resolution" in d.rejected:
             continue
         rw, rh = d.resolution
         bucket = d.values.get("enable_bucket") is True
@@ -493,4 +574,13 @@ def check_content(ctx: "Context") -> str | None:
     report.listed(WARNING, duplicates, "{n} more duplicate items", s.shown)
     empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if item.caption == ""]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
+    long_captions(ctx, s.items, s.shown)
     return None
+
+
+def long_captions(ctx: "Context", items: list[Item], shown: str) -> None:
+    """Captions with more words than the LLaMA text encoder reads tokens: their end is cut when caching."""
+    long = [(item.where, f"caption of {n} words: at least {n} tokens, but FramePack's LLaMA text encoder reads the first "
+             f"{CAPTION_TOKENS} and cuts the rest; shorten it to what matters")
+            for item in items if item.caption and (n := len(item.caption.split())) > CAPTION_TOKENS]
+    ctx.report.listed(WARNING, long, "{n} more captions longer than the text encoder reads", shown)
