@@ -12,9 +12,8 @@ import json
 import re
 
 import pytest
-import torch
 
-from conftest import write_safetensors  # noqa: F401 - tests/ is on the path (rootdir conftest)
+from conftest import write_safetensors  # tests/conftest.py (tests/ is on sys.path)
 from musubi_workspace.model_files import TENSORS, loader_keys, read_header, tensor_problem
 
 
@@ -60,7 +59,8 @@ def test_a_file_of_another_model_is_refused(tmp_path, models):
     assert tensor_problem("text_encoder1", clip).startswith("is not the LLaMA text encoder musubi-tuner loads")
 
 
-def test_the_header_reader_agrees_with_the_safetensors_library(tmp_path):
+def test_the_header_reader_agrees_with_the_safetensors_library(tmp_path, musubi):
+    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -91,6 +91,8 @@ def test_fpack_training_fixes_the_dit_to_bf16(musubi):
 def test_mixed_precision_no_fails_on_the_bf16_dit_at_the_first_step(musubi):
     """Without autocast (mixed_precision = "no"), the trainer feeds float32 latents to the bf16 DiT (call_dit casts
     them to network_dtype, float32): the first layer refuses them. A tiny model of musubi-tuner's own class."""
+    import torch
+
     from musubi_tuner.frame_pack.hunyuan_video_packed import HunyuanVideoTransformer3DModelPacked
 
     model = HunyuanVideoTransformer3DModelPacked(

@@ -2,7 +2,8 @@
 
 Each accepted name builds (and an optimiser takes a step) in `get_optimizer` / `get_lr_scheduler` of the pinned
 trainer, on CPU with one 4x4 parameter; each rejected name fails there; and `make check` (option_values.py) says
-nothing about the first and an error about the second.
+nothing about the first and an error about the second. torch is imported inside the tests: collecting this module
+must not need the GPU stack.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 import pytest
-import torch
 
 from musubi_workspace.schema import build_parsers, load_schema
 
@@ -19,6 +19,8 @@ NAMES = load_schema()["names"]
 
 @pytest.fixture(scope="module")
 def factories(musubi):
+    import torch
+
     cls = musubi["fpack_train_network"].FramePackNetworkTrainer
     trainer = cls.__new__(cls)
     parser = build_parsers(musubi)["fpack_train_network"]
@@ -91,7 +93,9 @@ def test_rejected_schedulers_fail_in_musubis_get_lr_scheduler(factories):
             scheduler(name)
 
 
-def test_lr_scheduler_type_names_are_torch_scheduler_classes():
+def test_lr_scheduler_type_names_are_torch_scheduler_classes(musubi):
+    import torch
+
     for name in NAMES["lr_scheduler_type"]:
         assert isinstance(getattr(torch.optim.lr_scheduler, name), type), name
 
