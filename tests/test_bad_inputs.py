@@ -480,9 +480,11 @@ def test_day_one_prompts_and_jsonl_that_are_not_utf8(ready):
 
 
 def test_day_one_make_new_and_diff_with_a_file_that_is_not_utf8(ws):
+    assert ws.make("new").returncode == 0
     (ws.root / PROMPTS).write_bytes(b"a cat \xe9\n")
-    r = run(ws, "new")
-    fails_with(r, f"error: {PROMPTS}: not UTF-8 text (byte 0xe9 at offset 6); save it as UTF-8 (musubi-tuner reads it as UTF-8 too)")
+    line = f"error: {PROMPTS}: not UTF-8 text (byte 0xe9 at offset 6); save it as UTF-8 (musubi-tuner reads it as UTF-8 too)"
+    fails_with(run(ws, "new", "FROM=v1"), line)
+    fails_with(run(ws, "diff"), line)
 
 
 @pytest.mark.parametrize("var", ["STRICT", "FORCE"])
