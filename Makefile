@@ -15,7 +15,7 @@ endif
 # ------------------------------------------------------------------------------------------------------------
 # config.toml of the version to use (or just v3); empty = the newest configs/vN (announced)
 CONFIG_FILE ?=
-# 1 = print every command exactly as it would run, run nothing (no GPU, models or GPU stack needed)
+# 1 (true/yes/on) = print every command as it would run, run nothing, need no GPU, models or GPU stack; 0 (false/no/off) = run
 DRY_RUN ?= 0
 # 1 = `make check` (and the check before cache/train/generate) treats warnings as errors
 STRICT ?= 0
@@ -59,8 +59,9 @@ endif
 
 # The workspace tool, run straight from the venv (no per-call `uv run` re-check: the stamps below guard it).
 WS := .venv/bin/ws
-# The installed GPU stack, needed by cache/train/generate unless DRY_RUN=1.
-GPU_STACK := $(if $(filter 1,$(DRY_RUN)),.venv/.stamp-base,.venv/.stamp-train)
+# The installed GPU stack, needed by cache/train/generate unless DRY_RUN. Only a "no" (the values `ws` takes for
+# off) installs it: a dry run, or a value `ws` refuses (DRY_RUN=banana), never starts a download of several GB.
+GPU_STACK := $(if $(filter-out 0 false no off,$(strip $(DRY_RUN))),.venv/.stamp-base,.venv/.stamp-train)
 # Common options of the targets that read a version.
 CFG := --config "$(CONFIG_FILE)" --dry-run "$(DRY_RUN)" --strict "$(STRICT)"
 
@@ -86,7 +87,7 @@ diff: .venv/.stamp-base ## Compare two versions key by key  [A B]
 	@$(WS) diff --a "$(A)" --b "$(B)"
 
 .PHONY: check
-check: .venv/.stamp-base ## Find mistakes that would waste a GPU run  [CONFIG_FILE STRICT]
+check: .venv/.stamp-base ## Find mistakes that would waste a GPU run; off the pod: DRY_RUN=1  [CONFIG_FILE DRY_RUN STRICT]
 	@$(WS) check $(CFG)
 
 .PHONY: cache

@@ -8,7 +8,8 @@ import os
 
 from PIL import Image, ImageDraw
 
-from conftest import error_line
+from conftest import error_line, write_safetensors
+from musubi_workspace.model_files import TENSORS
 
 CACHE = "cache/v1/example-1f"
 JSONL = "datasets/example-1f/train.jsonl"
@@ -217,7 +218,7 @@ def test_option_of_one_side_reruns_only_that_side(cached):
 
 def test_replaced_model_file_reruns_its_side(cached):
     vae = cached.root / "models/hunyuanvideo/vae/diffusion_pytorch_model.safetensors"
-    vae.write_bytes(b"another vae")
+    write_safetensors(vae, TENSORS["vae"][1], metadata={"release": "another vae"})
     r = cached.make("cache")
     assert r.returncode == 0 and progs(cached) == ["fpack_cache_latents"]
     assert "latents: all 4 to encode (options changed: vae)" in r.stderr

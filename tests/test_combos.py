@@ -205,25 +205,30 @@ def test_a_smaller_gpu_warns_where_an_80gb_one_ran_out_and_points_to_a_bigger_gp
     assert "on a bigger GPU these fitted:" in line and "on this one lower `batch_size`" in line
 
 
-def test_without_nvidia_smi_there_is_no_memory_finding(ready):
+def test_without_nvidia_smi_the_memory_check_says_it_did_not_happen(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
     path = ready.env["PATH"].split(":", 1)[1]  # tests/bin (with the nvidia-smi stand-in) left out
     r = ready.make("check", f"CONFIG_FILE={CONFIG}", env={"PATH": path})
-    assert "GPU memory ✓" in r.stdout
-    assert "run out of GPU memory" not in r.stdout
+    assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
+    assert "GPU memory ✓" not in r.stdout and "run out of GPU memory" not in r.stdout
 
 
-def test_dry_run_asks_no_gpu_and_gives_no_memory_finding(ready):
+def test_a_machine_whose_nvidia_smi_lists_no_gpu_is_not_checked_either(ready):
+    r = ready.make("check", f"CONFIG_FILE={CONFIG}", env={"STANDIN_GPUS": "0"})
+    assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
+
+
+def test_dry_run_asks_no_gpu_and_says_the_memory_is_not_checked(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
     r = ready.make("check", f"CONFIG_FILE={CONFIG}", "DRY_RUN=1", env=H100)
-    assert "GPU memory ✓" in r.stdout
-    assert ready.calls("nvidia-smi") == []
+    assert "[10/12] GPU memory ⊘ dry run: no GPU needed, not checked" in r.stdout.splitlines()
+    assert "run out of GPU memory" not in r.stdout
+    assert [c for c in ready.calls("nvidia-smi") if c["argv"] != ["-L"]] == []  # -L: the GPU count (effective batch)
 
 
-def test_settings_easier_than_every_run_that_ran_out_ask_no_gpu(ready):
+def test_settings_easier_than_every_run_that_ran_out_pass_on_the_gpu_shown(ready):
     r, lines = check(ready, **H100)  # the shipped blocks_to_swap = 20: more swap than every run that ran out
-    memory_queries = [c for c in ready.calls("nvidia-smi") if c["argv"] != ["-L"]]  # -L: the GPU count (effective batch)
-    assert memory_warnings(lines) == [] and memory_queries == []
+    assert memory_warnings(lines) == [] and "[10/12] GPU memory ✓" in r.stdout.splitlines()
 
 
 # --- torch's compile cache: one folder per set of compile-relevant settings ------------------------------------

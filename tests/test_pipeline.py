@@ -6,6 +6,8 @@ import shlex
 
 import pytest
 
+from conftest import write_safetensors
+
 CACHE_LATENTS = [
     "-m", "musubi_tuner.fpack_cache_latents",
     "--dataset_config", "configs/v1/dataset.toml",
@@ -117,6 +119,7 @@ def test_dry_run_prints_commands_and_runs_nothing_even_without_models(ws, target
 
 
 def test_dry_run_generate_with_explicit_lora(ws):
+    write_safetensors(ws.root / "outputs/v1/x.safetensors", ["lora_unet_x.lora_down.weight"])
     r = ws.make("generate", "DRY_RUN=1", "LORA=outputs/v1/x.safetensors")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("python -m musubi_tuner.fpack_generate_video --dit ")

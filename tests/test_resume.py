@@ -72,7 +72,7 @@ def test_a_finished_run_has_nothing_left_to_resume(cached):
     assert r.returncode == 2
     assert error_line(r) == (
         f"error: {OUT}/{NAME}-state already holds 1000 steps of max_train_steps = 1000: nothing left to train; "
-        "raise max_train_steps (configs/v1/config.toml:76) to train on"
+        f"raise max_train_steps (configs/v1/config.toml:{ready.read('configs/v1/config.toml').splitlines().index('max_train_steps = 1000') + 1}) to train on"
     )
 
 

@@ -91,3 +91,17 @@ def test_the_schema_is_plain_sorted_json():
     text = DATA.read_text(encoding="utf-8")
     assert dumps(json.loads(text)) == text
     assert "/tmp" not in text and "file://" not in text
+
+
+def test_optimizer_and_scheduler_names(schema):
+    """Read off get_optimizer / get_lr_scheduler at the pinned commit (tests/musubi/test_option_names.py runs them)."""
+    names = schema["names"]
+    assert names["optimizer_type"]["case_insensitive"] == ["adafactor", "adamw", "adamw8bit"]
+    assert {"Adam", "SGD", "RAdam"} <= set(names["optimizer_type"]["torch_optim"])
+    assert "AdamW" not in names["optimizer_type"]["torch_optim"]  # "adamw" in any case is get_optimizer's own
+    assert set(names["optimizer_type"]["fails_at_step"]) == {"LBFGS", "SparseAdam"}
+    sched = names["lr_scheduler"]
+    assert {"constant", "cosine", "linear", "rex"} <= set(sched["names"]) and sched["case_insensitive"] == ["rex"]
+    assert sched["needs"] == {"cosine_with_min_lr": "lr_scheduler_min_lr_ratio", "piecewise_constant": "lr_scheduler_args"}
+    assert "reduce_lr_on_plateau" in sched["fails"] and "adafactor" in sched["fails"]
+    assert "CosineAnnealingLR" in names["lr_scheduler_type"]

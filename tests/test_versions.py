@@ -19,7 +19,7 @@ def test_new_copies_the_newest_version_and_renames_what_names_it(ws):
     ds = ws.read("configs/v2/dataset.toml")
     assert 'cache_directory = "cache/v2/example-1f"' in ds
     assert 'image_jsonl_file = "datasets/example-1f/train.jsonl"' in ds  # shared inputs are left alone
-    assert ws.read("configs/v2/prompts.txt") == ws.read("configs/v1/prompts.txt")
+    assert ws.read("configs/v2/prompts.txt") == ws.read("configs/v1/prompts.txt").replace("# configs/v1/", "# configs/v2/", 1)
     assert "configs/v2/config.toml: output_name = 'example-1f_v1' -> 'example-1f_v2'" in r.stdout
 
 

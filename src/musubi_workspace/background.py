@@ -18,6 +18,7 @@ from . import cache_state
 from .checks import preflight
 from .errors import EXIT_CHILD, WorkspaceError
 from .paths import Workspace
+from .pod import grace_seconds
 
 SOCKET = "musubi-workspace"
 
@@ -26,6 +27,7 @@ def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, au
     from .pipeline import load_config
 
     cfg = load_config(ws, config)
+    grace_seconds(auto_stop, cfg.settings.auto_stop)
     preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict)
     cache_state.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"

@@ -22,6 +22,7 @@ from .dataset_scan import check_content, check_dataset
 from .errors import EXIT_CHECK, WorkspaceError
 from .findings import ERROR, MACHINE, NOTE, WARNING, Context, Finding, Report
 from .machine import check_credentials, check_disk
+from .model_files import file_problems, tensor_problem
 from .models import SHARD_RE
 from .options import check_options
 from .prompts import check_prompts
@@ -57,7 +58,8 @@ def _model_problem(key: str, path: Path) -> str | None:
 
 
 def check_models(ctx: Context) -> None:
-    """Model files named by the config exist (every shard of a sharded file; a folder where musubi-tuner takes one)."""
+    """Model files named by the config exist (every shard of a sharded file; a folder where musubi-tuner takes one),
+    are whole safetensors files and hold the tensors their loader needs (model_files.py)."""
     cfg = ctx.cfg
     for key in MODEL_KEYS:
         if not isinstance(cfg.get(key), (str, type(None))):
@@ -69,6 +71,12 @@ def check_models(ctx: Context) -> None:
             ctx.report.error(
                 cfg.where(key), f"{key} {cfg.ws.rel(path)} {problem}; run `make models` to download it", kind=MACHINE
             )
+        elif broken := file_problems(key, path):
+            for f, what in broken:
+                ctx.report.error(cfg.where(key), f"{key} {cfg.ws.rel(f)} {what}: musubi-tuner fails on it while loading; "
+                                 "delete it and run `make models` to download it again", kind=MACHINE)
+        elif wrong := tensor_problem(key, path):
+            ctx.report.error(cfg.where(key), f"{key} {cfg.ws.rel(path)} {wrong}")
 
 
 def _writable(path: Path) -> str | None:

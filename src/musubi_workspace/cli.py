@@ -10,40 +10,51 @@ from .errors import WorkspaceError
 from .paths import Workspace
 
 
-def _flag(value: str) -> bool:
-    """Make passes 0/1 (or empty) for switches such as DRY_RUN."""
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+# The values of a switch such as DRY_RUN. The Makefile knows the same sets (its GPU_STACK installs the GPU stack
+# only for a "no"), so the two always agree; anything else is refused here before a thing runs.
+YES = ("1", "true", "yes", "on")
+NO = ("0", "false", "no", "off", "")
+
+
+def _flag(value: str, var: str) -> bool:
+    """A make switch (DRY_RUN, STRICT, FORCE, APPLY, ALLOW_CHANGES): 1/true/yes/on or 0/false/no/off/empty."""
+    v = str(value).strip()
+    if v in YES:
+        return True
+    if v in NO:
+        return False
+    raise WorkspaceError(f"{var}={value}: expected 1, true, yes or on to turn it on, or 0, false, no, off or empty to leave it off")
 
 
 def cmd_check(ws, a):
     from .checks import check
     from .pipeline import load_config
 
-    check(load_config(ws, a.config), dry_run=_flag(a.dry_run), strict=_flag(a.strict))
+    check(load_config(ws, a.config), dry_run=_flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"))
 
 
 def cmd_cache(ws, a):
     from .pipeline import cache
 
-    cache(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), force=_flag(a.force))
+    cache(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), force=_flag(a.force, "FORCE"))
 
 
 def cmd_train(ws, a):
     from .pipeline import train
 
-    train(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+    train(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
 
 
 def cmd_resume(ws, a):
     from .pipeline import resume
 
-    resume(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+    resume(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
 
 
 def cmd_train_bg(ws, a):
     from .background import train_bg
 
-    train_bg(ws, a.config, _flag(a.dry_run), strict=_flag(a.strict), auto_stop=a.auto_stop)
+    train_bg(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
 
 
 def cmd_logs(ws, a):
@@ -74,28 +85,29 @@ def cmd_cancel_stop(ws, a):
 def cmd_generate(ws, a):
     from .pipeline import generate
 
-    generate(ws, a.config, _flag(a.dry_run), lora=a.lora, multiplier=a.multiplier, strict=_flag(a.strict))
+    generate(ws, a.config, _flag(a.dry_run, "DRY_RUN"), lora=a.lora, multiplier=a.multiplier, strict=_flag(a.strict, "STRICT"))
 
 
 def cmd_tune(ws, a):
     from .pipeline import load_config
     from .tune import tune
 
-    tune(ws, load_config(ws, a.config), _flag(a.apply), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes),
-         memory=a.memory)
+    tune(ws, load_config(ws, a.config), _flag(a.apply, "APPLY"), only=a.only, steps=a.steps,
+         allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"), memory=a.memory)
 
 
 def cmd_bench(ws, a):
     from .pipeline import load_config
     from .tune import bench
 
-    bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes), memory=a.memory)
+    bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
+          memory=a.memory)
 
 
 def cmd_bench_report(ws, a):
     from .tune import bench_report
 
-    bench_report(ws, a.files, out=a.out, allow_changes=_flag(a.allow_changes))
+    bench_report(ws, a.files, out=a.out, allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"))
 
 
 def cmd_smoke(ws, a):
@@ -120,7 +132,7 @@ def cmd_models(ws, a):
     from .models import download
     from .pipeline import load_config
 
-    download(load_config(ws, a.config), dry_run=_flag(a.dry_run))
+    download(load_config(ws, a.config), dry_run=_flag(a.dry_run, "DRY_RUN"))
 
 
 def cmd_example(ws, a):

@@ -285,13 +285,19 @@ def weights_of(cfg: Config) -> str:
     return "fp8" if cfg.get("fp8_base") is True else "bf16"
 
 
-def check_gpu_memory(ctx) -> None:
+def check_gpu_memory(ctx) -> str | None:
     """Where nvidia-smi shows a GPU: warn when a run no easier than this one ran out of memory on a GPU as big.
-    nvidia-smi is asked only when such a run exists for some GPU size; never in a dry run (which needs no GPU)."""
+    Without a visible GPU, or in a dry run (which needs no GPU and asks none), nothing is checked and the step
+    says so (⊘) rather than claim a ✓."""
     cfg = ctx.cfg
-    found = None if ctx.dry_run else datasets(cfg)
+    if ctx.dry_run:
+        return "dry run: no GPU needed, not checked"
+    gpus = gpu_memory(child_env(cfg.ws))
+    if not gpus:
+        return "no GPU visible: not checked"
+    found = datasets(cfg)
     if not found:
-        return
+        return None
     _, runs = load_known()
     ds = max(found, key=lambda d: d.batch_size * d.resolution[0] * d.resolution[1])
     pixels = ds.batch_size * ds.resolution[0] * ds.resolution[1]
@@ -306,10 +312,7 @@ def check_gpu_memory(ctx) -> None:
                 and (r.weights == weights or r.weights == "fp8") and (r.gradient_checkpointing or not checkpointing))
 
     if not any(not r.fits and no_easier(r, 0) for r in runs):
-        return
-    gpus = gpu_memory(child_env(cfg.ws))
-    if not gpus:
-        return
+        return None
     name, mib = min(gpus, key=lambda g: g[1])
     oom = [r for r in runs if not r.fits and no_easier(r, mib)]
     if not oom:

@@ -36,18 +36,50 @@ def load_toml(path: Path, ws: Workspace | None = None) -> tuple[dict, str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise WorkspaceError(f"{shown}: cannot read ({e.__class__.__name__}: {e})") from None
+    if text.startswith("\ufeff"):
+        raise WorkspaceError(
+            f"{shown}:1: starts with a UTF-8 byte-order mark (BOM, an invisible character some editors write), which "
+            "TOML does not allow (musubi-tuner fails on the file or misreads its first key); save it as UTF-8 without BOM"
+        )
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
         where = f"{shown}:{m.group(1)}" if m else shown
+        if m and (twice := _declared_twice(text, int(m.group(1)), msg)):
+            raise WorkspaceError(f"{where}: {twice}") from None
         what = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
         raise WorkspaceError(f"{where}: not valid TOML: {what}; fix the line and run again") from None
 
 
 # A table header line: `[name]` or `[[name]]`, then nothing but an optional comment (`[workspace]  # ...`).
 TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#]+?)\s*\]\]?\s*(?:#.*)?$")
+
+def _declared_twice(text: str, line: int, msg: str) -> str | None:
+    """tomllib's "Cannot overwrite a value" / "Cannot declare ('x',) twice", with the key or table named and the
+    line that set it first."""
+    lines = text.splitlines()
+    here = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    table = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", here)
+    key = re.match(r"""^("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+)\s*=""", here)
+    if msg.startswith("Cannot declare") and table:
+        name = table.group(1)
+        first = next((n for n, l in enumerate(lines[: line - 1], 1) if re.match(rf"^\s*\[\s*{re.escape(name)}\s*\]", l)), None)
+        since = f" (first at line {first})" if first else ""
+        return f"table [{name}] is declared twice{since}; TOML allows each table once: merge the two"
+    if msg.startswith("Cannot overwrite a value") and key:
+        name = key.group(1).strip("\"'")
+        pattern = re.compile(rf"""^\s*("{re.escape(name)}"|'{re.escape(name)}'|{re.escape(name)})\s*=""")
+        first = None
+        for n in range(line - 1, 0, -1):  # the same table: back to its header
+            if lines[n - 1].strip().startswith("["):
+                break
+            if pattern.match(lines[n - 1]):
+                first = n
+        since = f" (first at line {first})" if first else ""
+        return f"`{name}` is set twice{since}; TOML allows each key once per table: keep one"
+    return None
 
 
 def key_line(text: str, key: str, table: str | None = None) -> int | None:
@@ -131,8 +163,14 @@ class WorkspaceSettings:
             line = key_line(text, key, WORKSPACE_TABLE)
             at = f"{where}:{line}" if line else where
             if key not in known:
+                if key in _training_options():
+                    raise WorkspaceError(
+                        f"{at}: `{key}` is a training option, but it stands below the [workspace] header: TOML puts "
+                        f"every key after a table header into that table; move it above the [workspace] line"
+                    )
                 raise WorkspaceError(
-                    f"{at}: unknown key `{key}` in [workspace]{suggest(key, known)}; known keys: {', '.join(known)}"
+                    f"{at}: unknown key `{key}` in [workspace]{suggest(key, known)}; known keys: {', '.join(known)} "
+                    f"(TOML puts every key after the [workspace] header into it: training options go above it)"
                 )
             default = known[key].default
             values[key] = _coerce(key, value, default, at)
@@ -152,6 +190,13 @@ class WorkspaceSettings:
     @property
     def hang_timeout_seconds(self) -> int:
         return parse_duration(self.hang_timeout, "[workspace] hang_timeout")
+
+
+def _training_options() -> dict:
+    """musubi-tuner's training options (the committed schema: no musubi-tuner needed)."""
+    from .schema import load_schema
+
+    return load_schema()["parsers"]["fpack_train_network"]
 
 
 def _coerce(key: str, value: Any, default: Any, at: str) -> Any:

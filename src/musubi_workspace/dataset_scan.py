@@ -263,3 +263,23 @@ def check_content(ctx: "Context") -> str | None:
     empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if not item.caption.strip()]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
     return None
+
+
+def utf8_problem(path: Path) -> str | None:
+    """musubi-tuner opens captions (and JSONL files) with encoding="utf-8": other bytes fail caching
+    (UnicodeDecodeError). None when the file is UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return (f"is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): musubi-tuner fails on it "
+                f"(UnicodeDecodeError) while caching; save it as UTF-8")
+    return None
+
+
+def missing_file(path: Path) -> str:
+    """What to say of a path that should be an image file and is not one."""
+    if path.is_dir():
+        return "is a folder, not an image file; name the image in it"
+    return "not found; fix the path (relative to the workspace root)"

@@ -25,6 +25,7 @@ REQUIRED = {
     "network_module": "training crashes without it; FramePack needs \"networks.lora_framepack\"",
     "output_dir": "training crashes at the first save without it",
     "output_name": "training crashes at the final save without it, after the whole run",
+    "optimizer_type": "musubi-tuner has no default optimizer: training fails after the DiT has loaded (e.g. \"adamw8bit\")",
 }
 
 
@@ -109,7 +110,9 @@ def check_options(ctx: "Context") -> None:
     """Every key an exact option name, every value of the option's type and among its choices."""
     cfg, report = ctx.cfg, ctx.report
     options = schema_of(ctx)["parsers"][TRAIN]
-    for key, value, table in _entries(cfg):
+    entries = _entries(cfg)
+    valid = {}
+    for key, value, table in entries:
         line = key_line(cfg.text, key, table)
         where = f"{cfg.shown}:{line}" if line else cfg.shown
         if isinstance(value, dict):
@@ -120,10 +123,37 @@ def check_options(ctx: "Context") -> None:
             hint = suggest(key, options) or " (see `python -m musubi_tuner.fpack_train_network --help`)"
             report.error(where, f"unknown option `{key}`{hint}; musubi-tuner would ignore it silently")
             continue
+        if table is not None:
+            _in_table(ctx, entries, key, value, table, where)
         problem = type_problem(value, spec)
         if problem:
             report.error(where, f"`{key}` {problem}")
+        else:
+            valid[key] = value
     check_required(ctx)
+    from .option_values import check_values
+
+    check_values(ctx, {k: v for k, v in valid.items() if cfg.options.get(k) is v})
+
+
+def _in_table(ctx: "Context", entries, key: str, value: Any, table: str, where: str) -> None:
+    """A training option inside a table other than [workspace]: musubi-tuner flattens every table into its options
+    (`read_config_from_file`), the last one read winning, so a second `learning_rate` in [training] silently
+    replaces the top-level one. A key set once still trains as written: a warning, to keep options in one place."""
+    cfg = ctx.cfg
+    others = [(v, t) for k, v, t in entries if k == key and t != table]
+    if others:
+        v, t = others[0]
+        line = key_line(cfg.text, key, t)
+        place = "at the top level" if t is None else f"in [{t}]"
+        at = f" (line {line})" if line else ""
+        winner = cfg.options.get(key)
+        ctx.report.error(where, f"`{key}` is set {place}{at} and again in [{table}]: musubi-tuner flattens every table into "
+                         f"one set of options, so it trains with {key} = {winner!r} without a word; keep one, at the top level")
+    else:
+        ctx.report.warn(where, f"`{key}` is in table [{table}]: musubi-tuner flattens every table into its options, so a "
+                        f"second `{key}` anywhere would silently replace one of them; keep training options at the top "
+                        f"level, above the first table header")
 
 
 def check_required(ctx: "Context") -> None:

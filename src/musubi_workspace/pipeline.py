@@ -16,7 +16,7 @@ from .environment import child_env, secret_values
 from .errors import WorkspaceError
 from .gpus import visible_gpu_count
 from .paths import Workspace
-from .pod import AutoStop
+from .pod import AutoStop, grace_seconds
 from .progress import Progress, duration
 from .runs import RunRecord
 from . import runner
@@ -46,6 +46,7 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
 
 def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "") -> None:
     cfg = load_config(ws, config)
+    grace_seconds(auto_stop, cfg.settings.auto_stop)  # AUTO_STOP=banana is refused in a dry run too
     preflight(cfg, target="train", dry_run=dry_run, strict=strict)
     cache_state.require_fresh(cfg, dry_run)
     env = child_env(ws)
@@ -68,8 +69,8 @@ def generate(ws: Workspace, config: str, dry_run: bool, lora: str = "", multipli
             )
         lora = ws.rel(newest)
         print(f"LORA not set: using {lora} (the newest of this version)", file=sys.stderr)
-    elif not ws.resolve(lora).exists() and not dry_run:
-        raise WorkspaceError(f"LORA={lora}: file not found")
+    else:
+        lora_problem(ws, lora)  # in a dry run too: a missing LoRA is no matter of the machine
     try:
         mult = float(multiplier) if multiplier else 1.0
     except ValueError:
@@ -85,6 +86,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
     from . import resume as resuming
 
     cfg = load_config(ws, config)
+    grace_seconds(auto_stop, cfg.settings.auto_stop)
     preflight(cfg, target="resume", dry_run=dry_run, strict=strict)
     cache_state.require_fresh(cfg, dry_run, target="resume")
     env = child_env(ws)
@@ -106,6 +108,18 @@ def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
         return estimate(cfg, visible_gpu_name(env)).data
     except WorkspaceError as e:
         return {"note": e.message}
+
+def lora_problem(ws: Workspace, lora: str) -> None:
+    """LORA=: a file that exists and, as a .safetensors, reads as one (a saved error page does not)."""
+    from .model_files import safetensors_problem
+
+    path = ws.resolve(lora)
+    if path.is_dir():
+        raise WorkspaceError(f"LORA={lora}: is a folder; give the LoRA file, e.g. LORA={ws.rel(path)}/<name>.safetensors")
+    if not path.is_file():
+        raise WorkspaceError(f"LORA={lora}: file not found; give the path of a LoRA file (relative to the workspace root)")
+    if path.suffix == ".safetensors" and (problem := safetensors_problem(path)):
+        raise WorkspaceError(f"LORA={lora}: {problem}")
 
 
 def recorded_run(cfg: Config, target: str, cmds, env: dict[str, str], offset: int = 0, hang_timeout: int = 0,

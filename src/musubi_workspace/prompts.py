@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import suggest
-from .dataset_scan import scan
+from .dataset_scan import missing_file, scan, utf8_problem
 from .image_cache import ImageCache
 from .options import schema_of
 
@@ -120,6 +120,9 @@ def check_prompts(ctx: "Context") -> str | None:
     if path.suffix != ".txt":
         report.error(cfg.where("sample_prompts"), f"sample_prompts {shown}: musubi-tuner reads .txt, .toml or .json prompt files only (others crash); rename it")
         return None
+    if problem := utf8_problem(path):
+        report.error(shown, problem.replace("while caching", "when it reads the prompts"))
+        return None
     schema = schema_of(ctx)["prompt_options"]
     one_frame = cfg.get("one_frame") is True
     window = cfg.get("latent_window_size", 9) if isinstance(cfg.get("latent_window_size"), int) else 9
@@ -150,7 +153,7 @@ def check_prompts(ctx: "Context") -> str | None:
             for v in p.options.get(name, []):
                 file = ws.resolve(v)
                 if not file.is_file():
-                    report.error(where, f"--{name} {v} not found; fix the path (relative to the workspace root)")
+                    report.error(where, f"--{name} {v} {missing_file(file)}")
                 elif name in IMAGES:
                     images.append((p, name, file))
     facts = ctx.memo("images", lambda: ImageCache(ws)).facts([f for _, _, f in images])

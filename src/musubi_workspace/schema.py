@@ -20,6 +20,18 @@ committed; `load_schema()` reads that file and needs no musubi-tuner. Layout:
         order the parser tries them; prompt_options.generate: those of fpack_generate_video's --from_file lines;
         prompt_options.one_frame: the comma-separated `--of` items the training sampler acts on (target_index and
         control_index take `=N` / `=N;M`); prompt_options.one_frame_generate: the same for fpack_generate_video.
+    names: the values musubi-tuner takes as free strings but resolves only after the DiT has loaded, derived by
+        running its own factories (`get_optimizer`, `get_lr_scheduler` of training/trainer_base.py) on CPU with one
+        tiny parameter and the parser's defaults:
+        optimizer_type.case_insensitive: the names get_optimizer matches after lower() (adamw8bit, adafactor, adamw);
+        optimizer_type.torch_optim: other names, looked up case-sensitively in torch.optim, that build and step;
+        optimizer_type.fails_at_step: torch.optim names that build but fail at the first step, with the error;
+        lr_scheduler.names: names that build a scheduler; lr_scheduler.case_insensitive: those matched after lower();
+        lr_scheduler.needs: names that build only with another option set (name -> option);
+        lr_scheduler.fails: names the code knows that fail whatever is set, with the error;
+        lr_scheduler_type: the classes of torch.optim.lr_scheduler (a name without a dot is looked up there).
+        A name with a dot ("module.Class") is imported by musubi-tuner as written; the check resolves it where the
+        module is installed.
 Unknown validators or argument types make `build_schema()` fail, so a new pin cannot silently produce a wrong schema.
 """
 
@@ -225,6 +237,115 @@ def describe_prompt_options(m: dict) -> dict:
     }
 
 
+# lr_scheduler names that fail with the parser's defaults are built again with each of these settings; a name
+# that builds with one needs that option.
+SCHEDULER_NEEDS = {"lr_scheduler_min_lr_ratio": 0.1, "lr_scheduler_args": ["step_rules='1:10,0.1'"]}
+
+
+def _error(e: Exception) -> str:
+    """`TypeError: ...`, English only (musubi-tuner appends a Japanese translation after " / "), one line."""
+    return f"{type(e).__name__}: {_help(str(e))}"[:HELP_CHARS]
+
+
+class _Factories:
+    """musubi-tuner's own get_optimizer and get_lr_scheduler, called as its trainer calls them, on CPU: the
+    options are the parser's defaults plus what a probe sets, the parameters one 4x4 tensor."""
+
+    def __init__(self, m: dict):
+        import torch
+
+        self.torch = torch
+        self.cls = m["fpack_train_network"].FramePackNetworkTrainer
+        self.base = sys.modules[self.cls.get_lr_scheduler.__module__]  # training/trainer_base.py, as imported
+        self.trainer = self.cls.__new__(self.cls)  # the factories read only their arguments
+        self.parser = build_parsers(m)["fpack_train_network"]
+
+    def args(self, **values) -> argparse.Namespace:
+        a = self.parser.parse_args([])
+        for k, v in values.items():
+            setattr(a, k, v)
+        return a
+
+    def params(self) -> list:
+        return [{"params": [self.torch.nn.Parameter(self.torch.zeros(4, 4))], "lr": 1e-4}]
+
+    def optimizer_error(self, name: str) -> str | None:
+        """None when the optimizer builds and takes a step; else "build: ..." or "step: ..."."""
+        try:
+            optimizer = self.trainer.get_optimizer(self.args(optimizer_type=name, learning_rate=1e-4), self.params())[2]
+        except Exception as e:  # noqa: BLE001 - any failure of musubi-tuner's factory is the answer
+            return "build: " + _error(e)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = self.torch.ones_like(p)
+        try:
+            optimizer.step()
+        except Exception as e:  # noqa: BLE001
+            return "step: " + _error(e)
+        return None
+
+    def scheduler_error(self, name: str, **extra) -> str | None:
+        optimizer = self.torch.optim.AdamW(self.params())
+        try:
+            self.trainer.get_lr_scheduler(self.args(lr_scheduler=name, learning_rate=1e-4, **extra), optimizer, 1)
+        except Exception as e:  # noqa: BLE001
+            return _error(e)
+        return None
+
+
+def describe_names(m: dict) -> dict:
+    """Accepted optimizer_type / lr_scheduler / lr_scheduler_type names (see the module docstring): candidates read
+    off the factories' source and the libraries they use, kept where the factory builds them."""
+    import logging
+
+    f = _Factories(m)
+    logging.disable(logging.WARNING)  # the factories log every name they build
+    try:
+        opt_src = _code_lines(f.cls.get_optimizer)
+        builtin = sorted({n.lower() for n in re.findall(r'optimizer_type == "(\w+)"\.lower\(\)', opt_src)})
+        for name in builtin:
+            if (err := f.optimizer_error(name)) is not None:
+                raise RuntimeError(f"get_optimizer's own name {name!r} fails here ({err}): update musubi_workspace.schema")
+        torch_optim, fails_at_step = [], {}
+        optim = f.torch.optim
+        for name in sorted(n for n in dir(optim) if isinstance(getattr(optim, n), type)):
+            if name.lower() in builtin:
+                continue  # get_optimizer catches these first, whatever the case
+            err = f.optimizer_error(name)
+            if err is None:
+                torch_optim.append(name)
+            elif err.startswith("step: "):
+                fails_at_step[name] = err[len("step: "):]
+
+        sched_src = _code_lines(f.cls.get_lr_scheduler)
+        case_insensitive = sorted(set(re.findall(r'name\.lower\(\) == "(\w+)"', sched_src)))
+        diffusers = f.base.DiffusersSchedulerType
+        candidates = _unique(
+            [t.value for t in f.base.SchedulerType] + case_insensitive
+            + [diffusers[n].value for n in re.findall(r"DiffusersSchedulerType\.(\w+)\.value", sched_src)]
+            + re.findall(r'name\.startswith\("(\w+)"\)', sched_src)
+        )
+        names, needs, fails = [], {}, {}
+        for name in candidates:
+            err = f.scheduler_error(name)
+            if err is None:
+                names.append(name)
+            elif option := next((k for k, v in SCHEDULER_NEEDS.items() if f.scheduler_error(name, **{k: v}) is None), None):
+                needs[name] = option
+            else:
+                fails[name] = err
+    finally:
+        logging.disable(logging.NOTSET)
+    lr = optim.lr_scheduler
+    lr_classes = sorted(n for n in dir(lr) if not n.startswith("_") and n != "LRScheduler" and isinstance(getattr(lr, n), type)
+                        and (issubclass(getattr(lr, n), lr.LRScheduler) or n == "ReduceLROnPlateau"))
+    return {
+        "optimizer_type": {"case_insensitive": builtin, "torch_optim": torch_optim, "fails_at_step": fails_at_step},
+        "lr_scheduler": {"names": sorted(names), "case_insensitive": case_insensitive, "needs": needs, "fails": fails},
+        "lr_scheduler_type": lr_classes,
+    }
+
+
 def installed_commit() -> str | None:
     """The commit of the installed musubi-tuner, where its install records one (git install or local git clone)."""
     from importlib import metadata
@@ -258,6 +379,7 @@ def build_schema(commit: str | None = None) -> dict:
         "parsers": {name: describe_parser(p) for name, p in build_parsers(m).items()},
         "dataset": describe_dataset(m["dataset.config_utils"]),
         "prompt_options": describe_prompt_options(m),
+        "names": describe_names(m),
     }
 
 

@@ -40,8 +40,9 @@ def _check_version(ws: Workspace, name: str, var: str) -> Path:
     return folder
 
 
-def _rewrite_strings(node: Any, old: str, new: str, key: str, changes: list, where: str) -> None:
-    """Rewrite, in place, string values of a tomlkit document that name the old version."""
+def _rewrite_strings(node: Any, old: str, new: str, key: str, changes: list, where: str, renamed: dict | None = None) -> None:
+    """Rewrite, in place, string values of a tomlkit document that name the old version; `renamed` collects
+    old value -> new value."""
     token = version_token(old)
     if isinstance(node, dict):
         for k in list(node.keys()):
@@ -53,11 +54,56 @@ def _rewrite_strings(node: Any, old: str, new: str, key: str, changes: list, whe
                 if replaced != value:
                     node[k] = replaced
                     changes.append(f"{where}: {k} = {str(value)!r} -> {replaced!r}")
+                    if renamed is not None:
+                        renamed[str(value)] = replaced
             else:
-                _rewrite_strings(value, old, new, k, changes, where)
+                _rewrite_strings(value, old, new, k, changes, where, renamed)
     elif isinstance(node, list):
         for item in node:
-            _rewrite_strings(item, old, new, key, changes, where)
+            _rewrite_strings(item, old, new, key, changes, where, renamed)
+
+
+def _comment_start(line: str) -> int | None:
+    """Index of the `#` that starts a TOML comment on a line (outside "..." and '...'), or None."""
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return i
+        i += 1
+    return None
+
+
+def rename_in_comments(text: str, renamed: dict[str, str], toml: bool) -> str:
+    """Comments that quote a value `make new` renamed (`outputs/v1`, `example-1f_v1`, the folder `configs/v1/`) get
+    the same rename, so the copy does not describe the old version's files. A bare version (`v1`) is left alone:
+    in a comment it is more likely history (\"v1 was too slow\") than a name. TOML comments start at a `#` outside
+    a string (lines inside a multi-line string are left as they are); prompts.txt comments at a `#` in column 1."""
+    pairs = sorted(renamed.items(), key=lambda kv: len(kv[0]), reverse=True)
+    patterns = [(re.compile(rf"(?<![\w]){re.escape(a)}(?![0-9])"), b) for a, b in pairs]
+    out, in_multiline = [], False
+    for line in text.splitlines(keepends=True):
+        triple = line.count('"""') + line.count("'''")
+        start = None
+        if not in_multiline and not triple:
+            start = _comment_start(line) if toml else (0 if line.startswith("#") else None)
+        if triple % 2:
+            in_multiline = not in_multiline
+        if start is not None:
+            comment = line[start:]
+            for pattern, new in patterns:
+                comment = pattern.sub(new, comment)
+            line = line[:start] + comment
+        out.append(line)
+    return "".join(out)
 
 
 def new_version(ws: Workspace, source: str = "") -> str:
@@ -77,8 +123,10 @@ def new_version(ws: Workspace, source: str = "") -> str:
 
     changes: list[str] = []
     staged: dict[str, str] = {}
-    for f in sorted(p.name for p in src.iterdir() if p.is_file()):
-        text = (src / f).read_text(encoding="utf-8")
+    renamed = {f"configs/{source}/": f"configs/{target}/"}
+    files = sorted(p.name for p in src.iterdir() if p.is_file())
+    for f in files:
+        text = _read_text(ws, src / f)
         if f.endswith(".toml"):
             load_toml(src / f, ws)  # one clear line if the source is malformed
             doc = tomlkit.parse(text)
@@ -87,9 +135,16 @@ def new_version(ws: Workspace, source: str = "") -> str:
                     if key in table:
                         changes.append(f"configs/{target}/{f}: {key} removed (a new version starts fresh)")
                         del table[key]
-            _rewrite_strings(doc, source, target, "", changes, f"configs/{target}/{f}")
+            _rewrite_strings(doc, source, target, "", changes, f"configs/{target}/{f}", renamed)
             text = tomlkit.dumps(doc)
         staged[f] = text
+    renamed = {a: b for a, b in renamed.items() if a != source}
+    for f in files:
+        if f.endswith((".toml", ".txt")):
+            before = staged[f].splitlines()
+            staged[f] = rename_in_comments(staged[f], renamed, toml=f.endswith(".toml"))
+            if n := sum(a != b for a, b in zip(before, staged[f].splitlines())):
+                changes.append(f"configs/{target}/{f}: {n} comment line(s) quoting those values renamed too")
 
     tmp = ws.configs / f".{target}.tmp"
     if tmp.exists():
@@ -110,6 +165,15 @@ def new_version(ws: Workspace, source: str = "") -> str:
         print("  (no value named the version; files copied as they are)")
     print(f"Next: edit configs/{target}/config.toml, then `make diff` and `make check CONFIG_FILE=configs/{target}/config.toml`.")
     return target
+
+
+def _read_text(ws: Workspace, path: Path) -> str:
+    """A version file as text; one clear line when it is not UTF-8 (musubi-tuner reads them as UTF-8 too)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise WorkspaceError(f"{ws.rel(path)}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                             f"save it as UTF-8 (musubi-tuner reads it as UTF-8 too)") from None
 
 
 def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -172,8 +236,8 @@ def diff_versions(ws: Workspace, a: str = "", b: str = "") -> list[str]:
     out += diff_files(ws, a, b, "config.toml")
     out += diff_files(ws, a, b, "dataset.toml")
     pa, pb = ws.configs / a / "prompts.txt", ws.configs / b / "prompts.txt"
-    la = pa.read_text(encoding="utf-8").splitlines() if pa.exists() else []
-    lb = pb.read_text(encoding="utf-8").splitlines() if pb.exists() else []
+    la = _read_text(ws, pa).splitlines() if pa.exists() else []
+    lb = _read_text(ws, pb).splitlines() if pb.exists() else []
     udiff = list(difflib.unified_diff(la, lb, f"configs/{a}/prompts.txt", f"configs/{b}/prompts.txt", lineterm="", n=0))
     out += ["prompts.txt:"] + (["  " + line for line in udiff] if udiff else ["  (no changes)"])
     return out
