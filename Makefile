@@ -159,8 +159,13 @@ monitor: .venv/.stamp-train ## Watch GPU use (nvitop)
 ##@ Development
 
 .PHONY: test
-test: .venv/.stamp-base ## Run the test suite (no GPU, no musubi-tuner needed)  [PYTEST_ARGS]
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+test: lint ## Lint, then run the test suite on every core (no GPU, no musubi-tuner needed)  [PYTEST_ARGS]
+	.venv/bin/python -m pytest -n auto $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: .venv/.stamp-base ## Check the code: ruff's lint rules and its formatting (`ruff format` fixes the latter)
+	.venv/bin/ruff check --quiet
+	.venv/bin/ruff format --check --quiet
 
 .PHONY: test-musubi
 test-musubi: .venv/.stamp-train ## Run the tests against the real musubi-tuner (needs the train extra)

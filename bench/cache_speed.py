@@ -36,14 +36,11 @@ WS = Path(sys.executable).parent / "ws"
 
 def build(root: Path, n: int) -> None:
     shutil.copytree(REPO / "configs" / "v1", root / "configs" / "v1")
-    cfg = (root / "configs/v1/config.toml").read_text()
-    for line in cfg.splitlines():
-        if line.startswith(("dit =", "vae =", "text_encoder1 =", "text_encoder2 =", "image_encoder =")):
-            p = root / line.split('"')[1]
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.touch()
-    for i in (2, 3):
-        (root / f"models/framepack/diffusion_pytorch_model-0000{i}-of-00003.safetensors").touch()
+    import tomllib
+
+    from musubi_workspace.model_files import write_placeholders
+
+    write_placeholders(root, tomllib.loads((root / "configs/v1/config.toml").read_text()))
     data = root / "datasets" / "bench"
     for sub in ("target", "control"):
         (data / sub).mkdir(parents=True)

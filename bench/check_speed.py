@@ -81,13 +81,9 @@ def build(root: Path, items: int, size: tuple[int, int] = SIZE) -> None:
     cfg = (root / "configs" / "v1" / "config.toml").read_text()
     import tomllib
 
-    options = tomllib.loads(cfg)
-    for key in ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder"):
-        p = root / options[key]
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.touch()
-    for i in (2, 3):
-        (root / "models" / "framepack" / f"diffusion_pytorch_model-0000{i}-of-00003.safetensors").touch()
+    from musubi_workspace.model_files import write_placeholders
+
+    write_placeholders(root, tomllib.loads(cfg))
 
 
 def timed_check(root: Path) -> tuple[float, subprocess.CompletedProcess]:

@@ -70,27 +70,16 @@ class TmpWorkspace:
         (one number each): enough for every check but loading them."""
         import tomllib
 
-        from musubi_workspace.model_files import TENSORS
+        from musubi_workspace.model_files import write_placeholders
 
-        cfg = tomllib.loads((self.root / "configs" / "v1" / "config.toml").read_text())
-        for key in ("vae", "text_encoder1", "text_encoder2", "image_encoder"):
-            write_safetensors(self.root / cfg[key], TENSORS[key][1])
-        shards = [self.root / "models" / "framepack" / f"diffusion_pytorch_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
-        dit = TENSORS["dit"][1]
-        for i, shard in enumerate(shards):
-            write_safetensors(shard, dit[i::3])  # the DiT's tensors spread over its shards, as in the real one
+        write_placeholders(self.root, tomllib.loads((self.root / "configs" / "v1" / "config.toml").read_text()))
 
 
 def write_safetensors(path: Path, names, metadata: dict | None = None) -> Path:
-    """A real safetensors file (8-byte little-endian header length, JSON header, data) with one float16 number per
-    tensor name, written by hand: the test environment has no safetensors package."""
-    header = {name: {"dtype": "F16", "shape": [1], "data_offsets": [2 * i, 2 * i + 2]} for i, name in enumerate(names)}
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x00\x3c" * len(header.keys() - {"__metadata__"}))
-    return path
+    """A real safetensors file with one float16 number per tensor name (the package's placeholder writer)."""
+    from musubi_workspace.model_files import write_placeholder
+
+    return write_placeholder(path, names, metadata)
 
 
 def error_line(r) -> str:

@@ -151,3 +151,34 @@ def tensor_problem(key: str, path: Path) -> str | None:
     return (f"is not {what} musubi-tuner loads for `{key}`: {len(missing)} of the {len(needed)} tensors checked are "
             f"missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); it holds {len(names)} tensor(s) "
             f"such as {example}: check the file, or which key names it")
+
+
+def write_placeholder(path: Path, names, metadata: dict | None = None) -> Path:
+    """A tiny but whole safetensors file holding `names` (one float16 number each, written by hand: no safetensors
+    package needed): what the header check reads, for benchmarks and tests that need model files without the
+    models (`TENSORS[key][1]` for a model's names)."""
+    names = list(names)
+    header: dict = {n: {"dtype": "F16", "shape": [1], "data_offsets": [2 * i, 2 * i + 2]} for i, n in enumerate(names)}
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x00\x3c" * len(names))
+    return path
+
+
+def write_placeholders(root: Path, options: dict) -> None:
+    """Placeholder files for every model path in a config's options (each shard of a sharded DiT holding its share
+    of the DiT's tensors, as the real shards do)."""
+    for key, (_, names) in TENSORS.items():
+        if not options.get(key):
+            continue
+        path = root / options[key]
+        m = SHARD_RE.match(path.name)
+        if m:
+            n = int(m.group(3))
+            for i in range(1, n + 1):
+                shard = path.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}")
+                write_placeholder(shard, names[i - 1 :: n])
+        else:
+            write_placeholder(path, names)

@@ -1,6 +1,6 @@
 """Stand-in for `python -m musubi_workspace.smoke_models` (the random models and tokenizers of `make smoke`,
-made on a GPU): writes small placeholder files where the real one writes the models and the stand-in
-tokenizers, with the same names and markers. STANDIN_EXIT_SMOKE_MODELS=<n> makes it fail."""
+made on a GPU): writes small safetensors files (one number per tensor, with the tensors `make check` looks for)
+where the real one writes the models, and the stand-in tokenizers, with the same names and markers. STANDIN_EXIT_SMOKE_MODELS=<n> makes it fail."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from pathlib import Path
 
 from _fpack_dataset import option
 
-NAMES = ("hunyuan_video_vae_random_fp16.safetensors", "llava_llama3_random_fp16.safetensors",
-         "clip_l_random_fp16.safetensors", "sigclip_vision_384_random_fp16.safetensors")
+NAMES = {"hunyuan_video_vae_random_fp16.safetensors": "vae", "llava_llama3_random_fp16.safetensors": "text_encoder1",
+         "clip_l_random_fp16.safetensors": "text_encoder2", "sigclip_vision_384_random_fp16.safetensors": "image_encoder"}
+
+
+def _safetensors(path: Path, key: str) -> None:
+    from musubi_workspace.model_files import TENSORS, write_placeholder
+
+    write_placeholder(path, TENSORS[key][1])
 
 
 def behave(argv: list[str]) -> int | None:
@@ -19,9 +25,9 @@ def behave(argv: list[str]) -> int | None:
     folder, hub, dit = (Path(option(argv, o)) for o in ("--folder", "--hub-cache", "--dit-folder"))
     for d in (folder, hub, dit):
         d.mkdir(parents=True, exist_ok=True)
-    (dit / "framepack_dit_random_bf16.safetensors").write_bytes(b"dit")
-    for n in NAMES:
-        (folder / n).write_bytes(b"model")
+    _safetensors(dit / "framepack_dit_random_bf16.safetensors", "dit")
+    for n, key in NAMES.items():
+        _safetensors(folder / n, key)
     snap = hub / "models--hunyuanvideo-community--HunyuanVideo" / "snapshots" / "standin"
     for sub in ("tokenizer", "tokenizer_2"):
         (snap / sub).mkdir(parents=True, exist_ok=True)
