@@ -8,8 +8,12 @@ exist on a GPU pod. What the stand-ins saw is in `ws.calls()`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,11 +24,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STANDINS = REPO / "tests" / "bin"
+MAKEFILE = REPO / "Makefile"
 VENV = Path(sys.prefix)
 COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".env.example", ".gitignore", "configs")
 # uv's folder: the Makefile's guard looks for uv, as on a user's machine.
 UV_DIR = [os.path.dirname(shutil.which("uv"))] if shutil.which("uv") else []
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY", "RUNPOD_POD_ID")
+
+
+def recipe_argv(target: str, make_vars: tuple[str, ...] = ()) -> list[str]:
+    """The `ws` arguments of the Makefile's recipe for `target` (`@$(WS) ...`), with its variables' defaults and
+    `make_vars` (VAR=value) expanded as make would."""
+    text = MAKEFILE.read_text()
+    values = dict(re.findall(r"^([A-Z_]+) \?= ?(.*)$", text, re.M))
+    values.update(v.split("=", 1) for v in make_vars)
+    recipe = re.search(rf"^{re.escape(target)}:.*\n\t@\$\(WS\) (.*)$", text, re.M)
+    assert recipe, f"no `@$(WS) ...` recipe for {target} in the Makefile"
+    line = recipe.group(1).replace("$(CFG)", re.search(r"^CFG := (.*)$", text, re.M).group(1))
+    return shlex.split(re.sub(r"\$\(([A-Z_]+)\)", lambda m: values.get(m.group(1), ""), line))
 
 
 @dataclass
@@ -49,6 +66,31 @@ class TmpWorkspace:
             ["make", "--no-print-directory", *args], cwd=self.root, env={**self.env, **(env or {})},
             capture_output=True, text=True, timeout=timeout, **kw,
         )
+
+    def tool(self, target: str, *make_vars: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        """`make <target> VAR=value ...` run as its recipe runs the tool, but in this process (no make, no new
+        Python: the logic tests' fast path). The arguments come from the Makefile's own recipe line; the result is
+        the tool's: its exit code (2 bad input, 3 check errors, 4 a program failed), stdout and stderr. For targets
+        whose output is the tool's own (check, new, diff, report); programs it starts write elsewhere."""
+        from musubi_workspace import cli
+
+        argv = recipe_argv(target, make_vars)
+        out, err = io.StringIO(), io.StringIO()
+        saved_env, saved_cwd = dict(os.environ), os.getcwd()
+        os.environ.clear()
+        os.environ.update({**self.env, **(env or {})})
+        os.chdir(self.root)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = cli.main(argv)
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else 1
+        finally:
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+        return subprocess.CompletedProcess(["ws", *argv], code or 0, out.getvalue(), err.getvalue())
 
     def ws(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(

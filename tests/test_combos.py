@@ -33,7 +33,7 @@ def line_of(w, rel: str, key: str, last: bool = False) -> int:
 
 
 def check(w, **env):
-    r = w.make("check", f"CONFIG_FILE={CONFIG}", env=env)
+    r = w.tool("check", f"CONFIG_FILE={CONFIG}", env=env)
     return r, [l.strip() for l in r.stdout.splitlines() if l.strip().startswith(("error:", "warning:"))]
 
 
@@ -208,19 +208,19 @@ def test_a_smaller_gpu_warns_where_an_80gb_one_ran_out_and_points_to_a_bigger_gp
 def test_without_nvidia_smi_the_memory_check_says_it_did_not_happen(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
     path = ready.env["PATH"].split(":", 1)[1]  # tests/bin (with the nvidia-smi stand-in) left out
-    r = ready.make("check", f"CONFIG_FILE={CONFIG}", env={"PATH": path})
+    r = ready.tool("check", f"CONFIG_FILE={CONFIG}", env={"PATH": path})
     assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
     assert "GPU memory ✓" not in r.stdout and "run out of GPU memory" not in r.stdout
 
 
 def test_a_machine_whose_nvidia_smi_lists_no_gpu_is_not_checked_either(ready):
-    r = ready.make("check", f"CONFIG_FILE={CONFIG}", env={"STANDIN_GPUS": "0"})
+    r = ready.tool("check", f"CONFIG_FILE={CONFIG}", env={"STANDIN_GPUS": "0"})
     assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
 
 
 def test_dry_run_asks_no_gpu_and_says_the_memory_is_not_checked(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
-    r = ready.make("check", f"CONFIG_FILE={CONFIG}", "DRY_RUN=1", env=H100)
+    r = ready.tool("check", f"CONFIG_FILE={CONFIG}", "DRY_RUN=1", env=H100)
     assert "[10/12] GPU memory ⊘ dry run: no GPU needed, not checked" in r.stdout.splitlines()
     assert "run out of GPU memory" not in r.stdout
     assert [c for c in ready.calls("nvidia-smi") if c["argv"] != ["-L"]] == []  # -L: the GPU count (effective batch)

@@ -36,8 +36,8 @@ def test_missing_dataset_toml_is_one_line(ready):
 def test_unreadable_config_is_one_line(ws, tmp_path):
     p = ws.root / "configs" / "v1" / "config.toml"
     p.write_bytes(b"\xff\xfe not utf-8")
-    r = ws.make("check")
-    assert r.returncode == 2 and "Error 2" in r.stderr
+    r = ws.tool("check")
+    assert r.returncode == 2
     assert last_line(r).startswith("error: configs/v1/config.toml: cannot read (UnicodeDecodeError")
 
 
@@ -57,8 +57,8 @@ def test_workspace_table_errors(ws, line, message):
     if n == 0:
         text = text.replace("\n[workspace]\n", f"\n[workspace]\n{line}\n", 1)
     ws.write("configs/v1/config.toml", text)
-    r = ws.make("check")
-    assert r.returncode == 2 and "Error 2" in r.stderr
+    r = ws.tool("check")
+    assert r.returncode == 2
     assert message in last_line(r), r.stderr
 
 
@@ -82,7 +82,7 @@ def test_a_table_header_with_a_comment_keeps_the_line_of_its_keys(ws):
     text = re.sub(r"^auto_stop = .*$", 'auto_stp = "5m"', text, count=1, flags=re.M)
     ws.write("configs/v1/config.toml", text)
     line = text.splitlines().index('auto_stp = "5m"') + 1
-    r = ws.make("check")
+    r = ws.tool("check")
     assert r.returncode == 2
     assert last_line(r).startswith(
         f"error: configs/v1/config.toml:{line}: unknown key `auto_stp` in [workspace] (did you mean `auto_stop`?)"

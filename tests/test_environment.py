@@ -61,7 +61,7 @@ def test_dotenv_values_are_python_dotenvs(tmp_path, text, expected):
 )
 def test_a_line_python_dotenv_cannot_read_is_one_error_with_its_line(ws, text, line, message):
     ws.write(".env", text)
-    r = ws.make("check")
+    r = ws.tool("check")
     assert r.returncode == 2
     assert error_line(r) == f"error: .env:{line}: {message}"
     assert "hf_x" not in r.stdout + r.stderr  # the line is not repeated: it may hold a secret
@@ -69,7 +69,7 @@ def test_a_line_python_dotenv_cannot_read_is_one_error_with_its_line(ws, text, l
 
 def test_a_dotenv_that_is_not_utf8_is_one_error(ws):
     (ws.root / ".env").write_bytes(b"A=1\nB=caf\xe9\n")
-    r = ws.make("check")
+    r = ws.tool("check")
     assert r.returncode == 2
     assert error_line(r) == "error: .env:2: not UTF-8 text; save the file as UTF-8"
 
@@ -88,7 +88,7 @@ WANDB_ERROR = "logs to wandb, but WANDB_API_KEY is not set"
 
 
 def wandb_errors(ready, env=None) -> list[str]:
-    r = ready.make("check", env={"WANDB_MODE": "", **(env or {})})
+    r = ready.tool("check", env={"WANDB_MODE": "", **(env or {})})
     return [l for l in r.stdout.splitlines() + r.stderr.splitlines() if WANDB_ERROR in l]
 
 

@@ -55,7 +55,7 @@ def speed_lines(r) -> list[str]:
 
 def test_check_estimates_from_the_bench_table_and_names_a_faster_setting(ready):
     with_table(ready)
-    r = ready.make("check", env=H200)
+    r = ready.tool("check", env=H200)
     assert r.returncode == 0, r.stdout + r.stderr
     assert speed_lines(r) == [
         "time and cost on NVIDIA H200: training: 1000 steps x 19.87 s/step = 5h31m (s/step from "
@@ -70,18 +70,18 @@ def test_check_estimates_from_the_bench_table_and_names_a_faster_setting(ready):
 
 def test_no_measurement_for_this_gpu_is_said_plainly(ready):
     with_table(ready)
-    r = ready.make("check")  # the stand-in's default GPU: an H100, which the fixture has no table for
+    r = ready.tool("check")  # the stand-in's default GPU: an H100, which the fixture has no table for
     assert speed_lines(r) == [
         "time and cost on NVIDIA H100 80GB HBM3: no measurement for this GPU (NVIDIA H100 80GB HBM3) and these settings "
         "(no earlier run of this version, no bench/ row): no time or cost estimate; `make bench` measures them"]
-    none = ready.make("check", env={"STANDIN_GPUS": "0"})
+    none = ready.tool("check", env={"STANDIN_GPUS": "0"})
     assert speed_lines(none) == ["time and cost: no GPU visible (nvidia-smi): no time or cost estimate"]
 
 
 def test_another_workload_shape_is_not_compared(ready):
     with_table(ready)
     edit(ready, DATASET, "general", batch_size=8)
-    r = ready.make("check", env=H200)
+    r = ready.tool("check", env=H200)
     assert speed_lines(r)[0].startswith("time and cost on NVIDIA H200: no measurement for this GPU")
     assert not any(l.startswith("faster:") for l in r.stdout.splitlines())
 
@@ -90,7 +90,7 @@ def test_no_line_when_the_version_already_runs_the_fastest_setting(ready):
     with_table(ready)
     text = ready.read("configs/v1/config.toml").replace("blocks_to_swap = 20", "blocks_to_swap = 0\ncompile = true")
     ready.write("configs/v1/config.toml", text)
-    r = ready.make("check", env=H200)
+    r = ready.tool("check", env=H200)
     assert "13.29 s/step" in speed_lines(r)[0]
     assert not any(l.startswith("faster:") for l in r.stdout.splitlines())
 
@@ -113,7 +113,7 @@ def test_this_versions_earlier_run_comes_before_the_bench_table(cached):
     assert cached.make("train", "AUTO_STOP=0", env={**H200, "STANDIN_STEPS": "4", "STANDIN_STEP_SECONDS": "0.05"}).returncode == 0
     (rec,) = records(cached, "train")
     sps = rec["progress"]["seconds_per_step"]
-    r = cached.make("check", env=H200)
+    r = cached.tool("check", env=H200)
     lines = speed_lines(r)
     assert lines[0] == (f"time and cost on NVIDIA H200: training: 1000 steps x {sps:.2f} s/step = "
                         f"{lines[0].split(' = ')[1].split(' ')[0]} (s/step from this version's run {rec['id']} "
@@ -122,6 +122,6 @@ def test_this_versions_earlier_run_comes_before_the_bench_table(cached):
     assert lines[1].endswith(f"(run {rec['id']}: its wall time less its steps, scaled to 1000 steps)")
     assert "training steps only" not in lines[2]
     # Another GPU, or a changed config, does not count the run.
-    assert speed_lines(cached.make("check"))[0].startswith("time and cost on NVIDIA H100 80GB HBM3: no measurement")
+    assert speed_lines(cached.tool("check"))[0].startswith("time and cost on NVIDIA H100 80GB HBM3: no measurement")
     edit(cached, "configs/v1/config.toml", learning_rate=1e-4)
-    assert "bench/nvidia-h200_v1.runs.json" in speed_lines(cached.make("check", env=H200))[0]
+    assert "bench/nvidia-h200_v1.runs.json" in speed_lines(cached.tool("check", env=H200))[0]
