@@ -104,7 +104,7 @@ def test_report_overlays_versions_and_grids_samples_by_prompt(ws):
             write_sample(ws.root, v, step, 1, color)
     (ws.root / "outputs/v2/sample/example-1f_v2_000200_01_20250611100000_1234_000.png").unlink()  # one missing
 
-    r = ws.make("report", "VERSIONS=v1,v2")
+    r = ws.tool("report", "VERSIONS=v1,v2")
     assert r.returncode == 0, r.stderr
     out = ws.root / "runs" / "report"
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "loss.png", "lr.png", "samples", "samples_00.png", "samples_01.png"]
@@ -154,7 +154,7 @@ def test_flags_fire_on_bad_curves_and_not_on_a_good_one(ws):
     write_run(ws.root, "v4", growing())
     # v5: no data; the default leaves it out
 
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "report: v1, v2, v3, v4"
     flags = [l for l in r.stdout.splitlines() if l.startswith("flag: ")]
@@ -176,7 +176,7 @@ def test_a_low_start_is_not_flagged_when_the_config_resumes(ws):
     cfg = ws.read("configs/v1/config.toml").replace("seed = 42", 'seed = 42\nresume = "outputs/v0/state"')
     ws.write("configs/v1/config.toml", cfg)
     write_run(ws.root, "v1", constant_low())
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     assert "flag:" not in r.stdout
     assert "<td>resume</td>" in html_of(ws)
@@ -185,7 +185,7 @@ def test_a_low_start_is_not_flagged_when_the_config_resumes(ws):
 def test_several_runs_of_a_version_are_separate_series(ws):
     write_run(ws.root, "v1", good(0), run="20250611093000")
     write_run(ws.root, "v1", constant_low(), run="20250612080000")  # e.g. a rerun with a broken dataset
-    r = ws.make("report", "VERSIONS=v1")
+    r = ws.tool("report", "VERSIONS=v1")
     assert r.returncode == 0, r.stderr
     assert 'alt="loss by step: v1 20250611093000, v1 20250612080000"' in html_of(ws)
     assert [l for l in r.stdout.splitlines() if l.startswith("flag:")][0].startswith("flag: v1 20250612080000: starts near 0.01")
@@ -206,7 +206,7 @@ def test_a_video_sample_shows_its_first_middle_and_last_frame(ws):
         for packet in s.encode():
             c.mux(packet)
 
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     imgs = images(html_of(ws))
     assert len(imgs) == 3  # no loss logged: only the three frames
@@ -223,7 +223,7 @@ def test_an_unreadable_video_is_a_note_not_a_failure(ws):
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a video")
     write_sample(ws.root, "v1", "000200", 0, "green")
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     page = html_of(ws)
     assert re.search(r'<div class="note">video not shown: (cannot read example-1f_v1_000100_00_20250611100000\.mp4 \(\w+\)|reading \.mp4 needs PyAV .*)</div>', page)
@@ -233,7 +233,7 @@ def test_an_unreadable_video_is_a_note_not_a_failure(ws):
 def test_a_chosen_version_without_data_is_shown_as_such(ws):
     versions(ws, 2)
     write_run(ws.root, "v1", good(0))
-    r = ws.make("report", "VERSIONS=v2,v1")
+    r = ws.tool("report", "VERSIONS=v2,v1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[:3] == [
         "report: v2, v1",
@@ -244,16 +244,16 @@ def test_a_chosen_version_without_data_is_shown_as_such(ws):
 
 
 def test_an_unknown_version_is_one_error_line(ws):
-    r = ws.make("report", "VERSIONS=v1,v9")
+    r = ws.tool("report", "VERSIONS=v1,v9")
     assert r.returncode != 0
     assert error_line(r) == "error: VERSIONS=v1,v9: no configs/v9; versions here: v1"
-    r = ws.make("report", "VERSIONS=latest")
+    r = ws.tool("report", "VERSIONS=latest")
     assert error_line(r) == "error: VERSIONS=latest: `latest` is not a version name; write e.g. VERSIONS=v3,v4"
     assert not (ws.root / "runs" / "report").exists()
 
 
 def test_no_data_anywhere_says_what_to_do(ws):
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode != 0
     assert error_line(r) == (
         "error: no tensorboard logs or samples to report for v1 (looked in v1 (outputs/v1/logs, outputs/v1/sample)); "
@@ -264,10 +264,10 @@ def test_no_data_anywhere_says_what_to_do(ws):
 def test_a_second_report_drops_the_grids_of_prompts_that_are_gone(ws):
     write_sample(ws.root, "v1", "000100", 0, "red")
     old = write_sample(ws.root, "v1", "000100", 1, "red")
-    assert ws.make("report").returncode == 0
+    assert ws.tool("report").returncode == 0
     assert (ws.root / "runs/report/samples_01.png").exists()
     old.unlink()
-    assert ws.make("report").returncode == 0
+    assert ws.tool("report").returncode == 0
     assert not (ws.root / "runs/report/samples_01.png").exists()
 
 
@@ -279,7 +279,7 @@ def test_without_pyav_a_video_cell_says_how_to_get_it(ws, tmp_path):
     video.parent.mkdir(parents=True)
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
     path = os.pathsep.join(p for p in (str(blocker.parent), os.environ.get("PYTHONPATH")) if p)
-    r = ws.make("report", env={"PYTHONPATH": path})
+    r = ws.tool("report", env={"PYTHONPATH": path})
     assert r.returncode == 0, r.stderr
     assert (
         '<div class="note">video not shown: reading .mp4 needs PyAV (comes with the train extra; or `uv pip install av`)</div>'
@@ -344,7 +344,7 @@ def assert_one_continued_series(ws, r, continues: str) -> None:
 
 def test_a_resumed_run_continues_its_version_at_its_true_steps(cached):
     train_then_resume(cached)
-    r = cached.make("report")
+    r = cached.tool("report")
     [resume] = [p for p in (cached.root / "runs/v1").iterdir() if p.name.endswith("-resume")]
     assert_one_continued_series(
         cached, r, rf"outputs/v1/{NAME}-step00000300-state \(step 300; run {resume.name}\)")
@@ -364,7 +364,7 @@ def test_without_run_records_the_offset_comes_from_the_sample_names(cached):
     import shutil
 
     shutil.rmtree(cached.root / "runs/v1")  # only the pod's outputs/ were copied here
-    r = cached.make("report")
+    r = cached.tool("report")
     assert_one_continued_series(cached, r, r"a state at step 300 \(no run record; from the names of its samples\)")
 
 
@@ -374,7 +374,7 @@ def test_a_resumed_run_whose_first_run_is_gone_starts_at_its_offset(cached):
     import shutil
 
     shutil.rmtree(first)
-    r = cached.make("report")
+    r = cached.tool("report")
     assert r.returncode == 0, r.stderr
     assert "flag:" not in r.stdout
     page = html_of(cached)
@@ -429,7 +429,7 @@ def test_the_page_fits_a_narrow_screen_and_shows_every_image(ws, tmp_path):
         for tag in ("e000000", "000100", "000200"):
             for prompt in (0, 1):
                 write_sample(ws.root, v, tag, prompt, (60 * i, 120, 200), size=(512, 768))
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     page = ws.root / "runs/report/index.html"
     for width in (800, 1400):
@@ -489,7 +489,7 @@ def test_every_series_has_its_own_colour_and_style_beyond_ten():
 
 def test_plots_are_sharp_on_hidpi_screens(ws):
     write_run(ws.root, "v1", good(0))
-    assert ws.make("report").returncode == 0
+    assert ws.tool("report").returncode == 0
     with Image.open(ws.root / "runs/report/loss.png") as loss, Image.open(ws.root / "runs/report/lr.png") as lr:
         assert loss.width == 2000 and lr.width == 2000  # twice the 1000 px the page shows them at
     assert re.search(r'<img class="plot" width="1000" height="550" src="data:image/png', html_of(ws))
@@ -519,7 +519,7 @@ def test_epoch_samples_sit_among_the_steps_they_were_taken_at(ws):
     # v2 has no tensorboard logs: its epoch sample goes after the step sample rendered before it
     for tag, stamp in (("000100", "20250611110000"), ("e000001", "20250611111500"), ("000200", "20250611120000")):
         write_sample(ws.root, "v2", tag, 0, "blue", stamp=stamp)
-    r = ws.make("report")
+    r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     assert sample_rows(html_of(ws)) == [
         "start", "step 100", "epoch 1 (step 150)", "step 200", "step 300", "epoch 2 (step 300)",
@@ -532,7 +532,7 @@ def test_epochs_of_a_resumed_run_are_named_after_the_resume(ws):
     Image.new("RGB", (64, 96), "blue").save(p)
     p = ws.root / "outputs/v1/sample/example-1f_v1-resume100_000050_00_20250611110000_1234_000.png"
     Image.new("RGB", (64, 96), "blue").save(p)
-    assert ws.make("report").returncode == 0
+    assert ws.tool("report").returncode == 0
     assert sample_rows(html_of(ws)) == ["step 100", "step 150", "epoch 1 after the resume at step 100"]
 
 
