@@ -202,7 +202,7 @@ def ready(ws) -> TmpWorkspace:
 @pytest.fixture
 def cached(ready) -> TmpWorkspace:
     """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
-    r = ready.make("cache")
+    r = ready.tool("cache")
     assert r.returncode == 0, r.stderr
     ready.record.unlink()
     return ready
