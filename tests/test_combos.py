@@ -150,7 +150,7 @@ def test_a_datasets_own_batch_size_overrides_general(ready):
 
 def test_combinations_are_reported_by_check_before_train_starts(ready):
     edit(ready, CONFIG, split_attn=None)
-    r = ready.make("train")
+    r = ready.tool("train")
     assert r.returncode != 0
     assert "[batch-without-split-attn," in r.stderr
     assert ready.calls("accelerate") == []
@@ -234,9 +234,9 @@ def test_settings_easier_than_every_run_that_ran_out_pass_on_the_gpu_shown(ready
 # --- torch's compile cache: one folder per set of compile-relevant settings ------------------------------------
 
 def compile_dir(w, **env) -> str:
-    assert w.make("cache").returncode == 0  # make train needs an up-to-date cache (a dataset edit makes it stale)
+    assert w.tool("cache").returncode == 0  # make train needs an up-to-date cache (a dataset edit makes it stale)
     before = len(w.calls("accelerate"))
-    r = w.make("train", env=env)
+    r = w.tool("train", env=env)
     assert r.returncode == 0, r.stderr
     calls = w.calls("accelerate")
     assert len(calls) == before + 1
@@ -246,7 +246,7 @@ def compile_dir(w, **env) -> str:
 @pytest.mark.usefixtures("cached")  # make train needs an up-to-date cache
 def test_compile_cache_dir_reaches_the_trainer_inside_the_workspace_cache(ready):
     edit(ready, CONFIG, compile=True)
-    r = ready.make("train")
+    r = ready.tool("train")
     assert r.returncode == 0, r.stderr
     folder = ready.calls("accelerate")[0]["env"]["TORCHINDUCTOR_CACHE_DIR"]
     assert Path(folder).parent == ready.root / "cache" / "torch_compile"
@@ -279,7 +279,7 @@ def test_compile_cache_dir_is_the_same_when_only_unrelated_settings_differ(ready
 def test_users_own_torchinductor_cache_dir_is_kept_and_said(ready):
     edit(ready, CONFIG, compile=True)
     ready.write(".env", "TORCHINDUCTOR_CACHE_DIR=/volume/inductor\n")
-    r = ready.make("train")
+    r = ready.tool("train")
     assert r.returncode == 0, r.stderr
     assert ready.calls("accelerate")[0]["env"]["TORCHINDUCTOR_CACHE_DIR"] == "/volume/inductor"
     assert "TORCHINDUCTOR_CACHE_DIR=/volume/inductor (yours, kept)" in r.stderr

@@ -28,13 +28,13 @@ def compiled_env(call) -> dict:
 
 def test_compiled_train_gets_the_variables_and_the_dry_run_shows_them(cached):
     edit(cached, CONFIG, compile=True)
-    assert cached.make("cache").returncode == 0
-    dry = cached.make("train", "DRY_RUN=1")
+    assert cached.tool("cache").returncode == 0
+    dry = cached.tool("train", "DRY_RUN=1")
     assert dry.returncode == 0, dry.stderr
     line = dry.stdout.strip().splitlines()[-1]
     assert line.startswith("TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 accelerate launch ")
     assert shlex.split(line)[2:4] == ["accelerate", "launch"]
-    r = cached.make("train", "AUTO_STOP=0")
+    r = cached.tool("train", "AUTO_STOP=0")
     assert r.returncode == 0, r.stderr
     (call,) = cached.calls("accelerate")
     assert compiled_env(call) == VARS
@@ -43,37 +43,37 @@ def test_compiled_train_gets_the_variables_and_the_dry_run_shows_them(cached):
 
 
 def test_a_run_without_compile_gets_none_of_them(cached):
-    dry = cached.make("train", "DRY_RUN=1")
+    dry = cached.tool("train", "DRY_RUN=1")
     assert dry.stdout.strip().splitlines()[-1].startswith("accelerate launch ")
-    assert cached.make("train", "AUTO_STOP=0").returncode == 0
+    assert cached.tool("train", "AUTO_STOP=0").returncode == 0
     assert compiled_env(cached.calls("accelerate")[0]) == {k: None for k in VARS}
 
 
 def test_the_users_own_value_is_kept(cached):
     edit(cached, CONFIG, compile=True)
-    assert cached.make("cache").returncode == 0
+    assert cached.tool("cache").returncode == 0
     cached.write(".env", "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=0\n")
-    dry = cached.make("train", "DRY_RUN=1", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
+    dry = cached.tool("train", "DRY_RUN=1", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
     assert dry.stdout.strip().splitlines()[-1].startswith("accelerate launch ")  # nothing added: both are the user's
-    assert cached.make("train", "AUTO_STOP=0", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}).returncode == 0
+    assert cached.tool("train", "AUTO_STOP=0", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}).returncode == 0
     assert compiled_env(cached.calls("accelerate")[0]) == {"TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
                                                             "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS": "0"}
 
 
 def test_compiled_resume_gets_them(cached):
     edit(cached, CONFIG, compile=True)
-    assert cached.make("cache").returncode == 0
+    assert cached.tool("cache").returncode == 0
     state(cached, f"{NAME}-step00000400-state", age=100)
-    dry = cached.make("resume", "DRY_RUN=1")
+    dry = cached.tool("resume", "DRY_RUN=1")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().splitlines()[-1].startswith("TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 accelerate ")
-    assert cached.make("resume", "AUTO_STOP=0").returncode == 0
+    assert cached.tool("resume", "AUTO_STOP=0").returncode == 0
     assert compiled_env(cached.calls("accelerate")[-1]) == VARS
 
 
 def test_compiled_train_bg_gets_them_through_make_train(cached):
     edit(cached, CONFIG, compile=True)
-    assert cached.make("cache").returncode == 0
+    assert cached.tool("cache").returncode == 0
     r = cached.make("train-bg", "AUTO_STOP=0", env={"STANDIN_STEPS": "2"})
     assert r.returncode == 0, r.stderr
     wait_for(lambda: cached.calls("accelerate"))
@@ -82,12 +82,12 @@ def test_compiled_train_bg_gets_them_through_make_train(cached):
 
 def test_tune_and_bench_give_them_to_compiled_candidates_only(ready):
     with_caches(ready)
-    r = ready.make("tune", "ONLY=current,compile")
+    r = ready.tool("tune", "ONLY=current,compile")
     assert r.returncode == 0, r.stderr + r.stdout
     current, compiled = probe_calls(ready)
     assert compiled_env(current) == {k: None for k in VARS} and compiled_env(compiled) == VARS
     ready.record.unlink()
-    r = ready.make("bench", "ONLY=swap0+compile", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
+    r = ready.tool("bench", "ONLY=swap0+compile", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
     assert r.returncode == 0, r.stderr + r.stdout
     (call,) = probe_calls(ready)
     assert compiled_env(call) == {"TORCHINDUCTOR_AUTOGRAD_CACHE": "1", "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS": "1"}
