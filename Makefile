@@ -46,6 +46,8 @@ ALLOW_CHANGES ?= 0
 MEMORY ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
+# `make smoke`: start at this step (e.g. resume) when the steps before it passed in the last smoke; empty = all
+SMOKE_FROM ?=
 # arguments for pytest in `make test`, e.g. PYTEST_ARGS="-k diff -x"
 PYTEST_ARGS ?=
 # `make lock`: move the musubi-tuner pin to this full commit first; empty = keep the pin
@@ -135,8 +137,8 @@ bench: .venv/.stamp-train ## The same on random weights and caches, no downloads
 	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)"
 
 .PHONY: smoke
-smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod
-	@$(WS) smoke
+smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod  [SMOKE_FROM]
+	@$(WS) smoke --from "$(SMOKE_FROM)"
 
 ##@ Pod and models
 

@@ -135,3 +135,26 @@ def test_with_two_gpus_train_and_resume_run_two_processes_and_save_and_stop_once
         argv = call["argv"]
         assert argv[argv.index("--num_processes") + 1] == "2" and "--multi_gpu" in argv
     assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+
+
+def test_smoke_from_a_step_goes_on_where_the_last_smoke_stopped(smoke_ws):
+    """A GPU machine's command limit can cut a smoke: SMOKE_FROM runs the rest, once the steps before it passed."""
+    ws = smoke_ws
+    r = ws.make("smoke", "SMOKE_FROM=resume", timeout=300)
+    assert r.returncode == 2 and "smoke] Error 2" in r.stderr  # bad input: nothing passed here yet
+    assert error_line(r) == ("error: SMOKE_FROM=resume: the last smoke here did not pass models, workspace, cache, "
+                             "cache again, caption, train; run `make smoke` from the start (or from the first of those)")
+    r = ws.make("smoke", env={"STANDIN_EXIT_FPACK_GENERATE_VIDEO": "1"}, timeout=300)
+    assert r.returncode == 2 and "step 8/10 (generate) failed" in r.stderr
+    ws.record.unlink()
+    r = ws.make("smoke", "SMOKE_FROM=generate", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = step_lines(r.stdout)
+    assert [l.split(" – ")[0] for l in lines[:7]] == [f"[{i}/10] {n}" for i, n in enumerate(STEPS[:7], 1)]
+    assert all("passed in the last smoke (SMOKE_FROM=generate)" in l for l in lines[:7])
+    assert [re.match(r"^\[\d+/10\] (.+?) ✓", l).group(1) for l in lines[7:]] == ["generate", "report", "runs"]
+    assert re.search(r"^smoke: 10/10 steps passed in \d+\.\d min \(steps 8-10 in this run\)$", r.stdout, re.M)
+    assert [c["prog"] for c in ws.calls()] == ["fpack_generate_video"]
+    r = ws.make("smoke", "SMOKE_FROM=banana", timeout=300)
+    assert error_line(r) == ("error: SMOKE_FROM=banana: not a step of the smoke; give one of models, workspace, cache, "
+                             "cache again, caption, train, resume, generate, report, runs (or 1-10)")

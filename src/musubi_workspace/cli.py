@@ -113,7 +113,7 @@ def cmd_bench_report(ws, a):
 def cmd_smoke(ws, a):
     from .smoke import smoke
 
-    smoke(ws)
+    smoke(ws, from_=a.from_step)
 
 
 def cmd_new(ws, a):
@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--memory", default="", help="GPU memory a run may use, e.g. 80GB (decides 'fits' as on that card)")
         if name == "tune":
             t.add_argument("--apply", default="0", help="1: write the pick into a new version")
-    add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")
+    sm = add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")
+    sm.add_argument("--from", dest="from_step", default="", help="start at this step (name or number); the ones before passed last time")
     br = add("bench-report", cmd_bench_report, "merge bench records (bench/*.runs.json, runs/vN/bench-*/bench.json) into one table")
     br.add_argument("files", nargs="*")
     br.add_argument("--out", default="", help="a .runs.json to add the sessions to; its .md is rewritten (default: print)")
