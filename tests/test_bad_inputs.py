@@ -188,6 +188,7 @@ def test_a_caption_that_is_not_utf8_is_an_error(ready):
 def test_a_dangling_symlink_in_an_image_directory_is_an_error(ready):
     to_directory_dataset(ready)
     (ready.root / "datasets/example-1f/target/item05.png").symlink_to("/nowhere/item05.png")
+    ready.write("datasets/example-1f/target/item05.txt", "a caption")  # without one musubi-tuner skips the name unread
     check_fails(ready, "error: datasets/example-1f/target/item05.png: is a symlink to /nowhere/item05.png, which does not "
                 "exist: musubi-tuner lists it and fails on it while caching; fix or remove the link")
 
@@ -195,6 +196,7 @@ def test_a_dangling_symlink_in_an_image_directory_is_an_error(ready):
 def test_a_looping_symlink_in_an_image_directory_is_an_error(ready):
     to_directory_dataset(ready)
     (ready.root / "datasets/example-1f/target/loop.png").symlink_to("loop.png")
+    ready.write("datasets/example-1f/target/loop.txt", "a caption")
     check_fails(ready, "error: datasets/example-1f/target/loop.png: is a symlink loop: musubi-tuner lists it and fails on it "
                 "while caching; fix or remove the link")
 

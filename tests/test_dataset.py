@@ -74,3 +74,37 @@ def test_jsonl_controls_are_renumbered_as_musubi_tuner_does():
     assert {k: v for k, v in norm.items() if k.startswith("control")} == {"control_path_0": "a", "control_path_1": "c", "control_path_2": "b"}
     assert names["control_path_1"] == "control_path_3"
     assert model.normalise_controls({"control_path_x": "a"}) == "control_path_x"
+
+
+def test_a_value_out_of_range_counts_as_unset_and_as_rejected(tmp_path):
+    (tmp_path / "dataset.toml").write_text('[general]\nbatch_size = 0\n[[datasets]]\nimage_directory = "img"\nresolution = [0, 512]\n')
+    d = model.read(Workspace(tmp_path), tmp_path / "dataset.toml").datasets[0]
+    assert (d.batch_size, d.resolution) == (1, (960, 544))  # musubi-tuner's defaults; the check reports both lines
+    assert d.rejected("batch_size") and d.rejected("resolution") and not d.rejected("num_repeats")
+    assert model.range_problem("num_repeats", -1) and model.range_problem("control_resolution", 0)
+    assert model.range_problem("resolution", [1, 1]) is None
+
+
+def test_links_to_nowhere_and_captions_not_utf8_are_problems_of_the_listing(tmp_path):
+    """What musubi-tuner lists and then fails on while caching: the check reports it, `make cache` stops on it."""
+    img = tmp_path / "img"
+    img.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (img / f"{name}.png").write_bytes(b"png")
+        (img / f"{name}.txt").write_text(name)
+    (img / "a.png").unlink()
+    (img / "a.png").symlink_to("/nowhere/a.png")
+    (img / "b.txt").unlink()
+    (img / "b.txt").symlink_to("b.txt")
+    (img / "c.txt").write_bytes(b"caf\xe9")
+    (img / "e.png").symlink_to("gone.png")  # no caption: musubi-tuner skips the name unread
+    (tmp_path / "dataset.toml").write_text('[[datasets]]\nimage_directory = "img"\ncaption_extension = ".txt"\n')
+    ws = Workspace(tmp_path)
+    listing = model.items(ws, model.read(ws, tmp_path / "dataset.toml").datasets[0])
+    assert [(p.severity, p.where, p.message.split(":")[0]) for p in listing.problems] == [
+        (model.WARNING, "img/e.png", "no caption file e.txt"),
+        (model.ERROR, "img/a.png", "is a symlink to /nowhere/a.png, which does not exist"),
+        (model.ERROR, "img/b.txt", "is a symlink loop"),
+        (model.ERROR, "img/c.txt", "is not UTF-8 text (byte 0xe9 on line 1)"),
+    ]
+    assert [i.path for i in listing.items] == ["img/c.png", "img/d.png"] and listing.items[0].caption_error

@@ -19,6 +19,7 @@ batch check, tune and the run records all read it through this module.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -110,6 +111,23 @@ def value_problem(value: Any, t: str) -> str | None:
     return None
 
 
+def range_problem(key: str, value: Any) -> str | None:
+    """A dataset value of the right type that musubi-tuner still cannot use (0 or negative): None when fine."""
+    if key in ("resolution", "control_resolution"):
+        sizes = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and v <= 0 for v in sizes):
+            return f"= {value!r}: width and height must be above 0 (musubi-tuner divides by them), e.g. [512, 768]"
+    if key in ("batch_size", "num_repeats") and isinstance(value, int) and value <= 0:
+        what = "items per batch" if key == "batch_size" else "times each item is seen per epoch"
+        return f"= {value}: it must be 1 or more ({what}); {value} leaves the dataset with nothing to train"
+    return None
+
+
+def key_problem(key: str, value: Any, t: str) -> str | None:
+    """Why musubi-tuner cannot use `key = value` (t: its schema type): the wrong type, or a value out of range."""
+    return value_problem(value, t) or range_problem(key, value)
+
+
 def toml_lines(text: str) -> dict:
     """(table, key) -> line: table is None (top level), a table name, or ("datasets", i) for the i-th [[datasets]]
     (1-based); key None is the table's header line."""
@@ -165,11 +183,11 @@ class Dataset:
         return VIDEO_DEFAULTS if self.kind == "video" else IMAGE_DEFAULTS
 
     def _valid(self, table: dict, key: str, types: dict) -> bool:
-        return key in table and key in types and value_problem(table[key], types[key]) is None
+        return key in table and key in types and key_problem(key, table[key], types[key]) is None
 
     def origin(self, key: str) -> str | None:
         """"entry", "general" or None (musubi-tuner's default): where the value musubi-tuner uses comes from. Values
-        of the wrong type count as unset (the check reports them)."""
+        of the wrong type or out of range count as unset (the check reports them)."""
         schema = self.file.schema
         if self._valid(self.entry, key, schema[self.kind]):
             return "entry"
@@ -188,6 +206,13 @@ class Dataset:
 
     def is_set(self, key: str) -> bool:
         return self.origin(key) is not None
+
+    def rejected(self, key: str) -> bool:
+        """The file sets the key (here or in [general]) to a value musubi-tuner cannot use (the check reports it;
+        what depends on the key is not checked further)."""
+        schema = self.file.schema
+        return any(key in table and key in types and not self._valid(table, key, types)
+                   for table, types in ((self.entry, schema[self.kind]), (self.file.general, schema["general"])))
 
     def at(self, key: str) -> str:
         """dataset.toml:line where the value is written; the entry's header when it is musubi-tuner's default."""
@@ -375,6 +400,58 @@ def caption_bases(root: Path, directory: str, caption_extension: str) -> set[str
             if not e.name.startswith(".") and e.name.endswith(caption_extension)}
 
 
+def utf8_problem(path: Path) -> str | None:
+    """musubi-tuner opens captions (and JSONL files) with encoding="utf-8": other bytes fail caching
+    (UnicodeDecodeError). None when the file is UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return (f"is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): musubi-tuner fails on it "
+                f"(UnicodeDecodeError) while caching; save it as UTF-8")
+    return None
+
+
+def missing_file(path: Path) -> str:
+    """What to say of a path that should be an image file and is not one."""
+    if path.is_dir():
+        return "is a folder, not an image file; name the image in it"
+    return "not found; fix the path (relative to the workspace root)"
+
+
+def link_problem(path: Path) -> str | None:
+    """A symlink whose target is gone or that loops: musubi-tuner's glob lists it (glob does not look behind a
+    name), then fails on it when caching opens it. None for anything else."""
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # a loop, before Python 3.13
+        return "is a symlink loop"
+    except OSError as e:
+        return "is a symlink loop" if e.errno == errno.ELOOP else f"is a symlink to {os.readlink(path)}, which does not exist"
+    return None  # pragma: no cover - exists() said it does not
+
+
+def _link_shown(ws: "Workspace", path: Path) -> str:
+    """The path as shown, a link itself rather than its target (ws.rel follows links, and fails on a loop)."""
+    return f"{ws.rel(path.parent)}/{path.name}"
+
+
+def _broken_links(ws: "Workspace", listing: Listing, written: list[str]) -> bool:
+    """Report the files of one item that are broken links (each link once per listing); True when there is one."""
+    found = False
+    for w in written:
+        path = _abs(ws.root, w)
+        if what := link_problem(path):
+            found = True
+            shown = _link_shown(ws, path)
+            if not any(p.where == shown and p.kind == "link" for p in listing.problems):
+                listing.error(shown, f"{what}: musubi-tuner lists it and fails on it while caching; fix or remove the link", "link")
+    return found
+
+
 def _read_caption(root: Path, written: str) -> tuple[str, str]:
     """(caption, error): musubi-tuner reads it as UTF-8 and strips it; a file that is not UTF-8 stops it."""
     data = _abs(root, written).read_bytes()
@@ -479,7 +556,7 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
                        "like \".txt\": one dot, first) and skips the image without a word; rename the captions")
             else:
                 why = f"no caption file {cap}: musubi-tuner skips the image without a word; write one or remove the image"
-            listing.warn(ws.rel(ws.resolve(image)), why, "caption")
+            listing.warn(_link_shown(ws, ws.resolve(image)), why, "caption")
     extra = _multiple_targets(root, directory, captioned, listing) if d.get("multiple_target") is True else {}
     controls: dict[str, list[str]] = {}
     control_dir = d.get("control_directory")
@@ -490,7 +567,7 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
         cdir = listing.control_folder = ws.rel(ws.resolve(control_dir))
         for image in captioned:
             stem = os.path.splitext(os.path.basename(image))[0]
-            shown = ws.rel(ws.resolve(image))
+            shown = _link_shown(ws, ws.resolve(image))
             if image in bad:
                 name = os.path.basename(bad[image])
                 listing.error(f"{cdir}/{name}", f"control image {name} of {os.path.basename(image)} must be named {stem}.<ext> or "
@@ -499,8 +576,13 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
                 listing.error(shown, f"{len(controls.get(image, []))} control image(s) in {cdir}, {need} needed "
                               f"(named {stem}.png or {stem}_0.png, {stem}_1.png ...); caching fails on it", "controls")
     for image in captioned:
-        caption, error = _read_caption(root, os.path.splitext(image)[0] + ext)
-        listing.items.append(Item(ws.rel(ws.resolve(image)), image, controls.get(image, [])[:need], caption, d.index,
+        cap = os.path.splitext(image)[0] + ext
+        if _broken_links(ws, listing, [image, cap, *controls.get(image, [])[:need], *extra.get(image, [])]):
+            continue
+        caption, error = _read_caption(root, cap)
+        if error:
+            listing.error(ws.rel(_abs(root, cap)), utf8_problem(_abs(root, cap)) or error, "caption-utf8")
+        listing.items.append(Item(_link_shown(ws, ws.resolve(image)), image, controls.get(image, [])[:need], caption, d.index,
                                   root, extra.get(image, []), error))
 
 
@@ -514,6 +596,8 @@ def _jsonl_lines(ws: "Workspace", listing: Listing, written: str) -> list[tuple[
         listing.error(d.where, f"dataset {d.index}: {shown} not found; fix the path", "source")
         return []
     out = []
+    if problem := utf8_problem(path):
+        listing.error(shown, problem, "source")
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -589,7 +673,7 @@ def _image_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
         paths = [("image_path", target), *((k, norm[k]) for k in have[:need]), *((f"image_path_{i}", v) for i, v in enumerate(extra, 1))]
         bad = [(k, v) for k, v in paths if not isinstance(v, str) or not os.path.isfile(os.path.join(root, v))]
         for k, v in bad:
-            listing.error(where, f"{names.get(k, k)} {v} not found; fix the path (relative to the workspace root)", "line")
+            listing.error(where, f"{names.get(k, k)} {v} {missing_file(_abs(root, v)) if isinstance(v, str) else 'is not a path'}", "line")
         if not bad:
             listing.items.append(Item(where, target, [norm[k] for k in have[:need]], norm["caption"], d.index, root, extra))
 
@@ -626,8 +710,10 @@ def _video_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
     has_controls = isinstance(control_dir, str) and _folder_ok(ws, listing, "control_directory", control_dir)
     listing.has_controls = has_controls
     for video in glob_media(root, directory, VIDEO_EXTENSIONS):
-        shown = ws.rel(ws.resolve(video))
+        shown = _link_shown(ws, ws.resolve(video))
         cap = os.path.splitext(video)[0] + ext
+        if _broken_links(ws, listing, [video, cap]):
+            continue
         if not _abs(root, cap).is_file():
             listing.error(shown, f"no caption file {os.path.basename(cap)}: caching fails on it; write one or remove the video", "caption")
             continue
@@ -641,6 +727,8 @@ def _video_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
                 continue
             controls = [control]
         caption, error = _read_caption(root, cap)
+        if error:
+            listing.error(ws.rel(_abs(root, cap)), utf8_problem(_abs(root, cap)) or error, "caption-utf8")
         listing.items.append(Item(shown, video, controls, caption, d.index, root, caption_error=error))
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import dataset as model
 from .config import suggest
-from .dataset import SOURCE_KEYS, Dataset, DatasetFile, Item, Listing, value_problem
+from .dataset import SOURCE_KEYS, Dataset, DatasetFile, Item, Listing, key_problem
 from .errors import WorkspaceError
 from .findings import ERROR, WARNING
 from .image_cache import ImageCache, ImageFacts
@@ -31,7 +31,13 @@ REST = {
     "controls": "{n} more images without enough control images",
     "control-name": "{n} more control images named against musubi-tuner's pattern",
     "targets": "{n} more multiple-target problems",
+    "link": "{n} more broken links",
+    "caption-utf8": "{n} more captions that are not UTF-8",
 }
+# FramePack's LLaMA text encoder reads this many tokens of a caption (frame_pack/hunyuan.encode_prompt_conds,
+# max_length=256); the rest is cut. Every whitespace-separated word is at least one token, so more words than
+# this are cut for certain.
+CAPTION_TOKENS = 256
 
 
 @dataclass
@@ -99,7 +105,7 @@ def _scan(ctx: "Context") -> Scan:
                 report.error(where, f"`{key}` is not allowed in [general] (musubi-tuner rejects it); move it into each [[datasets]]")
             else:
                 report.error(where, f"unknown key `{key}` in [general]{suggest(key, schema['general'])}; musubi-tuner rejects the file")
-        elif problem := value_problem(value, schema["general"][key]):
+        elif problem := key_problem(key, value, schema["general"][key]):
             report.error(where, f"`{key}` {problem}")
 
     entries = f.entries
@@ -144,7 +150,7 @@ def _dataset(ctx, s: Scan, schema: dict, d: Dataset) -> Listing | None:
                 report.error(where, f"`{key}` is a key of {other} datasets; dataset {i} is an {kind} dataset ({sources[0]})")
             else:
                 report.error(where, f"unknown key `{key}`{suggest(key, schema[kind])}; musubi-tuner rejects the file")
-        elif problem := value_problem(value, schema[kind][key]):
+        elif problem := key_problem(key, value, schema[kind][key]):
             report.error(where, f"`{key}` {problem}")
     one_frame = ctx.cfg.get("one_frame") is True
     if kind == "image":
@@ -208,7 +214,7 @@ def _images(ctx, s: Scan) -> None:
     report.listed(ERROR, list(dict.fromkeys(broken)), "{n} more unreadable images", s.shown)
     for li in s.listings:
         d = li.dataset
-        if d.kind != "image":
+        if d.kind != "image" or d.rejected("resolution"):
             continue
         rw, rh = d.resolution
         bucket = d.get("enable_bucket") is True
@@ -262,24 +268,14 @@ def check_content(ctx: "Context") -> str | None:
     report.listed(WARNING, duplicates, "{n} more duplicate items", s.shown)
     empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if not item.caption.strip()]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
+    long_captions(ctx, s.items, s.shown)
     return None
 
 
-def utf8_problem(path: Path) -> str | None:
-    """musubi-tuner opens captions (and JSONL files) with encoding="utf-8": other bytes fail caching
-    (UnicodeDecodeError). None when the file is UTF-8."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        return (f"is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): musubi-tuner fails on it "
-                f"(UnicodeDecodeError) while caching; save it as UTF-8")
-    return None
+def long_captions(ctx: "Context", items: list[Item], shown: str) -> None:
+    """Captions with more words than the LLaMA text encoder reads tokens: their end is cut when caching."""
+    long = [(item.where, f"caption of {n} words: at least {n} tokens, but FramePack's LLaMA text encoder reads the first "
+             f"{CAPTION_TOKENS} and cuts the rest; shorten it to what matters")
+            for item in items if item.caption and (n := len(item.caption.split())) > CAPTION_TOKENS]
+    ctx.report.listed(WARNING, long, "{n} more captions longer than the text encoder reads", shown)
 
-
-def missing_file(path: Path) -> str:
-    """What to say of a path that should be an image file and is not one."""
-    if path.is_dir():
-        return "is a folder, not an image file; name the image in it"
-    return "not found; fix the path (relative to the workspace root)"

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import suggest
-from .dataset_scan import missing_file, scan, utf8_problem
+from .dataset import missing_file, utf8_problem
+from .dataset_scan import scan
 from .image_cache import ImageCache
 from .options import schema_of
 

@@ -18,7 +18,8 @@ from PIL import Image
 from musubi_workspace import dataset as model
 from musubi_workspace.paths import Workspace
 
-# name -> (dataset.toml, {file: content}); "*.png"/"*.jpg"... files become small images, the rest text.
+# name -> (dataset.toml, {file: content}); "*.png"/"*.jpg"... files become small images, "-> x" a symlink to x,
+# the rest text.
 CASES = {
     "directory, unsuffixed controls": (
         '[[datasets]]\nimage_directory = "img"\ncontrol_directory = "ctl"\ncaption_extension = ".txt"\ncache_directory = "c"\n',
@@ -38,6 +39,10 @@ CASES = {
         '[[datasets]]\nimage_directory = "img"\ncontrol_directory = "ctl"\ncaption_extension = ".txt"\n',
         {"img/a.PNG": 0, "img/a.txt": "a", "img/b.png": 0, "img/.h.png": 0, "img/.h.txt": "h", "img/c.gif": 0,
          "img/c.txt": "c", "ctl/a.png": 0, "ctl/.a_1.png": 0},
+    ),
+    "directory, an uncaptioned dangling link is skipped unread": (
+        '[[datasets]]\nimage_directory = "img"\ncaption_extension = ".txt"\n',
+        {"img/a.png": 0, "img/a.txt": "a", "img/b.png": "-> /nowhere/b.png", "img/c.png": "-> c.png"},
     ),
     "directory, control suffix not a number": (
         '[[datasets]]\nimage_directory = "img"\ncontrol_directory = "ctl"\ncaption_extension = ".txt"\n',
@@ -106,6 +111,8 @@ def build(root: Path, files: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, list):
             path.write_text("".join(json.dumps(line) + "\n" for line in content), encoding="utf-8")
+        elif isinstance(content, str) and content.startswith("-> "):
+            path.symlink_to(content[3:])
         elif content == 0:
             Image.new("RGB", (16, 16), (len(name) * 9 % 256, 0, 0)).save(path, format="PNG")
         else:
