@@ -329,8 +329,11 @@ class Smoke:
         return f"only the text-encoder script ran, only {edited} changed"
 
     def records(self, target: str = "") -> list[Path]:
+        """Run records, oldest first; of one target: `<time>-<target>`, or `<time>-<target>-<n>` for a second run
+        that started in the same second."""
         base = self.scratch / "runs" / "v1"
-        return sorted(base.glob(f"*-{target}/run.json" if target else "*/run.json")) if base.is_dir() else []
+        found = sorted(base.glob("*/run.json")) if base.is_dir() else []
+        return [p for p in found if not target or re.search(rf"-{re.escape(target)}(-\d+)?$", p.parent.name)]
 
     def pod_calls(self) -> list[dict]:
         if not self.pod_record.exists():
