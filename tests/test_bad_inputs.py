@@ -48,16 +48,25 @@ def run(w, *args, env=None):
     return r
 
 
+def run_tool(w, target, *args, env=None):
+    """`make TARGET ARGS` as the tool runs it, in this process (conftest's TmpWorkspace.tool), with `run`'s checks."""
+    before = snapshot(w)
+    r = w.tool(target, *args, env=env)
+    assert snapshot(w) == before, "the run changed files on disk"
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+    return r
+
+
 def check_fails(w, line: str, *args, env=None) -> None:
     """`make check` fails with the tool's exit 3, and `line` is among its findings. A warning passes the plain
     check and fails under STRICT=1 (where it is printed as an error)."""
     if line.startswith("warning: "):
-        r = run(w, "check", *args, env=env)
+        r = run_tool(w, "check", *args, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert line in findings(r), "\n".join(findings(r))
         args, line = ("STRICT=1", *args), "error: " + line[len("warning: "):]
-    r = run(w, "check", *args, env=env)
-    assert r.returncode == 2 and "Error 3" in r.stderr, r.stdout + r.stderr
+    r = run_tool(w, "check", *args, env=env)
+    assert r.returncode == 3, r.stdout + r.stderr
     got = findings(r)
     assert line in got, "\n".join(got)
 
