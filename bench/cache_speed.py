@@ -103,7 +103,7 @@ def main() -> None:
 
         os.environ["WS_ROOT"] = str(root)
         os.chdir(root)
-        from musubi_workspace import cache_state
+        from musubi_workspace.runs import cache_plan as cache_state
         from musubi_workspace.config import Config
         from musubi_workspace.paths import Workspace
 

@@ -16,7 +16,7 @@ import re
 import pytest
 from conftest import error_line, write_safetensors
 from musubi_workspace.model_files import TENSORS
-from test_checks import CFG, DS, JSONL, PROMPTS, at, edit, findings
+from checks.test_checks import CFG, DS, JSONL, PROMPTS, at, edit, findings
 
 SKIPPED = (".cache", ".venv")
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import shlex
 
-from test_combos import CONFIG, edit
-from test_pod import wait_for
-from test_resume import NAME, state
-from test_runs import records
-from test_tune import probe_calls, with_caches
+from checks.test_combinations import CONFIG, edit
+from runs.test_pod import wait_for
+from runs.test_resume import NAME, state
+from runs.test_ledger import records
+from tune.test_tune import probe_calls, with_caches
 
-from musubi_workspace.compile_fix import compile_vars
+from musubi_workspace.compile_env import compile_vars
 
 VARS = {v.name: v.value for v in compile_vars()}
 

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from .errors import WorkspaceError
-from .paths import Workspace
+from musubi_workspace.errors import WorkspaceError
+from musubi_workspace.paths import Workspace
 
 
 # The values of a switch such as DRY_RUN. The Makefile knows the same sets (its GPU_STACK installs the GPU stack
@@ -27,116 +27,116 @@ def _flag(value: str, var: str) -> bool:
 
 
 def cmd_check(ws, a):
-    from .checks import check
-    from .pipeline import load_config
+    from musubi_workspace.checks import check
+    from musubi_workspace.runs.targets import load_config
 
     check(load_config(ws, a.config), dry_run=_flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"))
 
 
 def cmd_cache(ws, a):
-    from .pipeline import cache
+    from musubi_workspace.runs.targets import cache
 
     cache(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), force=_flag(a.force, "FORCE"))
 
 
 def cmd_train(ws, a):
-    from .pipeline import train
+    from musubi_workspace.runs.targets import train
 
     train(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
 
 
 def cmd_resume(ws, a):
-    from .pipeline import resume
+    from musubi_workspace.runs.targets import resume
 
     resume(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
 
 
 def cmd_train_bg(ws, a):
-    from .background import train_bg
+    from musubi_workspace.runs.background import train_bg
 
     train_bg(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
 
 
 def cmd_logs(ws, a):
-    from .runs import follow
+    from musubi_workspace.runs.ledger import follow
 
     follow(ws)
 
 
 def cmd_runs(ws, a):
-    from .runs import runs_table
+    from musubi_workspace.runs.ledger import runs_table
 
     print("\n".join(runs_table(ws)))
 
 
 def cmd_stop(ws, a):
-    from .environment import child_env
-    from .pod import stop_now
+    from musubi_workspace.environment import child_env
+    from musubi_workspace.runs.pod import stop_now
 
     stop_now(ws, child_env(ws))
 
 
 def cmd_cancel_stop(ws, a):
-    from .pod import cancel_stop
+    from musubi_workspace.runs.pod import cancel_stop
 
     cancel_stop(ws)
 
 
 def cmd_generate(ws, a):
-    from .pipeline import generate
+    from musubi_workspace.runs.targets import generate
 
     generate(ws, a.config, _flag(a.dry_run, "DRY_RUN"), lora=a.lora, multiplier=a.multiplier, strict=_flag(a.strict, "STRICT"))
 
 
 def cmd_tune(ws, a):
-    from .pipeline import load_config
-    from .tune import tune
+    from musubi_workspace.runs.targets import load_config
+    from musubi_workspace.tune import tune
 
     tune(ws, load_config(ws, a.config), _flag(a.apply, "APPLY"), only=a.only, steps=a.steps,
          allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"), memory=a.memory)
 
 
 def cmd_bench(ws, a):
-    from .pipeline import load_config
-    from .tune import bench
+    from musubi_workspace.runs.targets import load_config
+    from musubi_workspace.tune import bench
 
     bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
           memory=a.memory)
 
 
 def cmd_bench_report(ws, a):
-    from .tune import bench_report
+    from musubi_workspace.tune import bench_report
 
     bench_report(ws, a.files, out=a.out, allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"))
 
 
 def cmd_smoke(ws, a):
-    from .smoke import smoke
+    from musubi_workspace.smoke.loop import smoke
 
     smoke(ws, from_=a.from_step)
 
 
 def cmd_new(ws, a):
-    from .versions import new_version
+    from musubi_workspace.versions import new_version
 
     new_version(ws, a.source)
 
 
 def cmd_diff(ws, a):
-    from .versions import diff_versions
+    from musubi_workspace.versions import diff_versions
 
     print("\n".join(diff_versions(ws, a.a, a.b)))
 
 
 def cmd_models(ws, a):
-    from .models import download
-    from .pipeline import load_config
+    from musubi_workspace.downloads import download
+    from musubi_workspace.runs.targets import load_config
 
     download(load_config(ws, a.config), dry_run=_flag(a.dry_run, "DRY_RUN"))
 
 
 def cmd_example(ws, a):
-    from .example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
+    from musubi_workspace.example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
 
     for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
         written = make(ws)
@@ -144,13 +144,13 @@ def cmd_example(ws, a):
 
 
 def cmd_report(ws, a):
-    from .report import report
+    from musubi_workspace.report import report
 
     report(ws, a.versions)
 
 
 def cmd_schema(ws, a):
-    from .schema import main as schema_main
+    from musubi_workspace.schema import main as schema_main
 
     schema_main(["--out", a.out] if a.out else [])
 
@@ -158,7 +158,7 @@ def cmd_schema(ws, a):
 def cmd_monitor(ws, a):
     import shutil
 
-    from .environment import child_env
+    from musubi_workspace.environment import child_env
 
     env = child_env(ws)
     exe = shutil.which("nvitop", path=env["PATH"])
@@ -168,7 +168,7 @@ def cmd_monitor(ws, a):
 
 
 def cmd_lock(ws, a):
-    from .lock import relock
+    from musubi_workspace.relock import relock
 
     relock(ws.root, snapshot=a.snapshot or None, rev=a.rev or None)
 

@@ -10,8 +10,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config
-from .errors import WorkspaceError
+from musubi_workspace.config import Config
+from musubi_workspace.errors import WorkspaceError
 
 TRAIN_MODULE = "musubi_tuner.fpack_train_network"
 CACHE_LATENTS_MODULE = "musubi_tuner.fpack_cache_latents"
@@ -118,7 +118,7 @@ def train_command(
     arguments (`make tune`'s probe). A compiled run (`compiled`, default: the config's `compile`) carries the
     compile environment (compile_fix.py), less what `env` already sets.
     """
-    from .compile_fix import compile_run_env
+    from musubi_workspace.compile_env import compile_run_env
 
     mixed = cfg.get("mixed_precision") or "bf16"
     argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]

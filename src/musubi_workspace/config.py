@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import WorkspaceError
-from .paths import Workspace
+from musubi_workspace.errors import WorkspaceError
+from musubi_workspace.paths import Workspace
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -194,7 +194,7 @@ class WorkspaceSettings:
 
 def _training_options() -> dict:
     """musubi-tuner's training options (the committed schema: no musubi-tuner needed)."""
-    from .schema import load_schema
+    from musubi_workspace.schema import load_schema
 
     return load_schema()["parsers"]["fpack_train_network"]
 

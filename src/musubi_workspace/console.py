@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .progress import Progress
+from musubi_workspace.runs.progress import Progress
 
 
 class Splitter:

@@ -28,12 +28,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import load_toml
-from .errors import WorkspaceError
+from musubi_workspace.config import load_toml
+from musubi_workspace.errors import WorkspaceError
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .paths import Workspace
+    from musubi_workspace.config import Config
+    from musubi_workspace.paths import Workspace
 
 # musubi_tuner/dataset/media_utils.py at the pinned commit, in its order (.jxl only with a Pillow plugin, which the
 # workspace does not install).
@@ -83,7 +83,7 @@ ERROR, WARNING = "error", "warning"
 
 def dataset_schema() -> dict:
     """{"general": {key: type}, "image": ..., "video": ...}: the voluptuous schema of the pinned musubi-tuner."""
-    from .schema import load_schema
+    from musubi_workspace.schema import load_schema
 
     return load_schema()["dataset"]
 

@@ -12,8 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import WorkspaceError
-from .paths import Workspace
+from musubi_workspace.errors import WorkspaceError
+from musubi_workspace.paths import Workspace
 
 # Variables whose values are secrets wherever they come from.
 SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .paths import Workspace
+from musubi_workspace.paths import Workspace
 
 FOLDER = "datasets/example-1f"
 SIZE = (512, 768)  # width, height: the example's resolution

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .models import SHARD_RE
+from musubi_workspace.downloads import SHARD_RE
 
 # safetensors refuses headers above 100 MB; no real model comes near it.
 HEADER_LIMIT = 100_000_000

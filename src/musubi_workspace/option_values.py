@@ -15,11 +15,11 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from .findings import MACHINE
-from .options import schema_of
+from musubi_workspace.checks.findings import MACHINE
+from musubi_workspace.checks.keys import schema_of
 
 if TYPE_CHECKING:
-    from .findings import Context
+    from musubi_workspace.checks.findings import Context
 
 # A LoRA learning rate above this is far outside what AdamW-type optimisers train with (1e-4 to 1e-3); the adaptive
 # optimisers (D-Adaptation, Prodigy) take about 1.0 and are left alone.

@@ -371,7 +371,7 @@ def build_schema(commit: str | None = None) -> dict:
         installed = installed_commit()
         commit = pinned_commit() if PYPROJECT.is_file() else installed
         if installed and installed != commit:
-            from .errors import WorkspaceError
+            from musubi_workspace.errors import WorkspaceError
 
             raise WorkspaceError(f"musubi-tuner installed here is {installed}, pyproject pins {commit}: sync first")
     return {

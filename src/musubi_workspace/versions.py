@@ -10,9 +10,9 @@ from typing import Any
 
 import tomlkit
 
-from .config import WORKSPACE_TABLE, load_toml
-from .errors import WorkspaceError
-from .paths import Workspace
+from musubi_workspace.config import WORKSPACE_TABLE, load_toml
+from musubi_workspace.errors import WorkspaceError
+from musubi_workspace.paths import Workspace
 
 VERSION_FILES = ("config.toml", "dataset.toml", "prompts.txt")
 # Values that point at inputs shared between versions: never rewritten by `make new`, even if they name a version.

@@ -89,7 +89,7 @@ def _save_state(folder: Path) -> None:
 
 
 def behave(argv: list[str]) -> int | None:
-    if "musubi_workspace.probe" in argv:  # `make tune` / `make bench`: the probe's stand-in
+    if "musubi_workspace.tune.probe" in argv:  # `make tune` / `make bench`: the probe's stand-in
         from _behave_tune import behave as probe
 
         return probe(argv)

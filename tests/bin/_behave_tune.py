@@ -1,4 +1,4 @@
-"""The probe's stand-in (`accelerate launch ... -m musubi_workspace.probe --config_file <derived config>`), for
+"""The probe's stand-in (`accelerate launch ... -m musubi_workspace.tune.probe --config_file <derived config>`), for
 `make tune` and `make bench`: it reads the derived config and dataset the tool wrote, and writes the probe's
 JSON record to $WS_PROBE_OUT with step times and memory from a simple model of the settings, so the tests see
 settings that fit, do not fit, and differ in speed:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from test_cache_state import _directory_dataset
+from runs.test_cache_plan import _directory_dataset
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def encode_te(musubi, dataset_toml, skip_existing, keep_cache=False) -> list[str
 
 
 def planned(root: Path, version: str) -> tuple[set, set]:
-    from musubi_workspace import cache_state
+    from musubi_workspace.runs import cache_plan as cache_state
     from musubi_workspace.config import Config
     from musubi_workspace.paths import Workspace
 

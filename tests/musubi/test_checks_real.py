@@ -12,7 +12,7 @@ import pytest
 from musubi_workspace.checks import run_checks
 from musubi_workspace.config import Config
 from musubi_workspace.paths import Workspace
-from musubi_workspace.prompts import parse_line, read_lines
+from musubi_workspace.checks.prompts import parse_line, read_lines
 from musubi_workspace.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[2]

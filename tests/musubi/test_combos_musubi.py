@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from musubi_workspace.combos import load_known
+from musubi_workspace.checks.combinations import load_known
 
 NO_BATCH_ATTN = "No Attn Installed or batch_size > 1 is not supported in this configuration. Try `--split_attn`."
 

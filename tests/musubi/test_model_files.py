@@ -26,7 +26,7 @@ def models(musubi) -> dict[str, set[str]]:
     from musubi_tuner.frame_pack.hunyuan_video_packed import HunyuanVideoTransformer3DModelPacked
     from musubi_tuner.hunyuan_model import vae as vae_module
     from musubi_tuner.hunyuan_model.autoencoder_kl_causal_3d import AutoencoderKLCausal3D
-    from musubi_workspace.synthetic import FRAMEPACK_DIT
+    from musubi_workspace.tune.synthetic import FRAMEPACK_DIT
 
     vae_config = re.search(r'CONFIG_JSON = """(.*?)"""', inspect.getsource(vae_module.load_vae), re.S).group(1)
     with init_empty_weights():

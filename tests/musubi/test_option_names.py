@@ -103,7 +103,7 @@ def test_lr_scheduler_type_names_are_torch_scheduler_classes(musubi):
 def test_the_check_accepts_exactly_what_the_factories_build(workspace):
     """option_values on a Config: no finding for accepted names, an error for rejected ones."""
     from musubi_workspace.config import Config
-    from musubi_workspace.findings import Context, Report
+    from musubi_workspace.checks.findings import Context, Report
     from musubi_workspace.option_values import check_values
 
     cfg = Config.load(workspace, workspace.configs / "v1" / "config.toml")

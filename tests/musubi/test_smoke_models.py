@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from musubi_workspace.smoke_models import FILES
+from musubi_workspace.smoke.random_models import FILES
 
 
 def run_child(tmp_path, code: str) -> str:
@@ -27,7 +27,7 @@ def run_child(tmp_path, code: str) -> str:
 
 
 def test_the_full_llama_shape_is_llava_llama3_without_lm_head(musubi):
-    from musubi_workspace.smoke_models import expected_shapes
+    from musubi_workspace.smoke.random_models import expected_shapes
 
     shapes = expected_shapes("text_encoder1")
     assert shapes["embed_tokens.weight"] == (128320, 4096)
@@ -42,7 +42,7 @@ def test_text_encoders_and_tokenizers_load_and_encode_through_musubi(musubi, tmp
         from pathlib import Path
         from musubi_tuner.frame_pack import framepack_utils as fu
         from musubi_tuner.frame_pack.hunyuan import encode_prompt_conds
-        from musubi_workspace import smoke_models as sm
+        from musubi_workspace.smoke import random_models as sm
 
         fu.LLAMA_CONFIG.update(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                                num_key_value_heads=2, head_dim=16)
@@ -70,7 +70,7 @@ def test_vae_and_image_encoder_load_strictly_through_musubi(musubi, tmp_path):
         from pathlib import Path
         import torch
         from musubi_tuner.frame_pack import framepack_utils as fu
-        from musubi_workspace import smoke_models as sm
+        from musubi_workspace.smoke import random_models as sm
 
         vae, sig = Path({FILES["vae"]!r}), Path({FILES["image_encoder"]!r})
         sm.write_model("vae", vae, device="cpu")

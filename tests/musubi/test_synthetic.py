@@ -10,7 +10,7 @@ from multiprocessing import Value
 
 import pytest
 
-from musubi_workspace.synthetic import FRAMEPACK_DIT, CacheLayout, write_caches
+from musubi_workspace.tune.synthetic import FRAMEPACK_DIT, CacheLayout, write_caches
 
 TINY = dict(FRAMEPACK_DIT, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
             num_refiner_layers=1, rope_axes_dim=(4, 6, 6), text_embed_dim=64, pooled_projection_dim=32, image_proj_dim=48)
@@ -21,7 +21,7 @@ def test_random_dit_of_a_tiny_shape_loads_strictly_into_the_model_class(musubi, 
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
 
-    from musubi_workspace.synthetic import write_dit
+    from musubi_workspace.tune.synthetic import write_dit
 
     packed = importlib.import_module("musubi_tuner.frame_pack.hunyuan_video_packed")
     path = tmp_path / "dit.safetensors"

@@ -1,0 +1,1 @@
+"""`make smoke`: the whole loop on random-weight models, offline."""

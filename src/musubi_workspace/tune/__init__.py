@@ -1,0 +1,875 @@
+"""`make tune` and `make bench`: measure the memory and speed settings of a version and pick the fastest that fits.
+
+Each candidate setting runs musubi-tuner's real trainer for a few steps (`accelerate launch -m
+musubi_workspace.tune.probe`, see probe.py) from a derived config: the version's options with the candidate's
+values, a small `max_train_steps`, and no sampling, saving, upload or logging, into a temporary folder. The
+probe reports the time of every optimiser step (GPU synchronised) and the peak GPU memory. `make tune` runs on
+the version's real models and caches; `make bench` on a random-weight DiT of the exact shapes and random caches
+of the version's resolution (synthetic.py), so it needs no downloads.
+
+Candidates (not a cross product): the current setting, then one axis at a time from it (block swap, pinned
+memory for it, fp8 weights, attention backend where installed, compile, gradient checkpointing and its offload,
+batch size), then combinations known to work (fp8 without swap with compile; half the batch without swap with
+compile), then the combination of every axis' improvement, measured before it can be picked. Block swap is
+searched downwards from the current value in steps of 4 and stops at the first value that does not fit (less
+swap is never slower); when the current setting does not fit, upwards until one fits.
+
+Selection rule: a run fits when it finished every step and its peak allocated GPU memory is at most
+(1 - MARGIN) of the GPU's memory. Allocated, not reserved: PyTorch's allocator keeps freed blocks reserved
+and releases them before it gives up, so reserved memory near the GPU's size is normal (seen on an H100: the
+shipped setting reserved 72 of 79 GiB and trains for hours) while allocated memory is what runs out. Among the runs that fit and keep the numbers (same weight precision and batch
+size as the version; ALLOW_CHANGES=1 admits the others), the fastest per training sample wins; within
+TIE of it, the one with the least peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from importlib.util import find_spec
+from pathlib import Path
+
+import tomlkit
+
+from musubi_workspace.tune.bench_tables import append_session, describe_shape, locked, read_sessions, table_path, workload_of
+from musubi_workspace import dataset as dataset_model
+from musubi_workspace.commands import train_command
+from musubi_workspace.config import WORKSPACE_TABLE, Config
+from musubi_workspace.environment import child_env, redact, secret_values
+from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
+from musubi_workspace.paths import Workspace
+
+PROBE_MODULE = "musubi_workspace.tune.probe"
+# The probe's memory cap (probe.MEMORY_ENV; probe.py imports torch, so the name is repeated here).
+MEMORY_ENV = "WS_PROBE_MEMORY"
+# Steps run before the measured ones (CUDA kernels, compile, allocator warm-up); excluded from the timing.
+WARMUP_STEPS = 1
+# Share of the GPU memory kept free when deciding "fits": other buckets, longer captions, fragmentation.
+MARGIN = 0.10
+# Runs within this share of the fastest count as equally fast (measurement spread); the least memory wins.
+TIE = 0.02
+# A candidate that runs longer than this is stopped and reported as "timeout".
+CANDIDATE_TIMEOUT_S = 1800
+# Block swap: musubi-tuner accepts up to 36 in training; searched in steps of this size.
+SWAP_MAX, SWAP_STEP = 36, 4
+ATTENTION_KEYS = ("sdpa", "flash_attn", "xformers", "flash3", "sage_attn")
+# Training attention backends and the package each needs (sage_attn is inference-only: never a candidate).
+TRAIN_ATTENTION = {"sdpa": None, "flash_attn": "flash_attn", "xformers": "xformers"}
+# musubi-tuner options a candidate sets (batch size lives in dataset.toml).
+TUNED_KEYS = (*ATTENTION_KEYS, "split_attn", "blocks_to_swap", "use_pinned_memory_for_block_swap", "fp8_base",
+              "fp8_scaled", "gradient_checkpointing", "gradient_checkpointing_cpu_offload", "compile", "compile_mode")
+# Options dropped from a measuring run: no sampling, saving, upload, logging, resume.
+DROPPED_PREFIXES = ("sample_", "save_", "huggingface_", "log_", "wandb_", "resume")
+DROPPED_KEYS = {"async_upload", "logging_dir", "max_train_epochs", "output_dir", "output_name", "network_weights"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The values a candidate varies. `weights`: bf16, fp8 (fp8_base) or fp8_scaled (fp8_base + fp8_scaled)."""
+
+    batch_size: int
+    blocks_to_swap: int = 0
+    pinned: bool = False
+    weights: str = "bf16"
+    attention: str = "sdpa"
+    split_attn: bool = False
+    checkpointing: bool = False
+    offload: bool = False
+    compile: bool = False
+    compile_mode: str = ""  # musubi-tuner's --compile_mode; "": its default ("default")
+
+    @classmethod
+    def of(cls, cfg: Config, batch_size: int) -> "Setting":
+        o = cfg.options
+        attention = next((k for k in ATTENTION_KEYS if o.get(k) is True), "sdpa")
+        weights = "bf16"
+        if o.get("fp8_base") is True:
+            weights = "fp8_scaled" if o.get("fp8_scaled") is True else "fp8"
+        swap = o.get("blocks_to_swap") or 0
+        return cls(
+            batch_size=batch_size, blocks_to_swap=int(swap), pinned=o.get("use_pinned_memory_for_block_swap") is True,
+            weights=weights, attention=attention, split_attn=o.get("split_attn") is True,
+            checkpointing=o.get("gradient_checkpointing") is True,
+            offload=o.get("gradient_checkpointing_cpu_offload") is True, compile=o.get("compile") is True,
+            compile_mode="" if o.get("compile_mode") in (None, "default") else str(o.get("compile_mode")),
+        )
+
+    def options(self) -> dict:
+        """musubi-tuner option values of this setting (False means: not set)."""
+        return {
+            **{k: k == self.attention for k in ATTENTION_KEYS},
+            "split_attn": self.split_attn,
+            "blocks_to_swap": self.blocks_to_swap,
+            "use_pinned_memory_for_block_swap": self.pinned and self.blocks_to_swap > 0,
+            "fp8_base": self.weights != "bf16",
+            "fp8_scaled": self.weights == "fp8_scaled",
+            "gradient_checkpointing": self.checkpointing,
+            "gradient_checkpointing_cpu_offload": self.checkpointing and self.offload,
+            "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
+        }
+
+    def tokens(self, base: "Setting") -> list[str]:
+        t = []
+        if self.batch_size != base.batch_size:
+            t.append(f"batch{self.batch_size}")
+        if self.blocks_to_swap != base.blocks_to_swap:
+            t.append(f"swap{self.blocks_to_swap}")
+        if self.pinned != base.pinned:
+            t.append("pinned" if self.pinned else "nopinned")
+        if self.weights != base.weights:
+            t.append({"bf16": "bf16", "fp8": "fp8base", "fp8_scaled": "fp8"}[self.weights])
+        if self.attention != base.attention:
+            t.append(self.attention)
+        if self.split_attn != base.split_attn:
+            t.append("split" if self.split_attn else "nosplit")
+        if self.checkpointing != base.checkpointing:
+            t.append("ckpt" if self.checkpointing else "nockpt")
+        if self.offload != base.offload:
+            t.append("offload" if self.offload else "nooffload")
+        if self.compile != base.compile:
+            t.append("compile" if self.compile else "nocompile")
+        if self.compile_mode != base.compile_mode:
+            t.append(COMPILE_MODE_TOKENS.get(self.compile_mode, "defaultmode"))
+        return t
+
+    def name(self, base: "Setting") -> str:
+        return "+".join(self.tokens(base)) or "current"
+
+    def changes_numbers(self, base: "Setting") -> list[str]:
+        """What makes this setting train differently from `base` (not only faster or slower)."""
+        out = []
+        if self.weights != base.weights:
+            out.append(f"{self.weights.replace('_', ' ')} weights")
+        if self.batch_size != base.batch_size:
+            out.append(f"batch {self.batch_size}")
+        return out
+
+    def describe(self) -> str:
+        o = self.options()
+        parts = [f"batch {self.batch_size}", f"blocks_to_swap {self.blocks_to_swap}"]
+        parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
+        parts += [self.weights, self.attention, "split_attn" if self.split_attn else ""]
+        parts += ["checkpointing" + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "") if self.checkpointing else "no checkpointing"]
+        parts += [("compile" + (f" ({self.compile_mode})" if self.compile_mode else "")) if self.compile else ""]
+        return ", ".join(p for p in parts if p)
+
+
+TOKENS_HELP = ("current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
+               "ckpt, nockpt, offload, nooffload, compile, nocompile, autotune, autotunecg, overhead, defaultmode")
+# musubi-tuner's --compile_mode values and their names in a setting (`swap0+compile+autotune`).
+COMPILE_MODE_TOKENS = {"max-autotune-no-cudagraphs": "autotune", "max-autotune": "autotunecg", "reduce-overhead": "overhead"}
+
+
+def parse_name(name: str, base: Setting) -> Setting:
+    """`batch8+swap0+compile` -> the base setting with those changes (the names the report prints)."""
+    s = base
+    if name.strip() == "current":
+        return s
+    flags = {"pinned": ("pinned", True), "nopinned": ("pinned", False), "split": ("split_attn", True),
+             "nosplit": ("split_attn", False), "ckpt": ("checkpointing", True), "nockpt": ("checkpointing", False),
+             "offload": ("offload", True), "nooffload": ("offload", False), "compile": ("compile", True),
+             "nocompile": ("compile", False), "fp8": ("weights", "fp8_scaled"), "fp8base": ("weights", "fp8"),
+             "bf16": ("weights", "bf16"), **{a: ("attention", a) for a in TRAIN_ATTENTION},
+             "defaultmode": ("compile_mode", ""), **{t: ("compile_mode", m) for m, t in COMPILE_MODE_TOKENS.items()}}
+    for token in name.strip().split("+"):
+        token = token.strip()
+        if m := re.fullmatch(r"batch(\d+)", token):
+            s = replace(s, batch_size=max(1, int(m.group(1))))
+        elif m := re.fullmatch(r"swap(\d+)", token):
+            if int(m.group(1)) > SWAP_MAX:
+                raise WorkspaceError(f"ONLY={name}: swap{m.group(1)}: musubi-tuner trains with at most {SWAP_MAX} swapped blocks")
+            s = replace(s, blocks_to_swap=int(m.group(1)))
+        elif token in flags:
+            s = replace(s, **{flags[token][0]: flags[token][1]})
+        else:
+            raise WorkspaceError(f"ONLY={name}: unknown setting `{token}`; join these with +: {TOKENS_HELP}")
+    return s
+
+
+@dataclass
+class Axis:
+    """Candidates of one axis, in order. stop="misfit": skip the rest after one does not fit; "fit": after one fits."""
+
+    name: str
+    settings: list[Setting]
+    stop: str | None = None
+
+
+def available_attention() -> list[str]:
+    """Training attention backends whose package imports here."""
+    return [a for a, pkg in TRAIN_ATTENTION.items() if pkg is None or find_spec(pkg) is not None]
+
+
+def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list[Axis]:
+    """The candidates after `current`, one axis at a time, then the known-good combinations."""
+    out: list[Axis] = []
+    if current_fits:
+        down = list(range(base.blocks_to_swap - SWAP_STEP, -1, -SWAP_STEP))
+        if down and down[-1] != 0:
+            down.append(0)
+        out.append(Axis("blocks_to_swap", [replace(base, blocks_to_swap=v) for v in down], stop="misfit"))
+    else:
+        up = list(range(base.blocks_to_swap + SWAP_STEP, SWAP_MAX + 1, SWAP_STEP))
+        out.append(Axis("blocks_to_swap", [replace(base, blocks_to_swap=v) for v in up], stop="fit"))
+    if base.blocks_to_swap > 0:
+        out.append(Axis("pinned memory", [replace(base, pinned=not base.pinned)]))
+    if base.weights == "bf16":
+        out.append(Axis("weights", [replace(base, weights="fp8_scaled"), replace(base, weights="fp8_scaled", blocks_to_swap=0)]))
+    else:
+        out.append(Axis("weights", [replace(base, weights="bf16")]))
+    # batch > 1 needs split_attn except with flash attention's varlen path.
+    att = [replace(base, attention=a, split_attn=(a != "flash_attn" and base.batch_size > 1) or (a != "flash_attn" and base.split_attn))
+           for a in attention if a != base.attention]
+    if base.attention == "flash_attn" and base.split_attn:
+        att.append(replace(base, split_attn=False))
+    if att:
+        out.append(Axis("attention", att))
+    compiled = replace(base, compile=True)
+    modes = [replace(compiled, compile_mode="max-autotune-no-cudagraphs")] if not base.compile_mode else []
+    out.append(Axis("compile", [replace(base, compile=not base.compile, compile_mode=""), *modes]))
+    if base.checkpointing:
+        out.append(Axis("gradient checkpointing", [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)]))
+    else:
+        out.append(Axis("gradient checkpointing", [replace(base, checkpointing=True)]))
+    batches = [b for b in (base.batch_size * 2, base.batch_size // 2) if b >= 1 and b != base.batch_size]
+    out.append(Axis("batch size", [replace(base, batch_size=b) for b in batches]))
+    known = []
+    if base.blocks_to_swap > 0 or not base.compile:
+        # No swap with compile: 1.50x the shipped setting on an H200 (issue 13), with the compile environment.
+        known.append(replace(base, blocks_to_swap=0, compile=True))
+        if not base.compile_mode:
+            known.append(replace(base, blocks_to_swap=0, compile=True, compile_mode="max-autotune-no-cudagraphs"))
+    if base.weights == "bf16":
+        known.append(replace(base, weights="fp8_scaled", blocks_to_swap=0, compile=True))
+    if base.batch_size > 1:
+        known.append(replace(base, batch_size=base.batch_size // 2, blocks_to_swap=0, compile=True))
+    out.append(Axis("known good", known))
+    return out
+
+
+@dataclass
+class Result:
+    setting: Setting
+    name: str
+    status: str  # ok | oom | error | timeout
+    step_times: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    peak_reserved: int = 0
+    peak_allocated: int = 0
+    total_memory: int = 0
+    device_name: str = ""
+    message: str = ""
+    wall_s: float = 0.0
+    changes: list[str] = field(default_factory=list)
+    # MEMORY=: the most memory the run could use (bytes); 0: the whole GPU. "fits" is decided against it.
+    memory_cap: int = 0
+
+    @property
+    def s_per_step(self) -> float | None:
+        return statistics.median(self.step_times) if self.status == "ok" and self.step_times else None
+
+    @property
+    def s_per_sample(self) -> float | None:
+        s = self.s_per_step
+        return s / self.setting.batch_size if s is not None else None
+
+    @property
+    def mean_loss(self) -> float | None:
+        return statistics.fmean(self.losses) if self.losses else None
+
+    @property
+    def usable_memory(self) -> int:
+        return min(self.total_memory, self.memory_cap) if self.memory_cap and self.total_memory else (self.memory_cap or self.total_memory)
+
+    def fits(self, margin: float = MARGIN) -> bool:
+        return self.status == "ok" and self.usable_memory > 0 and self.peak_allocated <= (1 - margin) * self.usable_memory
+
+    @classmethod
+    def from_probe(cls, setting: Setting, name: str, record: dict, warmup: int, changes: list[str]) -> "Result":
+        steps = record.get("steps", [])
+        times = [steps[i]["t"] - steps[i - 1]["t"] for i in range(max(1, warmup), len(steps))]
+        losses = [s["loss"] for s in steps[warmup:] if "loss" in s]
+        status = record.get("status", "error")
+        if status == "ok" and len(times) == 0:
+            status, record["message"] = "error", f"only {len(steps)} step(s) recorded; nothing after the warm-up"
+        return cls(
+            setting=setting, name=name, status=status, step_times=times, losses=losses,
+            peak_reserved=max((s.get("max_reserved", 0) for s in steps), default=0),
+            peak_allocated=max((s.get("max_allocated", 0) for s in steps), default=0),
+            total_memory=int(record.get("total_memory", 0)), device_name=record.get("device_name", ""),
+            message=record.get("message", ""), changes=changes, memory_cap=int(record.get("memory_cap") or 0),
+        )
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Result":
+        """A result as `to_json` wrote it (bench/*.runs.json): derived fields are recomputed, unknown ones ignored."""
+        known = {f.name for f in fields(Setting)}
+        setting = Setting(**{k: v for k, v in d["setting"].items() if k in known})
+        keep = {f.name for f in fields(cls)} - {"setting"}
+        return cls(setting=setting, **{k: v for k, v in d.items() if k in keep})
+
+    def to_json(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "setting"}
+        d["setting"] = {f.name: getattr(self.setting, f.name) for f in fields(self.setting)}
+        d.update(s_per_step=self.s_per_step, s_per_sample=self.s_per_sample, fits=self.fits())
+        return d
+
+
+def select(results: list[Result], allow_changes: bool = False, margin: float = MARGIN, tie: float = TIE) -> Result | None:
+    """The fastest per sample among runs that fit with `margin` (and keep the numbers unless allowed);
+    within `tie` of it, the one with the least peak memory."""
+    ok = [r for r in results if r.fits(margin) and (allow_changes or not r.changes)]
+    if not ok:
+        return None
+    best = min(r.s_per_sample for r in ok)
+    close = [r for r in ok if r.s_per_sample <= best * (1 + tie)]
+    return min(close, key=lambda r: (r.peak_allocated, r.s_per_sample))
+
+
+def combined(base: Setting, results: list[Result], allow_changes: bool) -> Setting | None:
+    """Every axis' improvement merged: the changes of each faster fitting run, fastest first, no field twice."""
+    cur = next((r for r in results if r.setting == base and r.fits()), None)
+    if cur is None:
+        return None
+    better = sorted((r for r in results if r.fits() and r.s_per_sample < cur.s_per_sample * (1 - TIE)
+                     and (allow_changes or not r.changes)), key=lambda r: r.s_per_sample)
+    merged, taken = base, set()
+    for r in better:
+        diff = {f.name for f in fields(Setting) if getattr(r.setting, f.name) != getattr(base, f.name)}
+        if diff & taken:
+            continue
+        merged = replace(merged, **{k: getattr(r.setting, k) for k in diff})
+        taken |= diff
+    if merged.attention != "flash_attn" and merged.batch_size > 1:
+        merged = replace(merged, split_attn=True)
+    return merged if merged not in {r.setting for r in results} else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The version's dataset: batch size and resolution
+# ---------------------------------------------------------------------------------------------------------
+
+
+def dataset_values(cfg: Config) -> tuple[dict, int, tuple[int, int]]:
+    """(dataset.toml as a dict, batch size per GPU, resolution (W, H)) of its first dataset, as musubi-tuner
+    resolves them."""
+    f = dataset_model.load(cfg)
+    first = f.datasets[0] if f.datasets else None
+    if first is None:
+        return f.data, 1, dataset_model.BASE_DEFAULTS["resolution"]
+    return f.data, first.batch_size, first.resolution
+
+
+def with_batch_size(data: dict, batch: int) -> dict:
+    out = json.loads(json.dumps(data))
+    out.setdefault("general", {})["batch_size"] = batch
+    for d in out.get("datasets", []):
+        if "batch_size" in d:
+            d["batch_size"] = batch
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running one candidate
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One `make tune` / `make bench`: where it writes, how it runs each candidate."""
+
+    ws: Workspace
+    cfg: Config
+    base: Setting
+    dataset: dict
+    steps: int
+    folder: Path  # logs and reports of this session
+    scratch: Path  # derived configs and trainer outputs (deleted at the end)
+    dit: str | None = None  # bench: the synthetic DiT instead of the version's
+    env: dict = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    gpu: str = ""  # the GPU's name as nvidia-smi reports it before the candidates run ("" without nvidia-smi)
+    gpu_memory: int = 0  # its memory in bytes (nvidia-smi)
+    memory_cap: int = 0  # MEMORY= in bytes; 0: the whole GPU
+    memory: str = ""  # MEMORY= as given
+    workload: dict | None = None  # bench_tables.workload_of: the shape the results were measured on
+
+    def options_for(self, s: Setting, out_dir: Path, dataset_path: Path) -> dict:
+        opts = {k: v for k, v in self.cfg.options.items()
+                if k not in DROPPED_KEYS and not k.startswith(DROPPED_PREFIXES) and k not in TUNED_KEYS}
+        opts.update({k: v for k, v in s.options().items() if v is not False})
+        if not opts.get("blocks_to_swap"):
+            opts.pop("blocks_to_swap", None)
+        opts.update(dataset_config=str(dataset_path), output_dir=str(out_dir), output_name="probe",
+                    max_train_steps=WARMUP_STEPS + self.steps)
+        opts.setdefault("seed", 42)
+        if self.dit:
+            opts["dit"] = self.dit
+        return opts
+
+    def run(self, s: Setting, index: int, total: int) -> Result:
+        name = s.name(self.base)
+        work = self.scratch / re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        dataset_path = work / "dataset.toml"
+        dataset_path.write_text(tomlkit.dumps(with_batch_size(self.dataset, s.batch_size)), encoding="utf-8")
+        config_path = work / "config.toml"
+        config_path.write_text(tomlkit.dumps(self.options_for(s, work / "output", dataset_path)), encoding="utf-8")
+        cfg = Config.load(self.ws, config_path)
+        cmd = train_command(cfg, 1, module=PROBE_MODULE, env=self.env)
+        probe_out = work / "probe.json"
+        env = {**self.env, **cmd.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
+        if self.memory_cap:
+            env[MEMORY_ENV] = str(self.memory_cap)
+        log = self.folder / f"{name}.log"
+        # The scratch folder is temporary and machine-local: the record names it <scratch>.
+        self.commands.append(f"{name}: {cmd.shell().replace(str(self.scratch), '<scratch>')}")
+        print(f"[{index}/{total}] {name}: {s.describe()} ...", end="", flush=True)
+        t0 = time.time()
+        status = None
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"$ {cmd.shell()}\n# config: {config_path}\n{config_path.read_text()}\n")
+            f.flush()
+            try:
+                proc = subprocess.run(cmd.argv, cwd=self.ws.root, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                      timeout=CANDIDATE_TIMEOUT_S)
+                code = proc.returncode
+            except FileNotFoundError:
+                print()
+                raise WorkspaceError(f"{cmd.argv[0]}: not found; `make tune` needs the GPU stack (make setup-train)", EXIT_CHILD) from None
+            except subprocess.TimeoutExpired:
+                code, status = None, "timeout"
+        record = json.loads(probe_out.read_text()) if probe_out.exists() else {}
+        if status == "timeout":
+            record["status"], record["message"] = "timeout", f"stopped after {CANDIDATE_TIMEOUT_S} s"
+        elif record.get("status") in ("running", None):
+            record["status"] = "error"
+            record.setdefault("message", f"trainer exited with code {code}: {last_line(log)}")
+        r = Result.from_probe(s, name, record, WARMUP_STEPS, s.changes_numbers(self.base))
+        r.wall_s = time.time() - t0
+        if r.status == "error" and not r.message.strip():
+            r.message = f"exit code {code}"
+        self.results.append(r)
+        print(" " + summary(r), flush=True)
+        if r.status == "error":
+            print(f"      {r.message} (log: {self.ws.rel(log)})", flush=True)
+        return r
+
+
+def last_line(log: Path) -> str:
+    """The last line of a trainer log that says something (e.g. "... died with <Signals.SIGSEGV: 11>.")."""
+    lines = [l.strip() for l in log.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+    return lines[-1][-200:] if lines else "no output"
+
+
+def summary(r: Result) -> str:
+    mem = f"{r.peak_allocated / 2**30:.1f} GiB peak" if r.peak_allocated else "no memory figure"
+    if r.status == "ok":
+        return f"{r.s_per_step:.2f} s/step, {mem}, {'fits' if r.fits() else 'over the margin'} ({r.wall_s:.0f} s)"
+    if r.status == "oom":
+        return f"does not fit (out of memory), {mem} ({r.wall_s:.0f} s)"
+    return f"{r.status} ({r.wall_s:.0f} s)"
+
+
+def run_all(sess: Session, only: list[str], attention: list[str], allow_changes: bool) -> None:
+    """Run ONLY's settings in order, or the candidates: current, each axis (with its stop rule), combined."""
+    if only:
+        settings = []
+        for n in only:
+            s = parse_name(n, sess.base)
+            if s not in settings:
+                settings.append(s)
+        for i, s in enumerate(settings, 1):
+            sess.run(s, i, len(settings))
+        return
+    current = sess.run(sess.base, 1, 1)
+    plan = axes(sess.base, attention, current_fits=current.fits())
+    total = 1 + sum(len(a.settings) for a in plan) + 1
+    done = {sess.base}
+    n = 1
+    for axis in plan:
+        for s in axis.settings:
+            if s in done:
+                continue
+            done.add(s)
+            n += 1
+            r = sess.run(s, n, total)
+            if (axis.stop == "misfit" and not r.fits()) or (axis.stop == "fit" and r.fits()):
+                break
+    merged = combined(sess.base, sess.results, allow_changes)
+    if merged is not None and merged not in done:
+        sess.run(merged, n + 1, n + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.1f}" if b else "–"
+
+
+def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
+    """One session as bench/*.runs.json and runs/vN/tune-*/tune.json keep it."""
+    return {
+        "config": sess.cfg.shown, "command": command, "steps": sess.steps, "warmup": WARMUP_STEPS, "margin": MARGIN,
+        "gpu": next((r.device_name for r in sess.results if r.device_name), sess.gpu),
+        "gpu_memory": next((r.total_memory for r in sess.results if r.total_memory), sess.gpu_memory),
+        "memory_cap": sess.memory_cap, "memory": sess.memory, "workload": sess.workload,
+        "base": {f.name: getattr(sess.base, f.name) for f in fields(Setting)},
+        "price_per_hour": sess.cfg.settings.price_per_hour, "allow_changes": allow_changes,
+        "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commands": sess.commands, "results": [r.to_json() for r in sess.results],
+    }
+
+
+def _flops_of(workload: dict | None, s: Setting) -> float | None:
+    """FLOPs of one step of setting `s` on `workload` (flops.py); None for a workload it cannot count (video)."""
+    from musubi_workspace.tune.flops import one_frame_tokens, step_flops
+
+    if not workload or not workload.get("one_frame"):
+        return None
+    w, h = workload["resolution"]
+    tokens = one_frame_tokens(w, h, len(workload.get("clean_indices") or [0]), bool(workload.get("no_post")),
+                              bool(workload.get("no_2x")), bool(workload.get("no_4x")),
+                              int(workload.get("caption_tokens") or 77))
+    return step_flops(tokens, s.batch_size, s.checkpointing, int(workload.get("network_dim") or 0)).total
+
+
+def share_of_peak(r: Result, workload: dict | None, gpu: str) -> float | None:
+    from musubi_workspace.tune.flops import share_of_peak as share
+
+    flops = _flops_of(workload, r.setting)
+    if flops is None or not r.s_per_step:
+        return None
+    return share(flops, r.s_per_step, gpu)
+
+
+def report(sessions: list[dict], title: str, price: float, allow_changes: bool) -> tuple[str, Result | None]:
+    """The markdown report of one or more sessions (merged: one row per run, in order): header, rows, pick, rule."""
+    rows = [(s, Result.from_json(d)) for s in sessions for d in s.get("results", [])]
+    rs = [r for _, r in rows]
+    last = sessions[-1] if sessions else {}
+    gpu = next((g for g in (s.get("gpu") for s in reversed(sessions)) if g), "") or next(
+        (r.device_name for r in rs if r.device_name), "unknown GPU")
+    total = next((s.get("gpu_memory") for s in reversed(sessions) if s.get("gpu_memory")), 0) or next(
+        (r.total_memory for r in rs if r.total_memory), 0)
+    known = {f.name for f in fields(Setting)}
+    base = Setting(**{k: v for k, v in last["base"].items() if k in known}) if last.get("base") else next(
+        (r.setting for r in rs if r.name == "current"), rs[0].setting if rs else None)
+    current = next((r for r in rs if r.setting == base), None)
+    caps = sorted({s.get("memory") or "" for s in sessions} - {""})
+    workload = last.get("workload")
+    steps = sorted({s.get("steps") for s in sessions if s.get("steps")})
+    lines = [
+        f"# {title}", "",
+        f"- GPU: {gpu}" + (f" ({total / 2**30:.1f} GiB)" if total else ""),
+    ]
+    if caps:
+        cap = max(s.get("memory_cap") or 0 for s in sessions)
+        lines.append(f"- memory capped at MEMORY={', '.join(caps)} ({cap / 2**30:.1f} GiB, torch's per-process memory "
+                     f"fraction): \"fits\" is decided as on a card of that size; the speeds are those of the {gpu}")
+    lines += [
+        f"- version: {last.get('config', '?')}; current setting: {base.describe() if base else '?'}",
+        f"- workload: {describe_shape(workload) if workload else 'not recorded'}",
+        f"- each run: {WARMUP_STEPS} warm-up step(s), then {'/'.join(str(x) for x in steps) or '?'} measured step(s); s/step is their median "
+        f"(GPU synchronised at every optimiser step); peak = most GPU memory allocated by tensors (reserved: "
+        f"held by PyTorch's allocator, cache included); % of peak: the step's FLOPs (README, \"How the FLOPs are "
+        f"counted\") per second over the GPU's dense bf16 peak",
+        f"- price: ${price:g}/h; measured {', '.join(dict.fromkeys(s.get('measured', '?') for s in sessions))}",
+    ]
+    lines += [f"- command: `{s.get('command', '?')}`" for s in sessions]
+    lines += [
+        "",
+        "| setting | changes numbers | s/step | s/sample | peak GiB (reserved) | fits | steps/h | $ per 1,000 steps | % of dense bf16 peak | loss (measured steps) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sess, r in rows:
+        s = r.s_per_step
+        if r.status == "ok":
+            fits = "yes" if r.fits() else f"no (over {1 - MARGIN:.0%})"
+        else:
+            fits = {"oom": "**no: out of memory**", "timeout": "timeout"}.get(r.status, f"error: {r.message[:80]}")
+        loss = " / ".join(f"{x:.4f}" for x in r.losses) or "–"
+        if r.changes and current is not None and current.losses and r.losses:
+            loss += f" (current: {' / '.join(f'{x:.4f}' for x in current.losses)})"
+        share = share_of_peak(r, sess.get("workload"), gpu)
+        lines.append(
+            f"| `{r.name}` ({r.setting.describe()}) | {'**changes numbers**: ' + ', '.join(r.changes) if r.changes else 'no'} | "
+            f"{f'{s:.2f}' if s else '–'} | {f'{r.s_per_sample:.3f}' if s else '–'} | {_gib(r.peak_allocated)} ({_gib(r.peak_reserved)}) | {fits} | "
+            f"{f'{3600 / s:.0f}' if s else '–'} | {f'{s * 1000 / 3600 * price:.2f}' if s else '–'} | "
+            f"{f'{share:.0%}' if share is not None else '–'} | {loss} |"
+        )
+    pick = select(rs, allow_changes)
+    lines.append("")
+    if pick is None:
+        lines.append(f"No run fitted with a {MARGIN:.0%} memory margin" + ("" if allow_changes else " and kept the numbers") + ".")
+    else:
+        speed = ""
+        if current is not None and current.s_per_sample and pick is not current:
+            speed = f", {current.s_per_sample / pick.s_per_sample:.2f}x the speed of the current setting"
+        lines.append(f"**Pick: `{pick.name}`** ({pick.setting.describe()}): {pick.s_per_step:.2f} s/step, "
+                     f"{_gib(pick.peak_allocated)} GiB peak{speed}.")
+        if not allow_changes:
+            fastest = select(rs, allow_changes=True)
+            if fastest is not None and fastest is not pick and fastest.changes:
+                lines.append(f"Faster but **changes numbers** ({', '.join(fastest.changes)}): `{fastest.name}`, "
+                             f"{fastest.s_per_sample:.3f} s/sample; ALLOW_CHANGES=1 lets tune pick it.")
+    lines += ["", f"Rule: a run fits when it finished every step with at most {1 - MARGIN:.0%} of the GPU's memory allocated; "
+              f"among those that keep the numbers (same weight precision and batch size; ALLOW_CHANGES=1 admits the others) "
+              f"the fastest per sample wins, and within {TIE:.0%} of it the one with the least memory."]
+    return "\n".join(lines) + "\n", pick
+
+
+# ---------------------------------------------------------------------------------------------------------
+# APPLY=1
+# ---------------------------------------------------------------------------------------------------------
+
+
+def apply(ws: Workspace, cfg: Config, base: Setting, pick: Setting) -> str:
+    """Create the next version through `make new`'s code and write the picked values into it (comments kept)."""
+    from musubi_workspace.versions import new_version
+
+    if cfg.version is None:
+        raise WorkspaceError(f"APPLY=1: {cfg.shown} is not a version under configs/; tune a configs/vN/config.toml")
+    target = new_version(ws, cfg.version)
+    path = ws.configs / target / "config.toml"
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    tables = [v for k, v in doc.items() if isinstance(v, dict) and k != WORKSPACE_TABLE]
+    changed = []
+    old, new = base.options(), pick.options()
+    for key in TUNED_KEYS:
+        if old[key] == new[key] and key in (doc.keys() | {k for t in tables for k in t}):
+            continue
+        value = new[key]
+        holder = next((t for t in [doc, *tables] if key in t), None)
+        if holder is None:
+            if value is False or value == 0:
+                continue
+            holder = doc
+        holder[key] = value
+        changed.append(f"{key} = {tomlkit.item(value).as_string()}")
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    if pick.batch_size != base.batch_size:
+        new_cfg = Config.load(ws, path)
+        dpath = new_cfg.dataset_path
+        ddoc = tomlkit.parse(dpath.read_text(encoding="utf-8"))
+        ddoc.setdefault("general", tomlkit.table())["batch_size"] = pick.batch_size
+        for d in ddoc.get("datasets", []):
+            if "batch_size" in d:
+                d["batch_size"] = pick.batch_size
+        dpath.write_text(tomlkit.dumps(ddoc), encoding="utf-8")
+        changed.append(f"{ws.rel(dpath)}: batch_size = {pick.batch_size}")
+    print(f"Wrote the picked setting into configs/{target}/config.toml: " + ("; ".join(changed) or "nothing to change"))
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The two targets
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _steps(value: str) -> int:
+    try:
+        n = int(value or 3)
+    except ValueError:
+        raise WorkspaceError(f"STEPS={value}: expected a whole number of measured steps such as 3") from None
+    if n < 1:
+        raise WorkspaceError(f"STEPS={value}: at least 1 measured step is needed")
+    return n
+
+
+def _only(value: str) -> list[str]:
+    return [n.strip() for n in re.split(r"[,\s]+", value or "") if n.strip()]
+
+
+MEMORY_UNITS = {"gb": 10**9, "gib": 2**30, "mb": 10**6, "mib": 2**20, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory(value: str) -> int:
+    """MEMORY=80GB -> bytes (GB, MB, TB: powers of 10; GiB, MiB, TiB: powers of 2); empty -> 0 (no cap)."""
+    text = (value or "").strip()
+    if not text:
+        return 0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", text)
+    if not m or m.group(2).lower() not in MEMORY_UNITS or float(m.group(1)) <= 0:
+        raise WorkspaceError(f"MEMORY={value}: expected an amount of GPU memory with its unit, such as 80GB or 79.2GiB "
+                             f"(units: GB, GiB, MB, MiB, TB, TiB)")
+    return int(float(m.group(1)) * MEMORY_UNITS[m.group(2).lower()])
+
+
+def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = "") -> Session:
+    from musubi_workspace.gpus import visible_gpu
+
+    cap = parse_memory(memory)
+    data, batch, _ = dataset_values(cfg)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):  # two sessions started in one second (two GPUs) get a folder each
+        folder = ws.runs / cfg.name / (f"{kind}-{stamp}" if n == 1 else f"{kind}-{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
+    env = child_env(ws)
+    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    scratch = Path(tempfile.mkdtemp(prefix=f"ws-{kind}-"))
+    # The GPU's name before any candidate runs: a session in which every candidate fails still names it.
+    gpu = visible_gpu(env)
+    sess = Session(ws=ws, cfg=cfg, base=Setting.of(cfg, batch), dataset=data, steps=steps, folder=folder,
+                   scratch=scratch, env=env, gpu=gpu[0] if gpu else "", gpu_memory=gpu[1] * 2**20 if gpu else 0,
+                   memory_cap=cap, memory=memory.strip() if cap else "", workload=workload_of(cfg))
+    if cap:
+        shown = sess.gpu or "this GPU"
+        print(f"MEMORY={sess.memory}: each run may use at most {cap / 2**30:.1f} GiB of {shown}'s memory: whether a "
+              f"setting fits is decided as on a card of that size; the speeds are {shown}'s", flush=True)
+    return sess
+
+
+def _finish(sess: Session, name: str, title: str, command: str, allow_changes: bool, table: Path | None = None) -> Result | None:
+    """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
+    bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
+    record = session_record(sess, command, allow_changes)
+    record = json.loads(redact(json.dumps(record), secret_values(sess.env)))
+    price = sess.cfg.settings.price_per_hour
+    text, pick = report([record], title, price, allow_changes)
+    (sess.folder / f"{name}.md").write_text(text, encoding="utf-8")
+    (sess.folder / f"{name}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    shutil.rmtree(sess.scratch, ignore_errors=True)
+    print()
+    print(text)
+    where = sess.ws.rel(sess.folder / (name + ".md"))
+    if table is not None:
+        with locked(table):
+            sessions = append_session(table, record)
+            write_table(table, sessions, title, price, allow_changes)
+        md = table.with_name(table.name.replace(".runs.json", ".md"))
+        where += f" and {sess.ws.rel(md)}" + (f" (every session of {sess.ws.rel(table)}: {len(sessions)})" if len(sessions) > 1 else "")
+    print(f"Report: {where}")
+    return pick
+
+
+def write_table(table: Path, sessions: list[dict], title: str, price: float, allow_changes: bool) -> Path:
+    """bench/<name>.md from the sessions of bench/<name>.runs.json; the notes of the old .md are kept."""
+    md = table.with_name(table.name.replace(".runs.json", ".md"))
+    text, _ = report(sessions, title, price, allow_changes)
+    if md.exists():
+        old = md.read_text(encoding="utf-8")
+        if "\nNotes:\n" in old:
+            text += "\nNotes:\n" + old.split("\nNotes:\n", 1)[1]
+    md.write_text(text, encoding="utf-8")
+    return md
+
+
+def bench_report(ws: Workspace, files: list[str], out: str = "", allow_changes: bool = False) -> None:
+    """`ws bench-report A.runs.json [B.json ...] [--out bench/x.runs.json]`: the sessions of several bench
+    records (e.g. of two GPUs, or of several device calls) as one table; with --out, also their merged record
+    and its .md beside it (an existing --out file's sessions come first; nothing is lost)."""
+    if not files:
+        raise WorkspaceError("bench-report: name the bench records to merge, e.g. bench/nvidia-h200_v1.runs.json runs/v1/bench-*/bench.json")
+    sessions: list[dict] = []
+    for f in files:
+        path = ws.resolve(f)
+        if not path.exists():
+            raise WorkspaceError(f"bench-report: {f}: file not found")
+        for s in read_sessions(path):
+            if s not in sessions:
+                sessions.append(s)
+    gpu = next((s.get("gpu") for s in sessions if s.get("gpu")), "") or "unknown GPU"
+    config = sessions[-1].get("config", "?")
+    price = sessions[-1].get("price_per_hour") or 2.5
+    title = f"make bench: {config} on {gpu} (random weights, synthetic caches)"
+    if not out:
+        print(report(sessions, title, price, allow_changes)[0])
+        return
+    target = ws.resolve(out)
+    if not target.name.endswith(".runs.json"):
+        raise WorkspaceError(f"bench-report: --out {out}: name a .runs.json file (its .md is written beside it)")
+    with locked(target):
+        merged = read_sessions(target) if target.exists() else []
+        merged += [s for s in sessions if s not in merged]
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(target)
+        md = write_table(target, merged, title, price, allow_changes)
+    print(f"{ws.rel(target)}: {len(merged)} session(s); table: {ws.rel(md)}")
+
+
+def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = "", allow_changes: bool = False,
+         memory: str = "") -> None:
+    """`make tune`: the candidates on the version's real models and caches."""
+    from musubi_workspace.checks import preflight
+
+    parse_memory(memory)
+    preflight(cfg, target="tune")
+    sess = _session(ws, cfg, _steps(steps), "tune", memory)
+    data = sess.dataset
+    for d in data.get("datasets", []):
+        folder = d.get("cache_directory") or d.get("image_directory") or d.get("video_directory")
+        if folder and not list(ws.resolve(folder).glob("*_fp.safetensors")):
+            raise WorkspaceError(f"{ws.rel(cfg.dataset_path)}: no caches in {folder}; `make tune` trains on them: run `make cache` first")
+    command = (f"make tune CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
+               + (f" MEMORY={sess.memory}" if sess.memory else ""))
+    run_all(sess, _only(only), available_attention(), allow_changes)
+    pick = _finish(sess, "tune", f"make tune: {cfg.shown}", command, allow_changes)
+    if apply_:
+        if pick is None:
+            raise WorkspaceError("APPLY=1: no setting fitted; nothing written")
+        if pick.setting == sess.base:
+            print("APPLY=1: the current setting is already the pick; no new version made")
+            return
+        apply(ws, cfg, sess.base, pick.setting)
+
+
+def bench(ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_changes: bool = False, memory: str = "") -> None:
+    """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
+    from musubi_workspace.tune.synthetic import CacheLayout, Plan
+
+    if cfg.get("one_frame") is not True:
+        raise WorkspaceError(f"{cfg.shown}: `make bench` makes one-frame caches only (one_frame = true); for video "
+                             f"sections run `make tune` on your real caches")
+    parse_memory(memory)
+    sess = _session(ws, cfg, _steps(steps), "bench", memory)
+    data, batch, (width, height) = dataset_values(cfg)
+    first = (data.get("datasets") or [{}])[0]
+    s = cfg.settings
+    layout = CacheLayout(
+        width=width, height=height, clean_indices=tuple(first.get("fp_1f_clean_indices") or [0]),
+        target_index=int(first.get("fp_1f_target_index", 1)), no_post=bool(first.get("fp_1f_no_post", False)),
+        no_2x=s.one_frame_no_2x, no_4x=s.one_frame_no_4x, window=int(first.get("fp_latent_window_size", 9)),
+    )
+    names = _only(only)
+    batches = [parse_name(n, sess.base).batch_size for n in names] or [batch, batch * 2]
+    plan = Plan(folder=ws.root / "cache" / "bench", layout=layout,
+                items=max(batches) * (WARMUP_STEPS + sess.steps))
+    synth = plan.argv()
+    print(f"==> synthetic inputs: {' '.join(synth)}", flush=True)
+    code = subprocess.call(synth, cwd=ws.root, env=sess.env)
+    if code != 0:
+        raise WorkspaceError(f"making the synthetic DiT and caches failed with exit code {code}", EXIT_CHILD)
+    general = {k: v for k, v in (data.get("general") or {}).items() if k in ("resolution", "batch_size")}
+    general.update(resolution=[width, height], batch_size=batch, enable_bucket=False, caption_extension=".txt")
+    entry = {k: v for k, v in first.items() if k.startswith("fp_")}
+    entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
+    sess.dataset = {"general": general, "datasets": [entry]}
+    sess.dit = str(plan.dit)
+    command = (f"make bench CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
+               + (f" MEMORY={sess.memory}" if sess.memory else ""))
+    run_all(sess, names, available_attention(), allow_changes)
+    gpu = next((r.device_name for r in sess.results if r.device_name), "") or sess.gpu or "unknown GPU"
+    _finish(sess, "bench", f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)", command,
+            allow_changes, table=table_path(ws.root, gpu, cfg.name, sess.memory))

@@ -1,0 +1,117 @@
+"""The timing and memory probe inside musubi-tuner's trainer, for `make tune` and `make bench`.
+
+Run as `accelerate launch ... -m musubi_workspace.tune.probe <fpack_train_network arguments>`: it registers a
+global optimizer step hook (fired by every torch optimizer, bitsandbytes' 8-bit AdamW included), then calls
+musubi-tuner's own `fpack_train_network.main()` with the same arguments, so the real trainer runs unchanged.
+
+After each optimizer step the hook synchronises the GPU and records the time, the peak GPU memory so far
+(allocated by tensors, and reserved by PyTorch's allocator: the figure that decides out-of-memory) and the
+step's loss. The record is rewritten to `$WS_PROBE_OUT` (JSON) after every step, so a run that is killed
+still leaves what it measured. Out of memory ends the run with status "oom" and exit code 3; any other error
+with status "error", its last message line, and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+OUT_ENV = "WS_PROBE_OUT"
+# MEMORY= of `make tune`/`make bench`, in bytes: the most GPU memory this process may use
+# (torch.cuda.set_per_process_memory_fraction), so "fits" is decided as on a smaller card.
+MEMORY_ENV = "WS_PROBE_MEMORY"
+EXIT_OOM = 3
+
+
+class Probe:
+    def __init__(self, out: str | None):
+        self.out = out
+        self.record: dict = {"status": "running", "steps": [], "started": time.time()}
+        self._loss = None
+
+    def write(self) -> None:
+        if not self.out:
+            return
+        tmp = self.out + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.record, f, indent=1)
+        os.replace(tmp, self.out)
+
+    def install(self) -> None:
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            self.record.update(device_name=props.name, total_memory=props.total_memory)
+            cap = int(os.environ.get(MEMORY_ENV) or 0)
+            if cap:
+                # The allocator raises out-of-memory beyond this share of the device, as on a card of `cap` bytes.
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / props.total_memory), 0)
+                self.record["memory_cap"] = min(cap, props.total_memory)
+        self.record["torch"] = torch.__version__
+
+        # The loss is what the trainer passes to accelerator.backward; keep a reference to read after the step.
+        from accelerate import Accelerator
+
+        backward = Accelerator.backward
+
+        def recording_backward(accel, loss, **kwargs):
+            self._loss = loss.detach()
+            return backward(accel, loss, **kwargs)
+
+        Accelerator.backward = recording_backward
+
+        def after_step(optimizer, args, kwargs):
+            cuda = torch.cuda.is_available()
+            if cuda:
+                torch.cuda.synchronize()
+            step = {"t": time.perf_counter()}
+            if cuda:
+                step["max_allocated"] = torch.cuda.max_memory_allocated()
+                step["max_reserved"] = torch.cuda.max_memory_reserved()
+            if self._loss is not None:
+                step["loss"] = float(self._loss.float().mean().item())
+            self.record["steps"].append(step)
+            self.write()
+
+        register_optimizer_step_post_hook(after_step)
+
+    def finish(self, status: str, message: str = "") -> None:
+        self.record["status"] = status
+        if message:
+            self.record["message"] = message
+        self.record["ended"] = time.time()
+        self.write()
+
+
+def is_oom(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return "OutOfMemoryError" in type(exc).__name__ or "out of memory" in text.lower()
+
+
+def main() -> int:
+    probe = Probe(os.environ.get(OUT_ENV))
+    probe.write()
+    probe.install()
+    from musubi_tuner import fpack_train_network
+
+    sys.argv[0] = fpack_train_network.__file__
+    try:
+        fpack_train_network.main()
+    except BaseException as e:  # noqa: BLE001 - the probe reports every ending, then re-raises the unexpected
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1][:500]
+        if is_oom(e):
+            probe.finish("oom", last)
+            print(f"[probe] out of memory: {last}", file=sys.stderr, flush=True)
+            return EXIT_OOM
+        probe.finish("error", f"{type(e).__name__}: {last}")
+        raise
+    probe.finish("ok")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

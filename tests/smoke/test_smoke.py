@@ -1,0 +1,160 @@
+"""`make smoke` against the recording stand-ins: its orchestration (the real make targets, in order, in a
+throw-away workspace), the checks it makes after each step (passing and failing) and its exit codes.
+
+The stand-ins write files in their real formats here (STANDIN_REAL_FILES=1: safetensors caches and LoRAs,
+PNG samples, tensorboard scalars), so the smoke's checks run on what they would see on a GPU."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import error_line
+
+STEPS = ("models", "workspace", "cache", "cache again", "caption", "train", "resume", "generate", "report", "runs")
+
+
+@pytest.fixture
+def smoke_ws(ws):
+    ws.env.update(STANDIN_REAL_FILES="1", STANDIN_STEPS="all", STANDIN_STEP_SECONDS="0")
+    return ws
+
+
+def step_lines(out: str) -> list[str]:
+    return [l for l in out.splitlines() if re.match(r"^\[\d+/\d+\] ", l)]
+
+
+def pod_calls(ws) -> list[dict]:
+    p = ws.root / ".cache" / "smoke" / "runpodctl.jsonl"
+    return [json.loads(l) for l in p.read_text().splitlines()] if p.exists() else []
+
+
+def test_smoke_runs_every_step_through_the_real_targets_and_passes(smoke_ws):
+    ws = smoke_ws
+    r = ws.make("smoke", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = step_lines(r.stdout)
+    assert [re.match(r"^\[\d+/10\] (.+?) ✓ \d+m\d\ds: ", l).group(1) for l in lines] == list(STEPS), r.stdout
+    assert re.search(r"^smoke: 10/10 steps passed in \d+\.\d min$", r.stdout, re.M), r.stdout
+    # The scripts ran in the throw-away workspace, offline, never in the user's.
+    scratch = ws.root / ".cache" / "smoke" / "ws"
+    calls = ws.calls()
+    progs = [c["prog"] for c in calls]
+    assert progs.count("random_models") == 1
+    # cache: both scripts; cache again: none; caption: the text-encoder script only; train, resume; generate.
+    assert [p for p in progs if p != "random_models"] == [
+        "fpack_cache_latents", "fpack_cache_text_encoder_outputs", "fpack_cache_text_encoder_outputs",
+        "accelerate", "accelerate", "fpack_generate_video"]
+    for c in calls[1:]:
+        assert Path(c["cwd"]) == scratch
+        assert c["env"]["HF_HUB_OFFLINE"] == "1" and c["env"]["WANDB_MODE"] == "offline"
+        assert "HF_TOKEN" not in c["env"]
+    resume = [c for c in calls if c["prog"] == "accelerate"][1]["argv"]
+    assert resume[resume.index("--max_train_steps") + 1] == "2"
+    # The user's workspace is untouched: no runs, outputs or caches of the smoke there.
+    assert not (ws.root / "runs").exists() and not (ws.root / "outputs").exists()
+    assert not (ws.root / "cache" / "v1").exists()
+    # The pod stop: once, after training, with the smoke's pod id; not after the cancelled resume.
+    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+
+
+def test_models_are_reused_and_the_scratch_workspace_is_made_anew(smoke_ws):
+    ws = smoke_ws
+    assert ws.make("smoke", timeout=300).returncode == 0
+    marker = ws.root / ".cache" / "smoke" / "ws" / "leftover"
+    marker.write_text("x")
+    r = ws.make("smoke", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not marker.exists()
+    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+
+
+def test_a_failing_script_stops_the_smoke_at_its_step_naming_the_log(smoke_ws):
+    ws = smoke_ws
+    r = ws.make("smoke", env={"STANDIN_EXIT_FPACK_CACHE_LATENTS": "1"}, timeout=300)
+    assert r.returncode == 2 and "smoke] Error 4" in r.stderr  # exit code 4: a program failed
+    lines = step_lines(r.stdout)
+    assert lines[-1].startswith("[3/10] cache ✗ ")
+    assert error_line(r) == (
+        "error: smoke: step 3/10 (cache) failed: `make cache` failed with exit code 2; "
+        "log: .cache/smoke/logs/03-cache.log")
+    assert "fpack_cache_latents" in (ws.root / ".cache/smoke/logs/03-cache.log").read_text()
+    assert not any(c["prog"] == "accelerate" for c in ws.calls())
+
+
+def test_a_lora_with_the_wrong_keys_fails_the_train_step(smoke_ws):
+    ws = smoke_ws
+    r = ws.make("smoke", env={"STANDIN_LORA_KEYS": "lora_te_"}, timeout=300)
+    assert r.returncode == 2 and "smoke] Error 3" in r.stderr  # exit code 3: a check failed
+    assert error_line(r).startswith(
+        "error: smoke: step 6/10 (train) failed: .cache/smoke/ws/outputs/v1/example-1f_v1-step00000002.safetensors: "
+        "expected only `lora_unet_` keys")
+    assert error_line(r).endswith("log: .cache/smoke/logs/06-train.log")
+
+
+def test_a_trainer_that_saves_no_lora_fails_the_train_step(smoke_ws):
+    ws = smoke_ws
+    r = ws.make("smoke", env={"STANDIN_NO_LORA": "1"}, timeout=300)
+    assert r.returncode == 2 and "smoke] Error 3" in r.stderr
+    assert error_line(r) == (
+        "error: smoke: step 6/10 (train) failed: no LoRA .cache/smoke/ws/outputs/v1/example-1f_v1-step00000002.safetensors; "
+        "log: .cache/smoke/logs/06-train.log")
+
+
+def test_caches_in_the_wrong_format_fail_the_cache_step(smoke_ws):
+    ws = smoke_ws
+    ws.env.pop("STANDIN_REAL_FILES")  # the cache stand-ins then write JSON, not safetensors
+    r = ws.make("smoke", timeout=300)
+    assert r.returncode != 0
+    assert re.fullmatch(r"error: smoke: step 3/10 \(cache\) failed: .*item0\d_0512x0768_fp.safetensors: not a "
+                        r"safetensors file .*; log: \.cache/smoke/logs/03-cache\.log", error_line(r)), error_line(r)
+
+
+def test_a_pod_stop_that_fails_fails_the_train_step(smoke_ws):
+    """The stand-in runpodctl of the smoke answers; with a failing `make train` (its stop then fails) the smoke
+    stops at train. Here the trainer fails: the step names it and nothing after train runs."""
+    ws = smoke_ws
+    r = ws.make("smoke", env={"STANDIN_FAIL_AT": "1"}, timeout=300)
+    assert r.returncode == 2 and "smoke] Error 4" in r.stderr
+    assert error_line(r).startswith("error: smoke: step 6/10 (train) failed: `make train AUTO_STOP=1s` failed")
+    assert [c["prog"] for c in ws.calls()].count("accelerate") == 1
+
+
+def test_with_two_gpus_train_and_resume_run_two_processes_and_save_and_stop_once(smoke_ws):
+    """num_processes = "auto" in configs/v1: one process per GPU, as `make train` does. The once-only actions
+    still happen once: each LoRA saved once (one "saving checkpoint" line each), one pod stop."""
+    ws = smoke_ws
+    r = ws.make("smoke", env={"STANDIN_GPUS": "2"}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    train_line = next(l for l in step_lines(r.stdout) if "] train ✓" in l)
+    assert train_line.endswith("(2 processes)")
+    for call in [c for c in ws.calls() if c["prog"] == "accelerate"]:
+        argv = call["argv"]
+        assert argv[argv.index("--num_processes") + 1] == "2" and "--multi_gpu" in argv
+    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+
+
+def test_smoke_from_a_step_goes_on_where_the_last_smoke_stopped(smoke_ws):
+    """A GPU machine's command limit can cut a smoke: SMOKE_FROM runs the rest, once the steps before it passed."""
+    ws = smoke_ws
+    r = ws.make("smoke", "SMOKE_FROM=resume", timeout=300)
+    assert r.returncode == 2 and "smoke] Error 2" in r.stderr  # bad input: nothing passed here yet
+    assert error_line(r) == ("error: SMOKE_FROM=resume: the last smoke here did not pass models, workspace, cache, "
+                             "cache again, caption, train; run `make smoke` from the start (or from the first of those)")
+    r = ws.make("smoke", env={"STANDIN_EXIT_FPACK_GENERATE_VIDEO": "1"}, timeout=300)
+    assert r.returncode == 2 and "step 8/10 (generate) failed" in r.stderr
+    ws.record.unlink()
+    r = ws.make("smoke", "SMOKE_FROM=generate", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = step_lines(r.stdout)
+    assert [l.split(" – ")[0] for l in lines[:7]] == [f"[{i}/10] {n}" for i, n in enumerate(STEPS[:7], 1)]
+    assert all("passed in the last smoke (SMOKE_FROM=generate)" in l for l in lines[:7])
+    assert [re.match(r"^\[\d+/10\] (.+?) ✓", l).group(1) for l in lines[7:]] == ["generate", "report", "runs"]
+    assert re.search(r"^smoke: 10/10 steps passed in \d+\.\d min \(steps 8-10 in this run\)$", r.stdout, re.M)
+    assert [c["prog"] for c in ws.calls()] == ["fpack_generate_video"]
+    r = ws.make("smoke", "SMOKE_FROM=banana", timeout=300)
+    assert error_line(r) == ("error: SMOKE_FROM=banana: not a step of the smoke; give one of models, workspace, cache, "
+                             "cache again, caption, train, resume, generate, report, runs (or 1-10)")
