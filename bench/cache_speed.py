@@ -46,18 +46,28 @@ def build(root: Path, n: int) -> None:
         (data / sub).mkdir(parents=True)
     lines = []
     for i in range(n):
-        for path, colour in ((f"target/i{i:04d}.png", (i % 256, 40, 90)), (f"control/i{i:04d}_0.png", (90, i % 256, 40)), (f"control/i{i:04d}_1.png", (40, 90, i % 256))):
+        for path, colour in (
+            (f"target/i{i:04d}.png", (i % 256, 40, 90)),
+            (f"control/i{i:04d}_0.png", (90, i % 256, 40)),
+            (f"control/i{i:04d}_1.png", (40, 90, i % 256)),
+        ):
             img = Image.new("RGB", (512, 768), colour)
             ImageDraw.Draw(img).text((10, 10), f"{i}", fill=(255, 255, 255))
             img.save(data / path, compress_level=1)
-        lines.append({
-            "image_path": f"datasets/bench/target/i{i:04d}.png",
-            "control_path_0": f"datasets/bench/control/i{i:04d}_0.png",
-            "control_path_1": f"datasets/bench/control/i{i:04d}_1.png",
-            "caption": f"Item {i}: the figure now wears the shirt from the reference image.",
-        })
+        lines.append(
+            {
+                "image_path": f"datasets/bench/target/i{i:04d}.png",
+                "control_path_0": f"datasets/bench/control/i{i:04d}_0.png",
+                "control_path_1": f"datasets/bench/control/i{i:04d}_1.png",
+                "caption": f"Item {i}: the figure now wears the shirt from the reference image.",
+            }
+        )
     (data / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
-    ds = (root / "configs/v1/dataset.toml").read_text().replace("datasets/example-1f/train.jsonl", "datasets/bench/train.jsonl")
+    ds = (
+        (root / "configs/v1/dataset.toml")
+        .read_text()
+        .replace("datasets/example-1f/train.jsonl", "datasets/bench/train.jsonl")
+    )
     (root / "configs/v1/dataset.toml").write_text(ds)
     # The held-out sample images the prompt line names (the pre-flight check of `ws cache` reads prompts.txt).
     (data / "samples").mkdir()
@@ -87,7 +97,11 @@ def main() -> None:
         build(root, a.items)
         print(f"built {a.items} items ({3 * a.items} images) in {time.perf_counter() - t:.1f} s")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "STANDIN_"))}
-        env.update(WS_ROOT=str(root), WS_RECORD=str(Path(tmp) / "record.jsonl"), PATH=os.pathsep.join([str(STANDINS), str(WS.parent), env.get("PATH", "")]))
+        env.update(
+            WS_ROOT=str(root),
+            WS_RECORD=str(Path(tmp) / "record.jsonl"),
+            PATH=os.pathsep.join([str(STANDINS), str(WS.parent), env.get("PATH", "")]),
+        )
         dt, r = ws_cache(root, env)
         print(f"first `ws cache` (hash everything, stand-ins write {2 * a.items} files): {dt:.2f} s")
         times = []
@@ -99,13 +113,15 @@ def main() -> None:
         calls = [json.loads(l)["prog"] for l in (Path(tmp) / "record.jsonl").read_text().splitlines()]
         calls = [c for c in calls if c != "nvidia-smi"]
         assert calls == ["fpack_cache_latents", "fpack_cache_text_encoder_outputs"], calls
-        print(f"`ws cache` when up to date (whole process, pre-flight checks included): best {min(times):.2f} s, median {statistics.median(times):.2f} s over {a.repeat} runs")
+        print(
+            f"`ws cache` when up to date (whole process, pre-flight checks included): best {min(times):.2f} s, median {statistics.median(times):.2f} s over {a.repeat} runs"
+        )
 
         os.environ["WS_ROOT"] = str(root)
         os.chdir(root)
-        from musubi_workspace.runs import cache_plan as cache_state
         from musubi_workspace.config import Config
         from musubi_workspace.paths import Workspace
+        from musubi_workspace.runs import cache_plan as cache_state
 
         cfg = Config.load(Workspace(root), root / "configs/v1/config.toml")
         t = time.perf_counter()
@@ -120,7 +136,9 @@ def main() -> None:
         p = cache_state.plan(cfg)
         cold = time.perf_counter() - t
         assert p.up_to_date
-        print(f"planning alone: {warm * 1000:.0f} ms with the hash cache, {cold:.2f} s reading and hashing all {3 * a.items} images")
+        print(
+            f"planning alone: {warm * 1000:.0f} ms with the hash cache, {cold:.2f} s reading and hashing all {3 * a.items} images"
+        )
 
 
 if __name__ == "__main__":

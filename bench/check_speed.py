@@ -46,7 +46,10 @@ def _write(args: tuple[Path, int, tuple[int, int]]) -> None:
         d = ImageDraw.Draw(img)
         for _ in range(12):
             a, b = rnd.randrange(size[0]), rnd.randrange(size[1])
-            d.ellipse((a, b, a + rnd.randrange(20, 200), b + rnd.randrange(20, 200)), fill=tuple(rnd.randrange(256) for _ in "rgb"))
+            d.ellipse(
+                (a, b, a + rnd.randrange(20, 200), b + rnd.randrange(20, 200)),
+                fill=tuple(rnd.randrange(256) for _ in "rgb"),
+            )
         img.save(folder / name)
 
 
@@ -66,8 +69,12 @@ def build(root: Path, items: int, size: tuple[int, int] = SIZE) -> None:
     with ProcessPoolExecutor() as pool:
         list(pool.map(_write, [(data, i, size) for i in range(items)], chunksize=16))
     lines = [
-        {"image_path": f"datasets/bench/target/{i:04d}.png", "control_path_0": f"datasets/bench/control/{i:04d}_0.png",
-         "control_path_1": f"datasets/bench/control/{i:04d}_1.png", "caption": f"item {i}"}
+        {
+            "image_path": f"datasets/bench/target/{i:04d}.png",
+            "control_path_0": f"datasets/bench/control/{i:04d}_0.png",
+            "control_path_1": f"datasets/bench/control/{i:04d}_1.png",
+            "caption": f"item {i}",
+        }
         for i in range(items)
     ]
     (data / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
@@ -105,7 +112,9 @@ def main() -> int:
         t = time.perf_counter()
         build(root, a.items, size)
         total = sum(f.stat().st_size for f in (root / "datasets").rglob("*.png"))
-        print(f"built {a.items} items ({3 * a.items} PNGs of {size[0]}x{size[1]}, {total / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s")
+        print(
+            f"built {a.items} items ({3 * a.items} PNGs of {size[0]}x{size[1]}, {total / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s"
+        )
         first, r1 = timed_check(root)
         second, r2 = timed_check(root)
         print(f"ws check, first run (decodes every image): {first:.2f} s")

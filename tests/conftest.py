@@ -63,8 +63,13 @@ class TmpWorkspace:
 
     def make(self, *args: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["make", "--no-print-directory", *args], cwd=self.root, env={**self.env, **(env or {})},
-            capture_output=True, text=True, timeout=timeout, **kw,
+            ["make", "--no-print-directory", *args],
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
         )
 
     def tool(self, target: str, *make_vars: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -94,8 +99,12 @@ class TmpWorkspace:
 
     def ws(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(VENV / "bin" / "ws"), *args], cwd=self.root, env={**self.env, **(env or {})},
-            capture_output=True, text=True, timeout=timeout,
+            [str(VENV / "bin" / "ws"), *args],
+            cwd=self.root,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def write(self, rel: str, text: str) -> Path:
@@ -155,7 +164,9 @@ def isolated_env(tmp_path: Path) -> dict:
     secrets or switches from the developer's environment."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith(("STANDIN_", "WS_", "MAKE"))}
+    env = {
+        k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith(("STANDIN_", "WS_", "MAKE"))
+    }
     env.update(
         PATH=os.pathsep.join([str(STANDINS), str(VENV / "bin"), *UV_DIR, "/usr/local/bin", "/usr/bin", "/bin"]),
         HOME=str(home),

@@ -16,7 +16,10 @@ SMALL = {
 }
 # What each script prints once it measured what its README figure says.
 PRINTS = {
-    "cache_speed.py": ["`ws cache` when up to date (whole process, pre-flight checks included): best", "planning alone:"],
+    "cache_speed.py": [
+        "`ws cache` when up to date (whole process, pre-flight checks included): best",
+        "planning alone:",
+    ],
     "check_speed.py": ["ws check, first run (decodes every image):", "ws check, second run (image facts cached):"],
 }
 SCRIPTS = sorted(p.name for p in (REPO / "bench").glob("*.py"))
@@ -29,8 +32,14 @@ def test_every_bench_script_has_a_small_run_here():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_script_runs_at_a_small_size(script, tmp_path):
     env = {**isolated_env(tmp_path), "TMPDIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, str(REPO / "bench" / script), *SMALL.get(script, ["--items", "20"])],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *SMALL.get(script, ["--items", "20"])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     for text in PRINTS.get(script, []):
         assert text in r.stdout, r.stdout

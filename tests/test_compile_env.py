@@ -7,9 +7,9 @@ from __future__ import annotations
 import shlex
 
 from checks.test_combinations import CONFIG, edit
+from runs.test_ledger import records
 from runs.test_pod import wait_for
 from runs.test_resume import NAME, state
-from runs.test_ledger import records
 from tune.test_tune import probe_calls, with_caches
 
 from musubi_workspace.compile_env import compile_vars
@@ -39,7 +39,9 @@ def test_compiled_train_gets_the_variables_and_the_dry_run_shows_them(cached):
     (call,) = cached.calls("accelerate")
     assert compiled_env(call) == VARS
     (rec,) = records(cached, "train")
-    assert rec["commands"][0]["shell"].startswith("TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 ")
+    assert rec["commands"][0]["shell"].startswith(
+        "TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 "
+    )
 
 
 def test_a_run_without_compile_gets_none_of_them(cached):
@@ -56,8 +58,10 @@ def test_the_users_own_value_is_kept(cached):
     dry = cached.tool("train", "DRY_RUN=1", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
     assert dry.stdout.strip().splitlines()[-1].startswith("accelerate launch ")  # nothing added: both are the user's
     assert cached.tool("train", "AUTO_STOP=0", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}).returncode == 0
-    assert compiled_env(cached.calls("accelerate")[0]) == {"TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
-                                                            "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS": "0"}
+    assert compiled_env(cached.calls("accelerate")[0]) == {
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+        "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS": "0",
+    }
 
 
 def test_compiled_resume_gets_them(cached):
@@ -66,7 +70,11 @@ def test_compiled_resume_gets_them(cached):
     state(cached, f"{NAME}-step00000400-state", age=100)
     dry = cached.tool("resume", "DRY_RUN=1")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip().splitlines()[-1].startswith("TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 accelerate ")
+    assert (
+        dry.stdout.strip()
+        .splitlines()[-1]
+        .startswith("TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 accelerate ")
+    )
     assert cached.tool("resume", "AUTO_STOP=0").returncode == 0
     assert compiled_env(cached.calls("accelerate")[-1]) == VARS
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
-
 from conftest import error_line as last_line
 
 
@@ -22,14 +20,20 @@ def test_malformed_config_names_file_and_line(ws):
 def test_unknown_version_lists_the_versions_and_the_fix(ws):
     r = ws.make("train", "DRY_RUN=1", "CONFIG_FILE=configs/v9/config.toml")
     assert r.returncode == 2 and "Error 2" in r.stderr
-    assert last_line(r) == "error: CONFIG_FILE=configs/v9/config.toml: configs/v9/config.toml not found; versions here: v1; `make new` creates the next one"
+    assert (
+        last_line(r)
+        == "error: CONFIG_FILE=configs/v9/config.toml: configs/v9/config.toml not found; versions here: v1; `make new` creates the next one"
+    )
 
 
 def test_missing_dataset_toml_is_one_line(ready):
     (ready.root / "configs" / "v1" / "dataset.toml").unlink()
     r = ready.make("cache")
     assert r.returncode == 2 and "Error 3" in r.stderr
-    assert "error: configs/v1/config.toml:27: dataset_config configs/v1/dataset.toml not found; create it (copy configs/v1/dataset.toml) or fix the path" in r.stderr
+    assert (
+        "error: configs/v1/config.toml:27: dataset_config configs/v1/dataset.toml not found; create it (copy configs/v1/dataset.toml) or fix the path"
+        in r.stderr
+    )
     assert ready.calls() == []
 
 
@@ -78,7 +82,9 @@ def test_no_workspace_key_collides_with_a_musubi_tuner_option_or_dataset_key():
 
 
 def test_a_table_header_with_a_comment_keeps_the_line_of_its_keys(ws):
-    text = ws.read("configs/v1/config.toml").replace("\n[workspace]\n", "\n[workspace]  # the workspace's own settings\n", 1)
+    text = ws.read("configs/v1/config.toml").replace(
+        "\n[workspace]\n", "\n[workspace]  # the workspace's own settings\n", 1
+    )
     text = re.sub(r"^auto_stop = .*$", 'auto_stp = "5m"', text, count=1, flags=re.M)
     ws.write("configs/v1/config.toml", text)
     line = text.splitlines().index('auto_stp = "5m"') + 1

@@ -40,7 +40,9 @@ def test_values_merge_general_then_defaults_and_name_their_line(tmp_path):
     assert (a.batch_size, a.at("batch_size")) == (2, "dataset.toml:9")
     assert (b.batch_size, b.at("batch_size")) == (4, "dataset.toml:3")
     assert (a.resolution, a.at("resolution")) == ((512, 768), "dataset.toml:2")
-    assert a.get("fp_latent_window_size") == 9 and a.at("fp_latent_window_size") == "dataset.toml:6"  # default: the header
+    assert (
+        a.get("fp_latent_window_size") == 9 and a.at("fp_latent_window_size") == "dataset.toml:6"
+    )  # default: the header
     assert v.get("target_frames") == (1,) and v.get("max_frames") == 129
     assert a.cache_directory == "cache/a" and b.cache_directory == "img" and v.cache_directory == "vid"
     assert a.control_count == 1
@@ -59,8 +61,11 @@ def test_control_matching_longest_names_first_unsuffixed_first():
         ["i/a.png", "i/a_1.png", "i/ab.png"],
         ["c/a_1_0.png", "c/a_1.png", "c/a.png", "c/a_2.png", "c/a_10.png", "c/ab_0.png"],
     )
-    assert controls == {"i/a_1.png": ["c/a_1.png", "c/a_1_0.png"], "i/ab.png": ["c/ab_0.png"],
-                        "i/a.png": ["c/a.png", "c/a_2.png", "c/a_10.png"]}
+    assert controls == {
+        "i/a_1.png": ["c/a_1.png", "c/a_1_0.png"],
+        "i/ab.png": ["c/ab_0.png"],
+        "i/a.png": ["c/a.png", "c/a_2.png", "c/a_10.png"],
+    }
     assert bad == {}
 
 
@@ -70,14 +75,22 @@ def test_a_control_suffix_that_is_not_a_number_stops_the_image():
 
 
 def test_jsonl_controls_are_renumbered_as_musubi_tuner_does():
-    norm, names = model.normalise_controls({"image_path": "t", "control_path": "a", "control_path_7": "b", "control_path_3": "c"})
-    assert {k: v for k, v in norm.items() if k.startswith("control")} == {"control_path_0": "a", "control_path_1": "c", "control_path_2": "b"}
+    norm, names = model.normalise_controls(
+        {"image_path": "t", "control_path": "a", "control_path_7": "b", "control_path_3": "c"}
+    )
+    assert {k: v for k, v in norm.items() if k.startswith("control")} == {
+        "control_path_0": "a",
+        "control_path_1": "c",
+        "control_path_2": "b",
+    }
     assert names["control_path_1"] == "control_path_3"
     assert model.normalise_controls({"control_path_x": "a"}) == "control_path_x"
 
 
 def test_a_value_out_of_range_counts_as_unset_and_as_rejected(tmp_path):
-    (tmp_path / "dataset.toml").write_text('[general]\nbatch_size = 0\n[[datasets]]\nimage_directory = "img"\nresolution = [0, 512]\n')
+    (tmp_path / "dataset.toml").write_text(
+        '[general]\nbatch_size = 0\n[[datasets]]\nimage_directory = "img"\nresolution = [0, 512]\n'
+    )
     d = model.read(Workspace(tmp_path), tmp_path / "dataset.toml").datasets[0]
     assert (d.batch_size, d.resolution) == (1, (960, 544))  # musubi-tuner's defaults; the check reports both lines
     assert d.rejected("batch_size") and d.rejected("resolution") and not d.rejected("num_repeats")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import error_line
 from dotenv import dotenv_values
 
-from conftest import error_line
 from musubi_workspace.environment import read_dotenv
 
 KEY = "0123456789abcdef" * 2 + "01234567"  # the shape of a wandb key: 40 hex digits
@@ -35,7 +35,10 @@ CASES = [
     ("A=1\r\nB=2\r\n", {"A": "1", "B": "2"}),
     ("\ufeffA=1", {"A": "1"}),  # a byte-order mark from a Windows editor
     ("A=first\nA=second", {"A": "second"}),
-    ("BASE=/volume\nCACHE=${BASE}/cache\nQUOTED='${BASE}'", {"BASE": "/volume", "CACHE": "/volume/cache", "QUOTED": "/volume"}),
+    (
+        "BASE=/volume\nCACHE=${BASE}/cache\nQUOTED='${BASE}'",
+        {"BASE": "/volume", "CACHE": "/volume/cache", "QUOTED": "/volume"},
+    ),
     ("A=${WS_TEST_UNSET_VARIABLE:-fallback}", {"A": "fallback"}),
 ]
 
@@ -54,9 +57,21 @@ def test_dotenv_values_are_python_dotenvs(tmp_path, text, expected):
     [
         ('A=1\nHF_TOKEN="hf_x\nB=2', 2, "the value's opening \" is never closed; close the quote (or remove it)"),
         ("A=1\n\nHF_TOKEN='hf_x", 3, "the value's opening ' is never closed; close the quote (or remove it)"),
-        ('A="x" y', 1, "text after the closing quote; start a comment with ` #` or put all of the value inside the quotes"),
-        ("A=1\nHF_TOKEN hf_x", 2, "expected KEY=VALUE (`export KEY=VALUE`, a `# comment`, or a blank line); fix or remove the line"),
-        ('A="two\nlines"\n=x', 3, "expected KEY=VALUE (`export KEY=VALUE`, a `# comment`, or a blank line); fix or remove the line"),
+        (
+            'A="x" y',
+            1,
+            "text after the closing quote; start a comment with ` #` or put all of the value inside the quotes",
+        ),
+        (
+            "A=1\nHF_TOKEN hf_x",
+            2,
+            "expected KEY=VALUE (`export KEY=VALUE`, a `# comment`, or a blank line); fix or remove the line",
+        ),
+        (
+            'A="two\nlines"\n=x',
+            3,
+            "expected KEY=VALUE (`export KEY=VALUE`, a `# comment`, or a blank line); fix or remove the line",
+        ),
     ],
 )
 def test_a_line_python_dotenv_cannot_read_is_one_error_with_its_line(ws, text, line, message):
@@ -75,7 +90,7 @@ def test_a_dotenv_that_is_not_utf8_is_one_error(ws):
 
 
 def test_inline_comments_do_not_reach_the_programs(cached):
-    cached.write(".env", f"WANDB_API_KEY={KEY} # my key\nexport HF_TOKEN=\"{TOKEN}\"  # a write token\n")
+    cached.write(".env", f'WANDB_API_KEY={KEY} # my key\nexport HF_TOKEN="{TOKEN}"  # a write token\n')
     r = cached.make("train", "AUTO_STOP=0", env={"STANDIN_STEPS": "1", "WANDB_MODE": ""})
     assert r.returncode == 0, r.stderr
     [train] = cached.calls("accelerate")

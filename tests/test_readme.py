@@ -26,7 +26,16 @@ def test_every_makefile_variable_the_readme_names_exists():
     makefile = (REPO / "Makefile").read_text()
     declared = set(re.findall(r"^([A-Z_]+) \?=", makefile, re.M))
     for var in set(re.findall(r"`([A-Z][A-Z_]+)=", README)):
-        if var in ("HF_TOKEN", "WANDB_API_KEY", "WANDB_MODE", "UV_CACHE_DIR", "HF_HUB_OFFLINE", "TORCHINDUCTOR_CACHE_DIR", "CUDA_VISIBLE_DEVICES",
-                   "TORCHINDUCTOR_AUTOGRAD_CACHE", "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS"):
+        if var in (
+            "HF_TOKEN",
+            "WANDB_API_KEY",
+            "WANDB_MODE",
+            "UV_CACHE_DIR",
+            "HF_HUB_OFFLINE",
+            "TORCHINDUCTOR_CACHE_DIR",
+            "CUDA_VISIBLE_DEVICES",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE",
+            "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS",
+        ):
             continue
         assert var in declared, f"README shows {var}= but the Makefile has no such variable"

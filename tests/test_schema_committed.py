@@ -27,7 +27,10 @@ def test_the_schema_is_for_the_pinned_commit(schema):
     assert re.fullmatch(r"[0-9a-f]{40}", schema["musubi_tuner_commit"])
     assert schema["musubi_tuner_commit"] == pinned_commit()
     assert set(schema["parsers"]) == {
-        "fpack_train_network", "fpack_cache_latents", "fpack_cache_text_encoder_outputs", "fpack_generate_video",
+        "fpack_train_network",
+        "fpack_cache_latents",
+        "fpack_cache_text_encoder_outputs",
+        "fpack_generate_video",
     }
     assert set(schema["dataset"]) == {"general", "image", "video"}
 
@@ -56,7 +59,12 @@ def test_cache_and_generate_options(schema):
     te = schema["parsers"]["fpack_cache_text_encoder_outputs"]
     assert {d for d, o in te.items() if o["required"]} == {"dataset_config", "text_encoder1", "text_encoder2"}
     gen = schema["parsers"]["fpack_generate_video"]
-    assert {d for d, o in gen.items() if o["required"]} == {"text_encoder1", "text_encoder2", "image_encoder", "save_path"}
+    assert {d for d, o in gen.items() if o["required"]} == {
+        "text_encoder1",
+        "text_encoder2",
+        "image_encoder",
+        "save_path",
+    }
     assert gen["video_size"]["nargs"] == 2 and gen["video_size"]["default"] == [256, 256]
     assert gen["fp8"]["kind"] == "store_true"
 
@@ -64,8 +72,12 @@ def test_cache_and_generate_options(schema):
 def test_dataset_keys(schema):
     general, image, video = (schema["dataset"][k] for k in ("general", "image", "video"))
     assert general == {
-        "resolution": "int_or_pair", "caption_extension": "str", "batch_size": "int", "num_repeats": "int",
-        "enable_bucket": "bool", "bucket_no_upscale": "bool",
+        "resolution": "int_or_pair",
+        "caption_extension": "str",
+        "batch_size": "int",
+        "num_repeats": "int",
+        "enable_bucket": "bool",
+        "bucket_no_upscale": "bool",
     }
     assert image["fp_1f_target_index"] == "int"
     assert image["fp_1f_clean_indices"] == "list[int]"
@@ -102,6 +114,9 @@ def test_optimizer_and_scheduler_names(schema):
     assert set(names["optimizer_type"]["fails_at_step"]) == {"LBFGS", "SparseAdam"}
     sched = names["lr_scheduler"]
     assert {"constant", "cosine", "linear", "rex"} <= set(sched["names"]) and sched["case_insensitive"] == ["rex"]
-    assert sched["needs"] == {"cosine_with_min_lr": "lr_scheduler_min_lr_ratio", "piecewise_constant": "lr_scheduler_args"}
+    assert sched["needs"] == {
+        "cosine_with_min_lr": "lr_scheduler_min_lr_ratio",
+        "piecewise_constant": "lr_scheduler_args",
+    }
     assert "reduce_lr_on_plateau" in sched["fails"] and "adafactor" in sched["fails"]
     assert "CosineAnnealingLR" in names["lr_scheduler_type"]

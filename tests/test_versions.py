@@ -19,18 +19,25 @@ def test_new_copies_the_newest_version_and_renames_what_names_it(ws):
     ds = ws.read("configs/v2/dataset.toml")
     assert 'cache_directory = "cache/v2/example-1f"' in ds
     assert 'image_jsonl_file = "datasets/example-1f/train.jsonl"' in ds  # shared inputs are left alone
-    assert ws.read("configs/v2/prompts.txt") == ws.read("configs/v1/prompts.txt").replace("# configs/v1/", "# configs/v2/", 1)
+    assert ws.read("configs/v2/prompts.txt") == ws.read("configs/v1/prompts.txt").replace(
+        "# configs/v1/", "# configs/v2/", 1
+    )
     assert "configs/v2/config.toml: output_name = 'example-1f_v1' -> 'example-1f_v2'" in r.stdout
 
 
 def test_new_drops_resume_and_keeps_shared_model_and_weight_paths(ws):
     cfg = ws.read("configs/v1/config.toml")
-    cfg = cfg.replace("seed = 42", 'seed = 42\nresume = "outputs/v1/example-1f_v1-state"\nnetwork_weights = "outputs/v1/example-1f_v1.safetensors"')
+    cfg = cfg.replace(
+        "seed = 42",
+        'seed = 42\nresume = "outputs/v1/example-1f_v1-state"\nnetwork_weights = "outputs/v1/example-1f_v1.safetensors"',
+    )
     ws.write("configs/v1/config.toml", cfg)
     r = ws.tool("new")
     assert r.returncode == 0, r.stderr
     new = ws.read("configs/v2/config.toml")
-    assert "resume" not in new.split("[workspace]")[0].replace("# ", "").split("make resume")[0] or "resume =" not in new
+    assert (
+        "resume" not in new.split("[workspace]")[0].replace("# ", "").split("make resume")[0] or "resume =" not in new
+    )
     assert "resume =" not in new
     assert 'network_weights = "outputs/v1/example-1f_v1.safetensors"' in new
     assert "resume removed (a new version starts fresh)" in r.stdout
@@ -64,7 +71,9 @@ def test_new_from_an_unknown_version_names_the_ones_that_exist(ws):
 def test_diff_shows_changes_key_by_key_and_version_renames_apart(ws):
     assert ws.tool("new").returncode == 0
     cfg = ws.read("configs/v2/config.toml").replace("learning_rate = 2e-4", "learning_rate = 1e-4")
-    cfg = cfg.replace("network_dim = 32", "# network_dim = 32").replace("seed = 42", "seed = 42\nnetwork_args = [\"loraplus_lr_ratio=4\"]")
+    cfg = cfg.replace("network_dim = 32", "# network_dim = 32").replace(
+        "seed = 42", 'seed = 42\nnetwork_args = ["loraplus_lr_ratio=4"]'
+    )
     ws.write("configs/v2/config.toml", cfg)
     ds = ws.read("configs/v2/dataset.toml").replace("batch_size = 16", "batch_size = 8")
     ws.write("configs/v2/dataset.toml", ds)

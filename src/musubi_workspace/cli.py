@@ -9,7 +9,6 @@ import sys
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.paths import Workspace
 
-
 # The values of a switch such as DRY_RUN. The Makefile knows the same sets (its GPU_STACK installs the GPU stack
 # only for a "no"), so the two always agree; anything else is refused here before a thing runs.
 YES = ("1", "true", "yes", "on")
@@ -23,14 +22,22 @@ def _flag(value: str, var: str) -> bool:
         return True
     if v in NO:
         return False
-    raise WorkspaceError(f"{var}={value}: expected 1, true, yes or on to turn it on, or 0, false, no, off or empty to leave it off")
+    raise WorkspaceError(
+        f"{var}={value}: expected 1, true, yes or on to turn it on, or 0, false, no, off or empty to leave it off"
+    )
 
 
 def cmd_check(ws, a):
     from musubi_workspace.checks import check
+    from musubi_workspace.runs.estimate import speed_lines
     from musubi_workspace.runs.targets import load_config
 
-    check(load_config(ws, a.config), dry_run=_flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"))
+    check(
+        load_config(ws, a.config),
+        dry_run=_flag(a.dry_run, "DRY_RUN"),
+        strict=_flag(a.strict, "STRICT"),
+        speed=speed_lines,
+    )
 
 
 def cmd_cache(ws, a):
@@ -85,23 +92,43 @@ def cmd_cancel_stop(ws, a):
 def cmd_generate(ws, a):
     from musubi_workspace.runs.targets import generate
 
-    generate(ws, a.config, _flag(a.dry_run, "DRY_RUN"), lora=a.lora, multiplier=a.multiplier, strict=_flag(a.strict, "STRICT"))
+    generate(
+        ws,
+        a.config,
+        _flag(a.dry_run, "DRY_RUN"),
+        lora=a.lora,
+        multiplier=a.multiplier,
+        strict=_flag(a.strict, "STRICT"),
+    )
 
 
 def cmd_tune(ws, a):
     from musubi_workspace.runs.targets import load_config
     from musubi_workspace.tune import tune
 
-    tune(ws, load_config(ws, a.config), _flag(a.apply, "APPLY"), only=a.only, steps=a.steps,
-         allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"), memory=a.memory)
+    tune(
+        ws,
+        load_config(ws, a.config),
+        _flag(a.apply, "APPLY"),
+        only=a.only,
+        steps=a.steps,
+        allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
+        memory=a.memory,
+    )
 
 
 def cmd_bench(ws, a):
     from musubi_workspace.runs.targets import load_config
     from musubi_workspace.tune import bench
 
-    bench(ws, load_config(ws, a.config), only=a.only, steps=a.steps, allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
-          memory=a.memory)
+    bench(
+        ws,
+        load_config(ws, a.config),
+        only=a.only,
+        steps=a.steps,
+        allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
+        memory=a.memory,
+    )
 
 
 def cmd_bench_report(ws, a):
@@ -140,7 +167,9 @@ def cmd_example(ws, a):
 
     for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
         written = make(ws)
-        print(f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)"))
+        print(
+            f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)")
+        )
 
 
 def cmd_report(ws, a):
@@ -163,7 +192,9 @@ def cmd_monitor(ws, a):
     env = child_env(ws)
     exe = shutil.which("nvitop", path=env["PATH"])
     if exe is None:
-        raise WorkspaceError("nvitop not found: it comes with the GPU stack; run `make monitor` on the pod (it installs the train extra)")
+        raise WorkspaceError(
+            "nvitop not found: it comes with the GPU stack; run `make monitor` on the pod (it installs the train extra)"
+        )
     os.execve(exe, [exe, *a.args], env)
 
 
@@ -197,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("train-bg", cmd_train_bg, "train in a detached tmux session"),
     ):
         t = add(name, func, help_, config=True, dry_run=True, strict=True)
-        t.add_argument("--auto-stop", default="", help="grace period before the pod stops (0: off); empty: [workspace] auto_stop")
+        t.add_argument(
+            "--auto-stop", default="", help="grace period before the pod stops (0: off); empty: [workspace] auto_stop"
+        )
     add("logs", cmd_logs, "follow the newest run's log")
     add("runs", cmd_runs, "list every run as a table")
     add("stop", cmd_stop, "stop the RunPod pod now")
@@ -205,20 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     g = add("generate", cmd_generate, "render prompts.txt with a LoRA", config=True, dry_run=True, strict=True)
     g.add_argument("--lora", default="", help="LoRA file (default: the version's newest)")
     g.add_argument("--multiplier", default="", help="LoRA multiplier (default 1.0)")
-    for name, func, help_ in (("tune", cmd_tune, "measure memory/speed settings on the version's models and caches"),
-                              ("bench", cmd_bench, "measure them on a random DiT and synthetic caches")):
+    for name, func, help_ in (
+        ("tune", cmd_tune, "measure memory/speed settings on the version's models and caches"),
+        ("bench", cmd_bench, "measure them on a random DiT and synthetic caches"),
+    ):
         t = add(name, func, help_, config=True)
-        t.add_argument("--only", default="", help="settings to run, e.g. current,swap12,fp8+swap0 (default: the candidates)")
+        t.add_argument(
+            "--only", default="", help="settings to run, e.g. current,swap12,fp8+swap0 (default: the candidates)"
+        )
         t.add_argument("--steps", default="", help="measured steps per setting after the warm-up (default 3)")
         t.add_argument("--allow-changes", default="0", help="1: may pick settings that change the numbers")
-        t.add_argument("--memory", default="", help="GPU memory a run may use, e.g. 80GB (decides 'fits' as on that card)")
+        t.add_argument(
+            "--memory", default="", help="GPU memory a run may use, e.g. 80GB (decides 'fits' as on that card)"
+        )
         if name == "tune":
             t.add_argument("--apply", default="0", help="1: write the pick into a new version")
     sm = add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")
-    sm.add_argument("--from", dest="from_step", default="", help="start at this step (name or number); the ones before passed last time")
-    br = add("bench-report", cmd_bench_report, "merge bench records (bench/*.runs.json, runs/vN/bench-*/bench.json) into one table")
+    sm.add_argument(
+        "--from",
+        dest="from_step",
+        default="",
+        help="start at this step (name or number); the ones before passed last time",
+    )
+    br = add(
+        "bench-report",
+        cmd_bench_report,
+        "merge bench records (bench/*.runs.json, runs/vN/bench-*/bench.json) into one table",
+    )
     br.add_argument("files", nargs="*")
-    br.add_argument("--out", default="", help="a .runs.json to add the sessions to; its .md is rewritten (default: print)")
+    br.add_argument(
+        "--out", default="", help="a .runs.json to add the sessions to; its .md is rewritten (default: print)"
+    )
     br.add_argument("--allow-changes", default="0", help="1: the pick may change the numbers")
     add("new", cmd_new, "copy a version to the next number").add_argument("--from", dest="source", default="")
     d = add("diff", cmd_diff, "compare two versions")
@@ -230,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     lk = add("lock", cmd_lock, "re-lock uv.lock (optionally moving the musubi-tuner pin)")
     lk.add_argument("--rev", default="")
     lk.add_argument("--snapshot", default="")
-    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument("--versions", default="")
+    add("report", cmd_report, "versions side by side: loss curves and sample grids").add_argument(
+        "--versions", default=""
+    )
     add("schema", cmd_schema, "regenerate the committed musubi-tuner option schema").add_argument("--out", default="")
     return p
 

@@ -44,7 +44,7 @@ def _p(cfg: Config, key: str, purpose: str) -> str:
     """A path option as passed to musubi-tuner: the value as written (relative to the root, where it runs)."""
     value = cfg.get(key)
     if value in (None, ""):
-        raise WorkspaceError(f"{cfg.shown}: `{key}` is not set; {purpose} needs it: add `{key} = \"...\"`")
+        raise WorkspaceError(f'{cfg.shown}: `{key}` is not set; {purpose} needs it: add `{key} = "..."`')
     if not isinstance(value, str):
         raise WorkspaceError(f"{cfg.where(key)}: `{key}` must be a path string, got {value!r}")
     return value
@@ -88,7 +88,12 @@ def cache_commands(cfg: Config, skip_existing: bool = False) -> list[Command]:
     latents += common
 
     te = ["python", "-m", CACHE_TE_MODULE, "--dataset_config", dataset]
-    te += ["--text_encoder1", _p(cfg, "text_encoder1", "make cache"), "--text_encoder2", _p(cfg, "text_encoder2", "make cache")]
+    te += [
+        "--text_encoder1",
+        _p(cfg, "text_encoder1", "make cache"),
+        "--text_encoder2",
+        _p(cfg, "text_encoder2", "make cache"),
+    ]
     te += ["--fp8_llm"] if _flag(cfg, "fp8_llm") else []
     te += common
     return [Command("cache latents", latents), Command("cache text encoder outputs", te)]
@@ -103,11 +108,19 @@ def process_count(cfg: Config, visible_gpus: int) -> int:
 
 # Per-machine values of a several-machine run, read from each machine's environment and passed to
 # `accelerate launch` under the names of its own options (accelerate itself reads none of these variables).
-MACHINE_ENV = (("MACHINE_RANK", "--machine_rank"), ("MAIN_PROCESS_IP", "--main_process_ip"), ("MAIN_PROCESS_PORT", "--main_process_port"))
+MACHINE_ENV = (
+    ("MACHINE_RANK", "--machine_rank"),
+    ("MAIN_PROCESS_IP", "--main_process_ip"),
+    ("MAIN_PROCESS_PORT", "--main_process_port"),
+)
 
 
 def train_command(
-    cfg: Config, visible_gpus: int, extra: list[str] | None = None, env: dict | None = None, module: str = TRAIN_MODULE,
+    cfg: Config,
+    visible_gpus: int,
+    extra: list[str] | None = None,
+    env: dict | None = None,
+    module: str = TRAIN_MODULE,
     compiled: bool | None = None,
 ) -> Command:
     """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.

@@ -8,7 +8,7 @@ compiled candidate of `make tune` and `make bench` take it from `compile_run_env
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from musubi_workspace.config import tomllib
@@ -25,14 +25,18 @@ class CompileVar:
     verified: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def compile_vars(path: Path = DATA) -> tuple[CompileVar, ...]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return tuple(CompileVar(name=str(v["name"]), value=str(v["value"]), why=str(v["why"]), verified=str(v["verified"]))
-                     for v in data.get("variable", []))
+        return tuple(
+            CompileVar(name=str(v["name"]), value=str(v["value"]), why=str(v["why"]), verified=str(v["verified"]))
+            for v in data.get("variable", [])
+        )
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as e:
-        raise WorkspaceError(f"{path.name}: cannot read the compile environment ({e.__class__.__name__}: {e})") from None
+        raise WorkspaceError(
+            f"{path.name}: cannot read the compile environment ({e.__class__.__name__}: {e})"
+        ) from None
 
 
 def compile_run_env(compiled: bool, env: dict[str, str]) -> dict[str, str]:

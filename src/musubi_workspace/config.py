@@ -56,6 +56,7 @@ def load_toml(path: Path, ws: Workspace | None = None) -> tuple[dict, str]:
 # A table header line: `[name]` or `[[name]]`, then nothing but an optional comment (`[workspace]  # ...`).
 TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]#]+?)\s*\]\]?\s*(?:#.*)?$")
 
+
 def _declared_twice(text: str, line: int, msg: str) -> str | None:
     """tomllib's "Cannot overwrite a value" / "Cannot declare ('x',) twice", with the key or table named and the
     line that set it first."""
@@ -65,7 +66,9 @@ def _declared_twice(text: str, line: int, msg: str) -> str | None:
     key = re.match(r"""^("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+)\s*=""", here)
     if msg.startswith("Cannot declare") and table:
         name = table.group(1)
-        first = next((n for n, l in enumerate(lines[: line - 1], 1) if re.match(rf"^\s*\[\s*{re.escape(name)}\s*\]", l)), None)
+        first = next(
+            (n for n, l in enumerate(lines[: line - 1], 1) if re.match(rf"^\s*\[\s*{re.escape(name)}\s*\]", l)), None
+        )
         since = f" (first at line {first})" if first else ""
         return f"table [{name}] is declared twice{since}; TOML allows each table once: merge the two"
     if msg.startswith("Cannot overwrite a value") and key:
@@ -108,7 +111,7 @@ def suggest(name: str, known) -> str:
 def parse_duration(value: Any, where: str) -> int:
     """Seconds from `600`, "30s", "10m", "1h", "0", "off"; 0 means off."""
     if isinstance(value, bool):
-        raise WorkspaceError(f"{where}: expected a duration such as \"10m\", \"30s\", \"1h\" or \"off\", got {value!r}")
+        raise WorkspaceError(f'{where}: expected a duration such as "10m", "30s", "1h" or "off", got {value!r}')
     if isinstance(value, int) and value >= 0:
         return value
     if isinstance(value, str):
@@ -119,7 +122,7 @@ def parse_duration(value: Any, where: str) -> int:
         if m:
             scale = {"s": 1, "sec": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
             return int(float(m.group(1)) * scale)
-    raise WorkspaceError(f"{where}: expected a duration such as \"10m\", \"30s\", \"1h\" or \"off\", got {value!r}")
+    raise WorkspaceError(f'{where}: expected a duration such as "10m", "30s", "1h" or "off", got {value!r}')
 
 
 @dataclass
@@ -154,7 +157,7 @@ class WorkspaceSettings:
     """`make generate` with fp8 DiT weights (`--fp8_scaled`): less memory, slightly different images."""
 
     @classmethod
-    def from_table(cls, table: Any, where: str, text: str = "") -> "WorkspaceSettings":
+    def from_table(cls, table: Any, where: str, text: str = "") -> WorkspaceSettings:
         if not isinstance(table, dict):
             raise WorkspaceError(f"{where}: `workspace` must be a table ([workspace]), got {type(table).__name__}")
         known = {f.name: f for f in fields(cls)}
@@ -203,7 +206,7 @@ def _coerce(key: str, value: Any, default: Any, at: str) -> Any:
     if key == "num_processes":
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
-        raise WorkspaceError(f"{at}: [workspace] num_processes must be \"auto\" or a whole number >= 1, got {value!r}")
+        raise WorkspaceError(f'{at}: [workspace] num_processes must be "auto" or a whole number >= 1, got {value!r}')
     if key in ("auto_stop", "hang_timeout") and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     expected = type(default)
@@ -240,7 +243,7 @@ class Config:
     settings: WorkspaceSettings = field(default_factory=WorkspaceSettings)
 
     @classmethod
-    def load(cls, ws: Workspace, path: Path) -> "Config":
+    def load(cls, ws: Workspace, path: Path) -> Config:
         data, text = load_toml(path, ws)
         where = ws.rel(path)
         settings = WorkspaceSettings.from_table(data.get(WORKSPACE_TABLE, {}), where, text)
@@ -289,7 +292,7 @@ class Config:
     def require_path(self, key: str, purpose: str) -> Path:
         p = self.path_of(key)
         if p is None:
-            raise WorkspaceError(f"{self.shown}: `{key}` is not set; {purpose} needs it: add `{key} = \"...\"`")
+            raise WorkspaceError(f'{self.shown}: `{key}` is not set; {purpose} needs it: add `{key} = "..."`')
         return p
 
     @property
@@ -316,7 +319,6 @@ def resolve_config_file(ws: Workspace, value: str, announce=None) -> Path:
             path = path / "config.toml"
     if not path.exists():
         raise WorkspaceError(
-            f"CONFIG_FILE={value}: {ws.rel(path)} not found; versions here: {have}; "
-            f"`make new` creates the next one"
+            f"CONFIG_FILE={value}: {ws.rel(path)} not found; versions here: {have}; `make new` creates the next one"
         )
     return path

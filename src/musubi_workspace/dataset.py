@@ -37,7 +37,20 @@ if TYPE_CHECKING:
 
 # musubi_tuner/dataset/media_utils.py at the pinned commit, in its order (.jxl only with a Pillow plugin, which the
 # workspace does not install).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP", ".avif", ".AVIF")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".PNG",
+    ".JPG",
+    ".JPEG",
+    ".WEBP",
+    ".BMP",
+    ".avif",
+    ".AVIF",
+)
 _VIDEO = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
 VIDEO_EXTENSIONS = _VIDEO + tuple(e.upper() for e in _VIDEO)
 SOURCE_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
@@ -94,14 +107,20 @@ def value_problem(value: Any, t: str) -> str | None:
     if t == "int":
         return None if is_int else f"must be a whole number, got {value!r}"
     if t == "float":
-        return None if isinstance(value, float) else f"must be a decimal number such as 30.0 (musubi-tuner rejects {value!r})"
+        return (
+            None
+            if isinstance(value, float)
+            else f"must be a decimal number such as 30.0 (musubi-tuner rejects {value!r})"
+        )
     if t == "str":
         return None if isinstance(value, str) else f"must be a string in quotes, got {value!r}"
     if t == "bool":
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if t == "int_or_pair":
         ok = (is_int and not isinstance(value, bool)) or (
-            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         )
         return None if ok else f"must be a whole number or [width, height], got {value!r}"
     if t.startswith("list["):
@@ -164,7 +183,7 @@ def _pair(value: Any) -> tuple[int, int] | None:
 class Dataset:
     """One [[datasets]] entry as musubi-tuner's blueprint sees it."""
 
-    file: "DatasetFile"
+    file: DatasetFile
     index: int  # 1-based, in the order of [[datasets]]
     entry: dict  # the entry as written
     kind: str  # "image" or "video"
@@ -186,7 +205,7 @@ class Dataset:
         return key in table and key in types and key_problem(key, table[key], types[key]) is None
 
     def origin(self, key: str) -> str | None:
-        """"entry", "general" or None (musubi-tuner's default): where the value musubi-tuner uses comes from. Values
+        """ "entry", "general" or None (musubi-tuner's default): where the value musubi-tuner uses comes from. Values
         of the wrong type or out of range count as unset (the check reports them)."""
         schema = self.file.schema
         if self._valid(self.entry, key, schema[self.kind]):
@@ -211,8 +230,10 @@ class Dataset:
         """The file sets the key (here or in [general]) to a value musubi-tuner cannot use (the check reports it;
         what depends on the key is not checked further)."""
         schema = self.file.schema
-        return any(key in table and key in types and not self._valid(table, key, types)
-                   for table, types in ((self.entry, schema[self.kind]), (self.file.general, schema["general"])))
+        return any(
+            key in table and key in types and not self._valid(table, key, types)
+            for table, types in ((self.entry, schema[self.kind]), (self.file.general, schema["general"]))
+        )
 
     def at(self, key: str) -> str:
         """dataset.toml:line where the value is written; the entry's header when it is musubi-tuner's default."""
@@ -236,7 +257,9 @@ class Dataset:
     @property
     def source(self) -> tuple[str, str] | None:
         """(key, path as written) of the source musubi-tuner reads: a directory before a JSONL file."""
-        for key in (("video_directory", "video_jsonl_file") if self.kind == "video" else ("image_directory", "image_jsonl_file")):
+        for key in (
+            ("video_directory", "video_jsonl_file") if self.kind == "video" else ("image_directory", "image_jsonl_file")
+        ):
             value = self.get(key)
             if isinstance(value, str):
                 return key, value
@@ -300,13 +323,13 @@ class DatasetFile:
         return f"{self.shown}:{line}" if line else self.shown
 
 
-def read(ws: "Workspace", path: Path, schema: dict | None = None) -> DatasetFile:
+def read(ws: Workspace, path: Path, schema: dict | None = None) -> DatasetFile:
     """Parse one dataset.toml; a file that is missing or not TOML is a WorkspaceError naming it."""
     data, text = load_toml(path, ws)
     return DatasetFile(path, ws.rel(path), text, data, **({"schema": schema} if schema else {}))
 
 
-def load(cfg: "Config", schema: dict | None = None) -> DatasetFile:
+def load(cfg: Config, schema: dict | None = None) -> DatasetFile:
     """The version's dataset.toml (dataset_config of config.toml)."""
     path = cfg.dataset_path
     if not path.exists():
@@ -389,15 +412,21 @@ def _abs(root: Path, written: str) -> Path:
 def glob_media(root: Path, directory: str, extensions) -> list[str]:
     """`media_utils.glob_images`/`glob_videos` without a caption filter: `directory/*<ext>` for each extension,
     no hidden names, anything with such a name (links to nowhere and folders too), sorted."""
-    found = {os.path.join(directory, e.name) for e in os.scandir(_abs(root, directory))
-             if not e.name.startswith(".") and e.name.endswith(tuple(extensions))}
+    found = {
+        os.path.join(directory, e.name)
+        for e in os.scandir(_abs(root, directory))
+        if not e.name.startswith(".") and e.name.endswith(tuple(extensions))
+    }
     return sorted(found)
 
 
 def caption_bases(root: Path, directory: str, caption_extension: str) -> set[str]:
     """The names glob_images keeps images by: splitext of every `*<caption_extension>` file of the folder."""
-    return {os.path.splitext(e.name)[0] for e in os.scandir(_abs(root, directory))
-            if not e.name.startswith(".") and e.name.endswith(caption_extension)}
+    return {
+        os.path.splitext(e.name)[0]
+        for e in os.scandir(_abs(root, directory))
+        if not e.name.startswith(".") and e.name.endswith(caption_extension)
+    }
 
 
 def utf8_problem(path: Path) -> str | None:
@@ -408,8 +437,10 @@ def utf8_problem(path: Path) -> str | None:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        return (f"is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): musubi-tuner fails on it "
-                f"(UnicodeDecodeError) while caching; save it as UTF-8")
+        return (
+            f"is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): musubi-tuner fails on it "
+            f"(UnicodeDecodeError) while caching; save it as UTF-8"
+        )
     return None
 
 
@@ -430,16 +461,20 @@ def link_problem(path: Path) -> str | None:
     except RuntimeError:  # a loop, before Python 3.13
         return "is a symlink loop"
     except OSError as e:
-        return "is a symlink loop" if e.errno == errno.ELOOP else f"is a symlink to {os.readlink(path)}, which does not exist"
+        return (
+            "is a symlink loop"
+            if e.errno == errno.ELOOP
+            else f"is a symlink to {os.readlink(path)}, which does not exist"
+        )
     return None  # pragma: no cover - exists() said it does not
 
 
-def _link_shown(ws: "Workspace", path: Path) -> str:
+def _link_shown(ws: Workspace, path: Path) -> str:
     """The path as shown, a link itself rather than its target (ws.rel follows links, and fails on a loop)."""
     return f"{ws.rel(path.parent)}/{path.name}"
 
 
-def _broken_links(ws: "Workspace", listing: Listing, written: list[str]) -> bool:
+def _broken_links(ws: Workspace, listing: Listing, written: list[str]) -> bool:
     """Report the files of one item that are broken links (each link once per listing); True when there is one."""
     found = False
     for w in written:
@@ -448,7 +483,11 @@ def _broken_links(ws: "Workspace", listing: Listing, written: list[str]) -> bool
             found = True
             shown = _link_shown(ws, path)
             if not any(p.where == shown and p.kind == "link" for p in listing.problems):
-                listing.error(shown, f"{what}: musubi-tuner lists it and fails on it while caching; fix or remove the link", "link")
+                listing.error(
+                    shown,
+                    f"{what}: musubi-tuner lists it and fails on it while caching; fix or remove the link",
+                    "link",
+                )
     return found
 
 
@@ -477,7 +516,7 @@ def match_controls(images: list[str], candidates: list[str]) -> tuple[dict[str, 
         if not found:
             continue
 
-        def order(p: str) -> tuple[int, str]:
+        def order(p: str, stem: str = stem) -> tuple[int, str]:
             base = os.path.splitext(os.path.basename(p))[0]
             if base == stem:
                 return (0, "")
@@ -507,23 +546,35 @@ def _multiple_targets(root: Path, directory: str, captioned: list[str], listing:
         suffixes = {p: os.path.splitext(p)[0].rsplit("_", 1)[-1] for p in found}
         wrong = sorted(p for p, s in suffixes.items() if not s.isdigit())
         if wrong:
-            listing.error(wrong[0], f"target {os.path.basename(wrong[0])} of {os.path.basename(image)} must end in _<number> "
-                          f"(multiple_target; musubi-tuner stops on it); rename it", "targets")
+            listing.error(
+                wrong[0],
+                f"target {os.path.basename(wrong[0])} of {os.path.basename(image)} must end in _<number> "
+                f"(multiple_target; musubi-tuner stops on it); rename it",
+                "targets",
+            )
             found = [p for p in found if p not in wrong]
         out[image] = sorted(found, key=lambda p: int(suffixes[p]))
         candidates.difference_update(found)
     counts = {len(v) for v in out.values()}
     d = listing.dataset
     if not out:
-        listing.error(d.where, f"dataset {d.index}: multiple_target = true, but no image has more targets "
-                      f"(named x_0.png, x_1.png ... beside x.png); musubi-tuner stops", "targets")
+        listing.error(
+            d.where,
+            f"dataset {d.index}: multiple_target = true, but no image has more targets "
+            f"(named x_0.png, x_1.png ... beside x.png); musubi-tuner stops",
+            "targets",
+        )
     elif len(counts) > 1:
-        listing.error(d.where, f"dataset {d.index}: multiple_target images have {sorted(counts)} targets; "
-                      "musubi-tuner needs the same number for every image", "targets")
+        listing.error(
+            d.where,
+            f"dataset {d.index}: multiple_target images have {sorted(counts)} targets; "
+            "musubi-tuner needs the same number for every image",
+            "targets",
+        )
     return out
 
 
-def _folder_ok(ws: "Workspace", listing: Listing, key: str, written: str) -> bool:
+def _folder_ok(ws: Workspace, listing: Listing, key: str, written: str) -> bool:
     folder = ws.resolve(written)
     if not folder.is_dir():
         d = listing.dataset
@@ -533,7 +584,7 @@ def _folder_ok(ws: "Workspace", listing: Listing, key: str, written: str) -> boo
     return True
 
 
-def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
+def _image_directory(ws: Workspace, listing: Listing, directory: str) -> None:
     d, root = listing.dataset, ws.root
     if not _folder_ok(ws, listing, "image_directory", directory):
         return
@@ -541,8 +592,12 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
     ext = d.get("caption_extension")
     images = glob_media(root, directory, IMAGE_EXTENSIONS)
     if not ext:
-        listing.error(d.where, f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); "
-                      "add `caption_extension = \".txt\"`", "caption")
+        listing.error(
+            d.where,
+            f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); "
+            'add `caption_extension = ".txt"`',
+            "caption",
+        )
         return
     bases = caption_bases(root, directory, ext)
     captioned = []
@@ -552,10 +607,14 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
         else:
             cap = os.path.splitext(os.path.basename(image))[0] + ext
             if _abs(root, os.path.join(directory, cap)).exists():
-                why = (f"musubi-tuner does not see its caption file {cap} (it matches captions only for a caption_extension "
-                       "like \".txt\": one dot, first) and skips the image without a word; rename the captions")
+                why = (
+                    f"musubi-tuner does not see its caption file {cap} (it matches captions only for a caption_extension "
+                    'like ".txt": one dot, first) and skips the image without a word; rename the captions'
+                )
             else:
-                why = f"no caption file {cap}: musubi-tuner skips the image without a word; write one or remove the image"
+                why = (
+                    f"no caption file {cap}: musubi-tuner skips the image without a word; write one or remove the image"
+                )
             listing.warn(_link_shown(ws, ws.resolve(image)), why, "caption")
     extra = _multiple_targets(root, directory, captioned, listing) if d.get("multiple_target") is True else {}
     controls: dict[str, list[str]] = {}
@@ -570,11 +629,19 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
             shown = _link_shown(ws, ws.resolve(image))
             if image in bad:
                 name = os.path.basename(bad[image])
-                listing.error(f"{cdir}/{name}", f"control image {name} of {os.path.basename(image)} must be named {stem}.<ext> or "
-                              f"{stem}_<number>.<ext>: musubi-tuner stops on it (Invalid digits suffix); rename it", "control-name")
+                listing.error(
+                    f"{cdir}/{name}",
+                    f"control image {name} of {os.path.basename(image)} must be named {stem}.<ext> or "
+                    f"{stem}_<number>.<ext>: musubi-tuner stops on it (Invalid digits suffix); rename it",
+                    "control-name",
+                )
             elif len(controls.get(image, [])) < need:
-                listing.error(shown, f"{len(controls.get(image, []))} control image(s) in {cdir}, {need} needed "
-                              f"(named {stem}.png or {stem}_0.png, {stem}_1.png ...); caching fails on it", "controls")
+                listing.error(
+                    shown,
+                    f"{len(controls.get(image, []))} control image(s) in {cdir}, {need} needed "
+                    f"(named {stem}.png or {stem}_0.png, {stem}_1.png ...); caching fails on it",
+                    "controls",
+                )
     for image in captioned:
         cap = os.path.splitext(image)[0] + ext
         if _broken_links(ws, listing, [image, cap, *controls.get(image, [])[:need], *extra.get(image, [])]):
@@ -582,11 +649,21 @@ def _image_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
         caption, error = _read_caption(root, cap)
         if error:
             listing.error(ws.rel(_abs(root, cap)), utf8_problem(_abs(root, cap)) or error, "caption-utf8")
-        listing.items.append(Item(_link_shown(ws, ws.resolve(image)), image, controls.get(image, [])[:need], caption, d.index,
-                                  root, extra.get(image, []), error))
+        listing.items.append(
+            Item(
+                _link_shown(ws, ws.resolve(image)),
+                image,
+                controls.get(image, [])[:need],
+                caption,
+                d.index,
+                root,
+                extra.get(image, []),
+                error,
+            )
+        )
 
 
-def _jsonl_lines(ws: "Workspace", listing: Listing, written: str) -> list[tuple[int, Any]]:
+def _jsonl_lines(ws: Workspace, listing: Listing, written: str) -> list[tuple[int, Any]]:
     """(line number, object) of each line musubi-tuner parses; blank and broken lines are problems (it stops)."""
     d = listing.dataset
     path = ws.resolve(written)
@@ -601,7 +678,9 @@ def _jsonl_lines(ws: "Workspace", listing: Listing, written: str) -> list[tuple[
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
-                listing.error(f"{shown}:{n}", "empty line: musubi-tuner fails on it (JSONDecodeError); remove it", "line")
+                listing.error(
+                    f"{shown}:{n}", "empty line: musubi-tuner fails on it (JSONDecodeError); remove it", "line"
+                )
                 continue
             try:
                 obj = json.loads(line.strip())
@@ -633,19 +712,23 @@ def normalise_controls(obj: dict) -> tuple[dict, dict[str, str]] | str:
     return obj, names
 
 
-def _image_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
+def _image_jsonl(ws: Workspace, listing: Listing, written: str) -> None:
     d, root = listing.dataset, ws.root
     need = d.control_count
     lines = []
     for n, obj in _jsonl_lines(ws, listing, written):
         where = f"{listing.folder}:{n}"
         if not isinstance(obj, dict):
-            listing.error(where, "expected a JSON object {\"image_path\": ..., \"caption\": ...}", "line")
+            listing.error(where, 'expected a JSON object {"image_path": ..., "caption": ...}', "line")
             continue
         norm = normalise_controls(obj)
         if isinstance(norm, str):
-            listing.error(where, f"`{norm}`: control keys are control_path or control_path_<number> (musubi-tuner stops on "
-                          "the line, ValueError); rename it", "line")
+            listing.error(
+                where,
+                f"`{norm}`: control keys are control_path or control_path_<number> (musubi-tuner stops on "
+                "the line, ValueError); rename it",
+                "line",
+            )
             continue
         lines.append((n, *norm))
     listing.has_controls = any("control_path_0" in norm for _, norm, _ in lines)
@@ -653,29 +736,47 @@ def _image_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
         where = f"{listing.folder}:{n}"
         target = norm.get("image_path", norm.get("image_path_0"))
         if not isinstance(target, str) or not target:
-            listing.error(where, "no \"image_path\"; every line needs the target image", "line")
+            listing.error(where, 'no "image_path"; every line needs the target image', "line")
             continue
         if not isinstance(norm.get("caption"), str):
-            listing.error(where, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one", "line")
+            listing.error(where, 'no "caption"; musubi-tuner fails on the line (KeyError): add one', "line")
             continue
         have = [f"control_path_{i}" for i in range(len(norm)) if f"control_path_{i}" in norm]
         if listing.has_controls and len(have) < need:
-            listing.error(where, f"{len(have)} control image(s), {need} needed (len(fp_1f_clean_indices)); caching fails on it", "line")
+            listing.error(
+                where,
+                f"{len(have)} control image(s), {need} needed (len(fp_1f_clean_indices)); caching fails on it",
+                "line",
+            )
         elif len(have) > need:
-            listing.warn(where, f"{len(have)} control images, but fp_1f_clean_indices uses {need}: "
-                         f"{', '.join(names[k] for k in have[need:])} ignored", "extra-controls")
+            listing.warn(
+                where,
+                f"{len(have)} control images, but fp_1f_clean_indices uses {need}: "
+                f"{', '.join(names[k] for k in have[need:])} ignored",
+                "extra-controls",
+            )
         extra = []
         if d.get("multiple_target") is True:
             i = 1
             while f"image_path_{i}" in norm:
                 extra.append(norm[f"image_path_{i}"])
                 i += 1
-        paths = [("image_path", target), *((k, norm[k]) for k in have[:need]), *((f"image_path_{i}", v) for i, v in enumerate(extra, 1))]
+        paths = [
+            ("image_path", target),
+            *((k, norm[k]) for k in have[:need]),
+            *((f"image_path_{i}", v) for i, v in enumerate(extra, 1)),
+        ]
         bad = [(k, v) for k, v in paths if not isinstance(v, str) or not os.path.isfile(os.path.join(root, v))]
         for k, v in bad:
-            listing.error(where, f"{names.get(k, k)} {v} {missing_file(_abs(root, v)) if isinstance(v, str) else 'is not a path'}", "line")
+            listing.error(
+                where,
+                f"{names.get(k, k)} {v} {missing_file(_abs(root, v)) if isinstance(v, str) else 'is not a path'}",
+                "line",
+            )
         if not bad:
-            listing.items.append(Item(where, target, [norm[k] for k in have[:need]], norm["caption"], d.index, root, extra))
+            listing.items.append(
+                Item(where, target, [norm[k] for k in have[:need]], norm["caption"], d.index, root, extra)
+            )
 
 
 def video_control(root: Path, control_dir: str, video: str) -> str | None:
@@ -696,15 +797,19 @@ def video_control(root: Path, control_dir: str, video: str) -> str | None:
     return None
 
 
-def _video_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
+def _video_directory(ws: Workspace, listing: Listing, directory: str) -> None:
     d, root = listing.dataset, ws.root
     if not _folder_ok(ws, listing, "video_directory", directory):
         return
     listing.folder = ws.rel(ws.resolve(directory))
     ext = d.get("caption_extension")
     if not ext:
-        listing.error(d.where, f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); "
-                      "add `caption_extension = \".txt\"`", "caption")
+        listing.error(
+            d.where,
+            f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); "
+            'add `caption_extension = ".txt"`',
+            "caption",
+        )
         return
     control_dir = d.get("control_directory")
     has_controls = isinstance(control_dir, str) and _folder_ok(ws, listing, "control_directory", control_dir)
@@ -715,15 +820,23 @@ def _video_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
         if _broken_links(ws, listing, [video, cap]):
             continue
         if not _abs(root, cap).is_file():
-            listing.error(shown, f"no caption file {os.path.basename(cap)}: caching fails on it; write one or remove the video", "caption")
+            listing.error(
+                shown,
+                f"no caption file {os.path.basename(cap)}: caching fails on it; write one or remove the video",
+                "caption",
+            )
             continue
         controls = []
         if has_controls:
             control = video_control(root, control_dir, video)
             if control is None:
-                listing.error(shown, f"no control video or folder for it in {ws.rel(ws.resolve(control_dir))} (named "
-                              f"{os.path.basename(video)}, {os.path.splitext(os.path.basename(video))[0]}/ or another video "
-                              "extension); caching fails", "controls")
+                listing.error(
+                    shown,
+                    f"no control video or folder for it in {ws.rel(ws.resolve(control_dir))} (named "
+                    f"{os.path.basename(video)}, {os.path.splitext(os.path.basename(video))[0]}/ or another video "
+                    "extension); caching fails",
+                    "controls",
+                )
                 continue
             controls = [control]
         caption, error = _read_caption(root, cap)
@@ -732,7 +845,7 @@ def _video_directory(ws: "Workspace", listing: Listing, directory: str) -> None:
         listing.items.append(Item(shown, video, controls, caption, d.index, root, caption_error=error))
 
 
-def _video_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
+def _video_jsonl(ws: Workspace, listing: Listing, written: str) -> None:
     d, root = listing.dataset, ws.root
     lines = _jsonl_lines(ws, listing, written)
     listing.has_controls = any(isinstance(o, dict) and "control_path" in o for _, o in lines)
@@ -740,25 +853,31 @@ def _video_jsonl(ws: "Workspace", listing: Listing, written: str) -> None:
         where = f"{listing.folder}:{n}"
         video = obj.get("video_path") if isinstance(obj, dict) else None
         if not isinstance(video, str) or not video:
-            listing.error(where, "no \"video_path\"; every line needs one", "line")
+            listing.error(where, 'no "video_path"; every line needs one', "line")
         elif not isinstance(obj.get("caption"), str):
-            listing.error(where, "no \"caption\"; musubi-tuner fails on the line (KeyError): add one", "line")
+            listing.error(where, 'no "caption"; musubi-tuner fails on the line (KeyError): add one', "line")
         elif not _abs(root, video).exists():
             listing.error(where, f"video_path {video} not found; fix the path (relative to the workspace root)", "line")
         elif listing.has_controls and not isinstance(obj.get("control_path"), str):
-            listing.error(where, "no \"control_path\", but other lines have one: musubi-tuner stops; add one to every line", "line")
+            listing.error(
+                where, 'no "control_path", but other lines have one: musubi-tuner stops; add one to every line', "line"
+            )
         else:
             controls = [obj["control_path"]] if listing.has_controls else []
             listing.items.append(Item(where, video, controls, obj["caption"], d.index, root))
 
 
-def items(ws: "Workspace", d: Dataset) -> Listing:
+def items(ws: Workspace, d: Dataset) -> Listing:
     """The dataset's items as musubi-tuner's datasource finds them, and the problems it would stop on."""
     listing = Listing(d)
     source = d.source
     if source is None:
         return listing
     key, written = source
-    {"image_directory": _image_directory, "image_jsonl_file": _image_jsonl,
-     "video_directory": _video_directory, "video_jsonl_file": _video_jsonl}[key](ws, listing, written)
+    {
+        "image_directory": _image_directory,
+        "image_jsonl_file": _image_jsonl,
+        "video_directory": _video_directory,
+        "video_jsonl_file": _video_jsonl,
+    }[key](ws, listing, written)
     return listing

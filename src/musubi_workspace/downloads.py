@@ -54,7 +54,11 @@ def plan(cfg: Config) -> list[Download]:
         folder, repo = match
         filename = rel[len(folder) + 1 :]
         m = SHARD_RE.match(filename)
-        names = [f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}" for i in range(1, int(m.group(3)) + 1)] if m else [filename]
+        names = (
+            [f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}" for i in range(1, int(m.group(3)) + 1)]
+            if m
+            else [filename]
+        )
         out += [Download(repo, n, folder) for n in names]
     return out
 
@@ -70,6 +74,7 @@ def download(cfg: Config, dry_run: bool = False) -> None:
     if dry_run:
         return
     from huggingface_hub import hf_hub_download, snapshot_download
+
     token = os.environ.get("HF_TOKEN") or None
     for d in items:
         if (root / d.target).exists():

@@ -72,7 +72,11 @@ def make_example_dataset(ws: Workspace) -> list[Path]:
     written: list[Path] = []
     lines = []
     for name, shirt, word, skin, bg in ITEMS:
-        start, ref, target = base / "control" / f"{name}_0.png", base / "control" / f"{name}_1.png", base / "target" / f"{name}.png"
+        start, ref, target = (
+            base / "control" / f"{name}_0.png",
+            base / "control" / f"{name}_1.png",
+            base / "target" / f"{name}.png",
+        )
         _save(_figure(GREY, skin, bg), start, written)
         _save(_reference(shirt), ref, written)
         _save(_figure(shirt, skin, bg), target, written)
@@ -116,7 +120,10 @@ def _turned(colour, background, angle: float) -> Image.Image:
     cx, cy, r = w / 2, h / 2, w * 0.35
     points = [(r, 0), (-r * 0.6, r * 0.45), (-r * 0.3, 0), (-r * 0.6, -r * 0.45)]
     a = math.radians(angle)
-    d.polygon([(cx + x * math.cos(a) - y * math.sin(a), cy + x * math.sin(a) + y * math.cos(a)) for x, y in points], fill=colour)
+    d.polygon(
+        [(cx + x * math.cos(a) - y * math.sin(a), cy + x * math.sin(a) + y * math.cos(a)) for x, y in points],
+        fill=colour,
+    )
     return img
 
 
@@ -131,7 +138,11 @@ def make_video_example(ws: Workspace) -> list[Path]:
     lines = []
     for name, colour, word, bg in CLIPS:
         for i in range(VIDEO_FRAMES):
-            _save(_turned(colour, bg, 360.0 * i / (VIDEO_FRAMES - 1)), base / "clips" / name / f"frame_{i:03d}.png", written)
+            _save(
+                _turned(colour, bg, 360.0 * i / (VIDEO_FRAMES - 1)),
+                base / "clips" / name / f"frame_{i:03d}.png",
+                written,
+            )
         lines.append({"video_path": f"{VIDEO_FOLDER}/clips/{name}", "caption": video_caption(word)})
     name, colour, word, bg = VIDEO_HELD_OUT
     _save(_turned(colour, bg, 0.0), base / "samples" / f"{name}_start.png", written)

@@ -29,7 +29,10 @@ def gpu_memory(env: dict[str, str]) -> list[tuple[str, int]]:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=env,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []

@@ -25,25 +25,52 @@ HEADER_LIMIT = 100_000_000
 # dropped; shards allowed); CLIP-L in load_text_encoder2; SigLIP in load_image_encoders. The first and last
 # blocks are named so a file of another model (HunyuanVideo's DiT lacks clean_x_embedder) or a swapped key fails.
 TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dit": ("the FramePack DiT", (
-        "x_embedder.proj.weight", "clean_x_embedder.proj.weight", "image_projection.up.weight",
-        "transformer_blocks.0.attn.to_q.weight", "transformer_blocks.19.attn.to_q.weight",
-        "single_transformer_blocks.39.attn.to_q.weight", "proj_out.weight",
-    )),
-    "vae": ("the HunyuanVideo VAE", (
-        "encoder.conv_in.conv.weight", "quant_conv.weight", "post_quant_conv.weight", "decoder.conv_out.conv.weight",
-    )),
-    "text_encoder1": ("the LLaMA text encoder", (
-        "embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.31.mlp.down_proj.weight", "norm.weight",
-    )),
-    "text_encoder2": ("the CLIP-L text encoder", (
-        "text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.11.mlp.fc2.weight",
-        "text_model.final_layer_norm.weight",
-    )),
-    "image_encoder": ("the SigLIP image encoder", (
-        "vision_model.embeddings.patch_embedding.weight", "vision_model.encoder.layers.26.mlp.fc2.weight",
-        "vision_model.post_layernorm.weight",
-    )),
+    "dit": (
+        "the FramePack DiT",
+        (
+            "x_embedder.proj.weight",
+            "clean_x_embedder.proj.weight",
+            "image_projection.up.weight",
+            "transformer_blocks.0.attn.to_q.weight",
+            "transformer_blocks.19.attn.to_q.weight",
+            "single_transformer_blocks.39.attn.to_q.weight",
+            "proj_out.weight",
+        ),
+    ),
+    "vae": (
+        "the HunyuanVideo VAE",
+        (
+            "encoder.conv_in.conv.weight",
+            "quant_conv.weight",
+            "post_quant_conv.weight",
+            "decoder.conv_out.conv.weight",
+        ),
+    ),
+    "text_encoder1": (
+        "the LLaMA text encoder",
+        (
+            "embed_tokens.weight",
+            "layers.0.self_attn.q_proj.weight",
+            "layers.31.mlp.down_proj.weight",
+            "norm.weight",
+        ),
+    ),
+    "text_encoder2": (
+        "the CLIP-L text encoder",
+        (
+            "text_model.embeddings.token_embedding.weight",
+            "text_model.encoder.layers.11.mlp.fc2.weight",
+            "text_model.final_layer_norm.weight",
+        ),
+    ),
+    "image_encoder": (
+        "the SigLIP image encoder",
+        (
+            "vision_model.embeddings.patch_embedding.weight",
+            "vision_model.encoder.layers.26.mlp.fc2.weight",
+            "vision_model.post_layernorm.weight",
+        ),
+    ),
 }
 
 
@@ -90,7 +117,10 @@ def read_header(path: Path) -> tuple[dict | None, str | None]:
     except (TypeError, KeyError, IndexError, ValueError):
         return None, "is not a safetensors file: its header has no data offsets"
     if 8 + n + end > size:
-        return None, f"is cut short: its header describes {8 + n + end:,} bytes, the file has {size:,} (an interrupted download)"
+        return (
+            None,
+            f"is cut short: its header describes {8 + n + end:,} bytes, the file has {size:,} (an interrupted download)",
+        )
     return header, None
 
 
@@ -112,16 +142,18 @@ def loaded_files(key: str, path: Path) -> list[Path]:
         return []
     m = SHARD_RE.match(path.name)
     if m and key in ("dit", "text_encoder1"):
-        return [path.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}") for i in range(1, int(m.group(3)) + 1)]
+        return [
+            path.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}") for i in range(1, int(m.group(3)) + 1)
+        ]
     return [path] if path.suffix == ".safetensors" else []
 
 
 def loader_keys(key: str, names: set[str]) -> set[str]:
     """Tensor names as the loader sees them after its own renaming."""
     if key == "vae" and any(n.startswith("vae.") for n in names):
-        return {n[len("vae."):] for n in names if n.startswith("vae.")}
+        return {n[len("vae.") :] for n in names if n.startswith("vae.")}
     if key == "text_encoder1" and "model.embed_tokens.weight" in names:
-        return {n[len("model."):] if n.startswith("model.") else n for n in names}
+        return {n[len("model.") :] if n.startswith("model.") else n for n in names}
     return names
 
 
@@ -148,9 +180,11 @@ def tensor_problem(key: str, path: Path) -> str | None:
     if not missing:
         return None
     example = min(names) if names else "none"
-    return (f"is not {what} musubi-tuner loads for `{key}`: {len(missing)} of the {len(needed)} tensors checked are "
-            f"missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); it holds {len(names)} tensor(s) "
-            f"such as {example}: check the file, or which key names it")
+    return (
+        f"is not {what} musubi-tuner loads for `{key}`: {len(missing)} of the {len(needed)} tensors checked are "
+        f"missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); it holds {len(names)} tensor(s) "
+        f"such as {example}: check the file, or which key names it"
+    )
 
 
 def write_placeholder(path: Path, names, metadata: dict | None = None) -> Path:

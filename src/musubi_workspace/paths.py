@@ -19,7 +19,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def find(cls) -> "Workspace":
+    def find(cls) -> Workspace:
         return cls(Path(os.environ.get("WS_ROOT") or os.getcwd()).resolve())
 
     @property
@@ -51,5 +51,7 @@ class Workspace:
         """`v1`, `v2`, ... present under configs/, in numeric order."""
         if not self.configs.is_dir():
             return []
-        found = [(int(m.group(1)), d.name) for d in self.configs.iterdir() if d.is_dir() and (m := VERSION_RE.match(d.name))]
+        found = [
+            (int(m.group(1)), d.name) for d in self.configs.iterdir() if d.is_dir() and (m := VERSION_RE.match(d.name))
+        ]
         return [name for _, name in sorted(found)]

@@ -93,9 +93,17 @@ def import_musubi():
     if not torch.cuda.is_available():
         # wan/modules/t5.py evaluates torch.cuda.current_device() in a default argument at import time.
         torch.cuda.current_device = lambda: 0
-    names = ("fpack_train_network", "fpack_generate_video", "fpack_cache_latents", "fpack_cache_text_encoder_outputs",
-             "cache_latents", "cache_text_encoder_outputs", "training.parser_common", "training.sampling_prompts",
-             "dataset.config_utils")
+    names = (
+        "fpack_train_network",
+        "fpack_generate_video",
+        "fpack_cache_latents",
+        "fpack_cache_text_encoder_outputs",
+        "cache_latents",
+        "cache_text_encoder_outputs",
+        "training.parser_common",
+        "training.sampling_prompts",
+        "dataset.config_utils",
+    )
     # The attention-backend probes print at import.
     with globals_as_found(), contextlib.redirect_stdout(io.StringIO()):
         return {n: importlib.import_module(f"musubi_tuner.{n}") for n in names}
@@ -305,7 +313,9 @@ def describe_names(m: dict) -> dict:
         builtin = sorted({n.lower() for n in re.findall(r'optimizer_type == "(\w+)"\.lower\(\)', opt_src)})
         for name in builtin:
             if (err := f.optimizer_error(name)) is not None:
-                raise RuntimeError(f"get_optimizer's own name {name!r} fails here ({err}): update musubi_workspace.schema")
+                raise RuntimeError(
+                    f"get_optimizer's own name {name!r} fails here ({err}): update musubi_workspace.schema"
+                )
         torch_optim, fails_at_step = [], {}
         optim = f.torch.optim
         for name in sorted(n for n in dir(optim) if isinstance(getattr(optim, n), type)):
@@ -315,13 +325,14 @@ def describe_names(m: dict) -> dict:
             if err is None:
                 torch_optim.append(name)
             elif err.startswith("step: "):
-                fails_at_step[name] = err[len("step: "):]
+                fails_at_step[name] = err[len("step: ") :]
 
         sched_src = _code_lines(f.cls.get_lr_scheduler)
         case_insensitive = sorted(set(re.findall(r'name\.lower\(\) == "(\w+)"', sched_src)))
         diffusers = f.base.DiffusersSchedulerType
         candidates = _unique(
-            [t.value for t in f.base.SchedulerType] + case_insensitive
+            [t.value for t in f.base.SchedulerType]
+            + case_insensitive
             + [diffusers[n].value for n in re.findall(r"DiffusersSchedulerType\.(\w+)\.value", sched_src)]
             + re.findall(r'name\.startswith\("(\w+)"\)', sched_src)
         )
@@ -330,15 +341,23 @@ def describe_names(m: dict) -> dict:
             err = f.scheduler_error(name)
             if err is None:
                 names.append(name)
-            elif option := next((k for k, v in SCHEDULER_NEEDS.items() if f.scheduler_error(name, **{k: v}) is None), None):
+            elif option := next(
+                (k for k, v in SCHEDULER_NEEDS.items() if f.scheduler_error(name, **{k: v}) is None), None
+            ):
                 needs[name] = option
             else:
                 fails[name] = err
     finally:
         logging.disable(logging.NOTSET)
     lr = optim.lr_scheduler
-    lr_classes = sorted(n for n in dir(lr) if not n.startswith("_") and n != "LRScheduler" and isinstance(getattr(lr, n), type)
-                        and (issubclass(getattr(lr, n), lr.LRScheduler) or n == "ReduceLROnPlateau"))
+    lr_classes = sorted(
+        n
+        for n in dir(lr)
+        if not n.startswith("_")
+        and n != "LRScheduler"
+        and isinstance(getattr(lr, n), type)
+        and (issubclass(getattr(lr, n), lr.LRScheduler) or n == "ReduceLROnPlateau")
+    )
     return {
         "optimizer_type": {"case_insensitive": builtin, "torch_optim": torch_optim, "fails_at_step": fails_at_step},
         "lr_scheduler": {"names": sorted(names), "case_insensitive": case_insensitive, "needs": needs, "fails": fails},
@@ -358,7 +377,9 @@ def installed_commit() -> str | None:
         return info["vcs_info"].get("commit_id")
     url = info.get("url", "")
     if url.startswith("file://"):
-        git = subprocess.run(["git", "-C", url[len("file://"):], "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+        git = subprocess.run(
+            ["git", "-C", url[len("file://") :], "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        )
         return git.stdout.strip() if git.returncode == 0 else None
     return None
 

@@ -17,8 +17,18 @@ from musubi_workspace.paths import Workspace
 VERSION_FILES = ("config.toml", "dataset.toml", "prompts.txt")
 # Values that point at inputs shared between versions: never rewritten by `make new`, even if they name a version.
 SHARED_INPUT_KEYS = {
-    "dit", "vae", "text_encoder1", "text_encoder2", "image_encoder", "network_weights", "base_weights",
-    "image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file", "control_directory",
+    "dit",
+    "vae",
+    "text_encoder1",
+    "text_encoder2",
+    "image_encoder",
+    "network_weights",
+    "base_weights",
+    "image_directory",
+    "image_jsonl_file",
+    "video_directory",
+    "video_jsonl_file",
+    "control_directory",
 }
 # Dropped by `make new`: a new version starts fresh.
 DROPPED_KEYS = ("resume",)
@@ -31,7 +41,9 @@ def version_token(version: str) -> re.Pattern:
 
 def _check_version(ws: Workspace, name: str, var: str) -> Path:
     if not re.fullmatch(r"v\d+", name or ""):
-        raise WorkspaceError(f"{var}={name}: a version is named vN (v1, v2, ...); versions here: {', '.join(ws.versions()) or 'none'}")
+        raise WorkspaceError(
+            f"{var}={name}: a version is named vN (v1, v2, ...); versions here: {', '.join(ws.versions()) or 'none'}"
+        )
     folder = ws.configs / name
     if not folder.is_dir():
         raise WorkspaceError(
@@ -40,7 +52,9 @@ def _check_version(ws: Workspace, name: str, var: str) -> Path:
     return folder
 
 
-def _rewrite_strings(node: Any, old: str, new: str, key: str, changes: list, where: str, renamed: dict | None = None) -> None:
+def _rewrite_strings(
+    node: Any, old: str, new: str, key: str, changes: list, where: str, renamed: dict | None = None
+) -> None:
     """Rewrite, in place, string values of a tomlkit document that name the old version; `renamed` collects
     old value -> new value."""
     token = version_token(old)
@@ -163,7 +177,9 @@ def new_version(ws: Workspace, source: str = "") -> str:
         print(f"  {line}")
     if not changes:
         print("  (no value named the version; files copied as they are)")
-    print(f"Next: edit configs/{target}/config.toml, then `make diff` and `make check CONFIG_FILE=configs/{target}/config.toml`.")
+    print(
+        f"Next: edit configs/{target}/config.toml, then `make diff` and `make check CONFIG_FILE=configs/{target}/config.toml`."
+    )
     return target
 
 
@@ -172,8 +188,10 @@ def _read_text(ws: Workspace, path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise WorkspaceError(f"{ws.rel(path)}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                             f"save it as UTF-8 (musubi-tuner reads it as UTF-8 too)") from None
+        raise WorkspaceError(
+            f"{ws.rel(path)}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            f"save it as UTF-8 (musubi-tuner reads it as UTF-8 too)"
+        ) from None
 
 
 def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -226,7 +244,9 @@ def diff_versions(ws: Workspace, a: str = "", b: str = "") -> list[str]:
     versions = ws.versions()
     if not a and not b:
         if len(versions) < 2:
-            raise WorkspaceError(f"make diff needs two versions; have {', '.join(versions) or 'none'}: `make new` creates one")
+            raise WorkspaceError(
+                f"make diff needs two versions; have {', '.join(versions) or 'none'}: `make new` creates one"
+            )
         a, b = versions[-2], versions[-1]
     elif not a or not b:
         raise WorkspaceError("make diff: give both A= and B= (e.g. make diff A=v1 B=v2), or neither for the newest two")

@@ -33,8 +33,9 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def _opt(args: list[str], name: str, default=None):
@@ -45,8 +46,10 @@ def _bar(n: int, total: int, spi: float, loss: float) -> str:
     pct = int(100 * n / total) if total else 100
     fill = "█" * (pct // 10) + " " * (10 - pct // 10)
     left = int((total - n) * spi)
-    return (f"steps: {pct:3d}%|{fill}| {n}/{total} [00:{min(n, 59):02d}<{left // 60:02d}:{left % 60:02d}, "
-            f"{spi:.2f}s/it, avr_loss={loss:.4f}]")
+    return (
+        f"steps: {pct:3d}%|{fill}| {n}/{total} [00:{min(n, 59):02d}<{left // 60:02d}:{left % 60:02d}, "
+        f"{spi:.2f}s/it, avr_loss={loss:.4f}]"
+    )
 
 
 def _upload_child(seconds: float) -> None:
@@ -75,8 +78,15 @@ def _save_lora(path: Path) -> None:
     prefix = os.environ.get("STANDIN_LORA_KEYS", "lora_unet_")
     print(f"\nsaving checkpoint: {path}", flush=True)
     block = f"{prefix}transformer_blocks_0_attn_to_q"
-    safetensors(str(path), {f"{block}.alpha": ("F32", ()), f"{block}.lora_down.weight": ("BF16", (4, 3072)),
-                            f"{block}.lora_up.weight": ("BF16", (3072, 4))}, {"ss_network_module": "networks.lora_framepack"})
+    safetensors(
+        str(path),
+        {
+            f"{block}.alpha": ("F32", ()),
+            f"{block}.lora_down.weight": ("BF16", (4, 3072)),
+            f"{block}.lora_up.weight": ("BF16", (3072, 4)),
+        },
+        {"ss_network_module": "networks.lora_framepack"},
+    )
 
 
 def _save_state(folder: Path) -> None:
@@ -84,8 +94,6 @@ def _save_state(folder: Path) -> None:
     (folder / "model.safetensors").write_bytes(b"state")
     if _real():
         (folder / "optimizer.bin").write_bytes(b"optimizer")
-
-
 
 
 def behave(argv: list[str]) -> int | None:
@@ -109,7 +117,9 @@ def behave(argv: list[str]) -> int | None:
 
     print("Trying to import sageattention", flush=True)
     if os.environ.get("STANDIN_LEAK"):
-        print(f"debug: HF_TOKEN={os.environ.get('HF_TOKEN')} WANDB_API_KEY={os.environ.get('WANDB_API_KEY')}", flush=True)
+        print(
+            f"debug: HF_TOKEN={os.environ.get('HF_TOKEN')} WANDB_API_KEY={os.environ.get('WANDB_API_KEY')}", flush=True
+        )
     if "--resume" in args:
         print(f"INFO resume training from local state: {_opt(args, '--resume')}", flush=True)
     err = sys.stderr
@@ -186,7 +196,11 @@ class _Outputs:
                 time.sleep(0.2)
             self.writer = EventFileWriter(str(run / str(cfg.get("log_tracker_name") or "network_train")))
         prompts = Path(cfg["sample_prompts"]) if cfg.get("sample_prompts") else None
-        self.prompts = [l for l in prompts.read_text().splitlines() if l.strip() and not l.startswith("#")] if prompts and prompts.is_file() else []
+        self.prompts = (
+            [l for l in prompts.read_text().splitlines() if l.strip() and not l.startswith("#")]
+            if prompts and prompts.is_file()
+            else []
+        )
         self.sum, self.count = 0.0, 0
 
     def step(self, n: int, loss: float) -> None:
@@ -212,7 +226,9 @@ class _Outputs:
         stamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
         for i, _ in enumerate(self.prompts):
             shade = (int(tag.lstrip("e")) * 7 + i * 60) % 256
-            Image.new("RGB", (32, 48), (shade, 90, 255 - shade)).save(folder / f"{self.name}_{tag}_{i:02d}_{stamp}_42_000.png")
+            Image.new("RGB", (32, 48), (shade, 90, 255 - shade)).save(
+                folder / f"{self.name}_{tag}_{i:02d}_{stamp}_42_000.png"
+            )
 
     def close(self) -> None:
         if self.writer is not None:

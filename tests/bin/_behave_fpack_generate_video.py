@@ -19,6 +19,8 @@ def behave(argv: list[str]) -> int | None:
     lines = [l for l in open(prompts, encoding="utf-8").read().splitlines() if l.strip() and not l.startswith("#")]
     os.makedirs(save, exist_ok=True)
     for i, _ in enumerate(lines):
-        Image.new("RGB", (64, 96), (120, 60, 180)).save(os.path.join(save, f"{time.strftime('%Y%m%d-%H%M%S')}_{1234 + i}.png"))
+        Image.new("RGB", (64, 96), (120, 60, 180)).save(
+            os.path.join(save, f"{time.strftime('%Y%m%d-%H%M%S')}_{1234 + i}.png")
+        )
     print(f"fpack_generate_video (stand-in): {len(lines)} image(s) in {save}", flush=True)
     return None

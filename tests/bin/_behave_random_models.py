@@ -9,8 +9,12 @@ from pathlib import Path
 
 from _fpack_dataset import option
 
-NAMES = {"hunyuan_video_vae_random_fp16.safetensors": "vae", "llava_llama3_random_fp16.safetensors": "text_encoder1",
-         "clip_l_random_fp16.safetensors": "text_encoder2", "sigclip_vision_384_random_fp16.safetensors": "image_encoder"}
+NAMES = {
+    "hunyuan_video_vae_random_fp16.safetensors": "vae",
+    "llava_llama3_random_fp16.safetensors": "text_encoder1",
+    "clip_l_random_fp16.safetensors": "text_encoder2",
+    "sigclip_vision_384_random_fp16.safetensors": "image_encoder",
+}
 
 
 def _safetensors(path: Path, key: str) -> None:

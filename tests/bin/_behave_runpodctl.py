@@ -1,9 +1,9 @@
 """The runpodctl stand-in: stops nothing, says what a real one says.
 
-  STANDIN_RUNPODCTL_SYNTAX=new|old|both  which syntax this "release" knows (default new): `runpodctl pod stop ID`
-                                         (newer) or `runpodctl stop pod ID` (older); the other is rejected the
-                                         way cobra rejects an unknown command
-  STANDIN_EXIT_RUNPODCTL=<n>             every call fails with code n (an API error)
+STANDIN_RUNPODCTL_SYNTAX=new|old|both  which syntax this "release" knows (default new): `runpodctl pod stop ID`
+                                       (newer) or `runpodctl stop pod ID` (older); the other is rejected the
+                                       way cobra rejects an unknown command
+STANDIN_EXIT_RUNPODCTL=<n>             every call fails with code n (an API error)
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ command (`-L socket`) are taken and ignored, as a real tmux's server choice does
 from __future__ import annotations
 
 import os
-import tempfile
 import subprocess
+import tempfile
 
 
 def _pidfile(name: str) -> str:
@@ -32,8 +32,14 @@ def behave(argv: list[str]) -> int | None:
         cwd = rest[rest.index("-c") + 1] if "-c" in rest else os.getcwd()
         shell_command = rest[-1]
         out = open(_pidfile(name) + ".out", "w")
-        p = subprocess.Popen(["bash", "-c", shell_command], cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            ["bash", "-c", shell_command],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         open(_pidfile(name) + ".pid", "w").write(str(p.pid))
         return 0
     return 1

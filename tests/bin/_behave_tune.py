@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def behave(argv: list[str]) -> int:
@@ -44,8 +45,12 @@ def behave(argv: list[str]) -> int:
     mem = ((14 if fp8 else 26) * (1 - swap / 60) + batch * (2.5 if ckpt else 6) - (2 if compiled else 0)) * 2**30
     step = batch * 1.4 * (1 + 0.005 * swap) * (0.8 if compiled else 1) * (0.95 if fp8 else 1) * (1.3 if ckpt else 1)
     out = os.environ["WS_PROBE_OUT"]
-    record = {"status": "running", "steps": [], "total_memory": total,
-              "device_name": os.environ.get("STANDIN_GPU_NAME", "NVIDIA H100 80GB HBM3")}
+    record = {
+        "status": "running",
+        "steps": [],
+        "total_memory": total,
+        "device_name": os.environ.get("STANDIN_GPU_NAME", "NVIDIA H100 80GB HBM3"),
+    }
     if cap:
         record["memory_cap"] = cap
     if mem > usable:
@@ -53,9 +58,14 @@ def behave(argv: list[str]) -> int:
         Path(out).write_text(json.dumps(record))
         return 1
     for i in range(cfg["max_train_steps"]):
-        record["steps"].append({"t": 100 + i * step + 0.01 * (i % 2),
-                                "max_allocated": mem, "max_reserved": mem * 1.1,
-                                "loss": 0.1 + i / 100 + (0.001 if fp8 else 0)})
+        record["steps"].append(
+            {
+                "t": 100 + i * step + 0.01 * (i % 2),
+                "max_allocated": mem,
+                "max_reserved": mem * 1.1,
+                "loss": 0.1 + i / 100 + (0.001 if fp8 else 0),
+            }
+        )
     record["status"] = "ok"
     Path(out).write_text(json.dumps(record))
     return 0

@@ -13,9 +13,23 @@ import json
 import os
 import signal
 import struct
+
 import tomllib
 
-IMAGE_EXTENSIONS = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP", ".avif", ".AVIF"]
+IMAGE_EXTENSIONS = [
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".PNG",
+    ".JPG",
+    ".JPEG",
+    ".WEBP",
+    ".BMP",
+    ".avif",
+    ".AVIF",
+]
 VIDEO_EXTENSIONS = [".mp4", ".webm", ".avi", ".mkv", ".mov"]
 
 
@@ -50,7 +64,9 @@ def items(dataset_config: str) -> list[dict]:
             with open(ds["video_jsonl_file"], encoding="utf-8") as f:
                 for line in f:
                     data = json.loads(line)
-                    out.append({"cache_dir": cache_dir, "path": data["video_path"], "caption": data["caption"], "video": True})
+                    out.append(
+                        {"cache_dir": cache_dir, "path": data["video_path"], "caption": data["caption"], "video": True}
+                    )
         elif ds.get("image_jsonl_file"):
             with open(ds["image_jsonl_file"], encoding="utf-8") as f:
                 for line in f:
@@ -60,7 +76,13 @@ def items(dataset_config: str) -> list[dict]:
             video = bool(ds.get("video_directory"))
             folder = ds.get("video_directory") or ds["image_directory"]
             cache_dir = ds.get("cache_directory") or folder
-            paths = sorted({p for e in (VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS) for p in glob.glob(os.path.join(glob.escape(folder), "*" + e))})
+            paths = sorted(
+                {
+                    p
+                    for e in (VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS)
+                    for p in glob.glob(os.path.join(glob.escape(folder), "*" + e))
+                }
+            )
             bases = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(folder, "*" + ext))}
             for p in paths:
                 if video or os.path.splitext(os.path.basename(p))[0] in bases:
@@ -103,10 +125,13 @@ def one_frame_latent_tensors(dataset_config: str, argv: list[str]) -> dict:
     ds = cfg["datasets"][0]
     n_clean = len(ds.get("fp_1f_clean_indices", [0])) + (0 if ds.get("fp_1f_no_post") else 1)
     lh, lw = h // 8, w // 8
-    out = {f"latents_1x{lh}x{lw}_float16": ("F16", (16, 1, lh, lw)),
-           f"latents_clean_1x{lh}x{lw}_float16": ("F16", (16, n_clean, lh, lw)),
-           "image_embeddings_float16": ("F16", (729, 1152)), "latent_indices_int64": ("I64", (1,)),
-           "clean_latent_indices_int64": ("I64", (n_clean,))}
+    out = {
+        f"latents_1x{lh}x{lw}_float16": ("F16", (16, 1, lh, lw)),
+        f"latents_clean_1x{lh}x{lw}_float16": ("F16", (16, n_clean, lh, lw)),
+        "image_embeddings_float16": ("F16", (729, 1152)),
+        "latent_indices_int64": ("I64", (1,)),
+        "clean_latent_indices_int64": ("I64", (n_clean,)),
+    }
     if "--one_frame_no_2x" not in argv:
         out["clean_latent_2x_indices_int64"] = ("I64", (2,))
     if "--one_frame_no_4x" not in argv:
@@ -114,8 +139,11 @@ def one_frame_latent_tensors(dataset_config: str, argv: list[str]) -> dict:
     return out
 
 
-TE_TENSORS = {"llama_vec_float16": ("F16", (512, 4096)), "llama_attention_mask": ("BOOL", (512,)),
-              "clip_l_pooler_float16": ("F16", (768,))}
+TE_TENSORS = {
+    "llama_vec_float16": ("F16", (512, 4096)),
+    "llama_attention_mask": ("BOOL", (512,)),
+    "clip_l_pooler_float16": ("F16", (768,)),
+}
 
 
 class Writer:

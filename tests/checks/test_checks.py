@@ -64,27 +64,50 @@ def test_second_run_reads_the_image_facts_from_the_cache(ready):
 
 # 1. Config keys -----------------------------------------------------------------------------------------------
 
+
 def test_unknown_key_is_rejected_with_the_nearest_name(ready):
     edit(ready, CFG, "learning_rate = 2e-4", "learing_rate = 2e-4")
     r = ready.tool("check")
     assert r.returncode == 3
-    assert f"error: {at(ready, CFG, 'learing_rate')}: unknown option `learing_rate` (did you mean `learning_rate`?); musubi-tuner would ignore it silently" in findings(r)
+    assert (
+        f"error: {at(ready, CFG, 'learing_rate')}: unknown option `learing_rate` (did you mean `learning_rate`?); musubi-tuner would ignore it silently"
+        in findings(r)
+    )
     assert "error: configs/v1/config.toml: 1 error(s) found by `make check`; fix them and run again" in r.stderr
 
 
 def test_abbreviated_option_is_not_accepted(ready):
     edit(ready, CFG, "learning_rate = 2e-4", "learning_r = 2e-4")
-    assert f"error: {at(ready, CFG, 'learning_r ')}: unknown option `learning_r` (did you mean `learning_rate`?); musubi-tuner would ignore it silently" in findings(ready.tool("check"))
+    assert (
+        f"error: {at(ready, CFG, 'learning_r ')}: unknown option `learning_r` (did you mean `learning_rate`?); musubi-tuner would ignore it silently"
+        in findings(ready.tool("check"))
+    )
 
 
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("learning_rate = 2e-4", 'learning_rate = "1e-4"', "`learning_rate` must be a number, got '1e-4' (no quotes; musubi-tuner does not convert it)"),
-        ('mixed_precision = "bf16"', 'mixed_precision = "bf17"', "`mixed_precision` = 'bf17' is not one of no, fp16, bf16"),
-        ("gradient_checkpointing = true", 'gradient_checkpointing = "yes"', "`gradient_checkpointing` is a switch: write true or false, not 'yes'"),
+        (
+            "learning_rate = 2e-4",
+            'learning_rate = "1e-4"',
+            "`learning_rate` must be a number, got '1e-4' (no quotes; musubi-tuner does not convert it)",
+        ),
+        (
+            'mixed_precision = "bf16"',
+            'mixed_precision = "bf17"',
+            "`mixed_precision` = 'bf17' is not one of no, fp16, bf16",
+        ),
+        (
+            "gradient_checkpointing = true",
+            'gradient_checkpointing = "yes"',
+            "`gradient_checkpointing` is a switch: write true or false, not 'yes'",
+        ),
         ("max_train_steps = 1000", "max_train_steps = 1000.5", "`max_train_steps` must be a whole number, got 1000.5"),
-        ("seed = 42", 'seed = 42\noptimizer_args = "weight_decay=0.01"', '`optimizer_args` takes a list: write ["weight_decay=0.01"]'),
+        (
+            "seed = 42",
+            'seed = 42\noptimizer_args = "weight_decay=0.01"',
+            '`optimizer_args` takes a list: write ["weight_decay=0.01"]',
+        ),
     ],
 )
 def test_values_must_have_the_option_type_and_choices(ready, old, new, message):
@@ -104,6 +127,7 @@ def test_options_training_cannot_do_without(ready):
 
 # 2. Files -------------------------------------------------------------------------------------------------------
 
+
 def test_sharded_dit_needs_every_shard(ready):
     (ready.root / "models/framepack/diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
     r = ready.tool("check")
@@ -115,14 +139,22 @@ def test_sharded_dit_needs_every_shard(ready):
 
 
 def test_dit_may_be_a_folder(ready):
-    edit(ready, CFG, 'dit = "models/framepack/diffusion_pytorch_model-00001-of-00003.safetensors"', 'dit = "models/framepack"')
+    edit(
+        ready,
+        CFG,
+        'dit = "models/framepack/diffusion_pytorch_model-00001-of-00003.safetensors"',
+        'dit = "models/framepack"',
+    )
     assert findings(ready.tool("check")) == []
 
 
 def test_missing_models_are_warnings_in_a_dry_run(ws):
     r = ws.tool("check", "DRY_RUN=1", env={"WANDB_MODE": "offline"})
     assert r.returncode == 0
-    assert f"warning: {at(ws, CFG, 'vae =')}: vae models/hunyuanvideo/vae/diffusion_pytorch_model.safetensors not found; run `make models` to download it (dry run: not needed now)" in findings(r)
+    assert (
+        f"warning: {at(ws, CFG, 'vae =')}: vae models/hunyuanvideo/vae/diffusion_pytorch_model.safetensors not found; run `make models` to download it (dry run: not needed now)"
+        in findings(r)
+    )
 
 
 def test_missing_inputs_and_unwritable_output_dir(ready):
@@ -138,6 +170,7 @@ def test_missing_inputs_and_unwritable_output_dir(ready):
 
 
 # 3. dataset.toml --------------------------------------------------------------------------------------------------
+
 
 def test_dataset_keys_are_checked_against_musubis_dataset_schema(ready):
     edit(ready, DS, "num_repeats = 1", 'num_repeats = 1\ncache_directory = "cache/x"')
@@ -165,9 +198,22 @@ def test_directory_dataset_images_without_caption_and_controls(ready):
     for name in ("a", "c"):
         (d / "img" / f"{name}.txt").write_text(f"caption {name}")
     (d / "ctl" / "c_0.png").unlink()
-    ready.write(DS, ready.read(DS).split("[[datasets]]")[0] + "\n".join([
-        "[[datasets]]", 'image_directory = "datasets/dir/img"', 'control_directory = "datasets/dir/ctl"',
-        'caption_extension = ".txt"', 'cache_directory = "cache/v1/dir"', "fp_1f_clean_indices = [0]", "fp_1f_target_index = 1", ""]))
+    ready.write(
+        DS,
+        ready.read(DS).split("[[datasets]]")[0]
+        + "\n".join(
+            [
+                "[[datasets]]",
+                'image_directory = "datasets/dir/img"',
+                'control_directory = "datasets/dir/ctl"',
+                'caption_extension = ".txt"',
+                'cache_directory = "cache/v1/dir"',
+                "fp_1f_clean_indices = [0]",
+                "fp_1f_target_index = 1",
+                "",
+            ]
+        ),
+    )
     r = ready.tool("check")
     assert [f for f in findings(r) if "datasets/dir" in f] == [
         "warning: datasets/dir/img/b.png: no caption file b.txt: musubi-tuner skips the image without a word; write one or remove the image",
@@ -177,10 +223,10 @@ def test_directory_dataset_images_without_caption_and_controls(ready):
 
 def test_control_named_against_musubi_tuners_pattern_fails_check_and_cache_alike(ready):
     """x.png with a control x_a.png: musubi-tuner stops (Invalid digits suffix); check and cache say so in one line."""
-    from musubi_workspace.runs import cache_plan as cache_state
     from musubi_workspace.config import Config
     from musubi_workspace.errors import WorkspaceError
     from musubi_workspace.paths import Workspace
+    from musubi_workspace.runs import cache_plan as cache_state
 
     d = ready.root / "datasets" / "dir"
     (d / "img").mkdir(parents=True)
@@ -188,11 +234,26 @@ def test_control_named_against_musubi_tuners_pattern_fails_check_and_cache_alike
     Image.new("RGB", (512, 768), "red").save(d / "img" / "x.png")
     (d / "img" / "x.txt").write_text("caption x")
     Image.new("RGB", (512, 768), "white").save(d / "ctl" / "x_a.png")
-    ready.write(DS, ready.read(DS).split("[[datasets]]")[0] + "\n".join([
-        "[[datasets]]", 'image_directory = "datasets/dir/img"', 'control_directory = "datasets/dir/ctl"',
-        'caption_extension = ".txt"', 'cache_directory = "cache/v1/dir"', "fp_1f_clean_indices = [0]", "fp_1f_target_index = 1", ""]))
-    line = ("datasets/dir/ctl/x_a.png: control image x_a.png of x.png must be named x.<ext> or x_<number>.<ext>: "
-            "musubi-tuner stops on it (Invalid digits suffix); rename it")
+    ready.write(
+        DS,
+        ready.read(DS).split("[[datasets]]")[0]
+        + "\n".join(
+            [
+                "[[datasets]]",
+                'image_directory = "datasets/dir/img"',
+                'control_directory = "datasets/dir/ctl"',
+                'caption_extension = ".txt"',
+                'cache_directory = "cache/v1/dir"',
+                "fp_1f_clean_indices = [0]",
+                "fp_1f_target_index = 1",
+                "",
+            ]
+        ),
+    )
+    line = (
+        "datasets/dir/ctl/x_a.png: control image x_a.png of x.png must be named x.<ext> or x_<number>.<ext>: "
+        "musubi-tuner stops on it (Invalid digits suffix); rename it"
+    )
     r = ready.tool("check")
     assert r.returncode == 3
     assert [f for f in findings(r) if "datasets/dir" in f] == [f"error: {line}"]
@@ -216,7 +277,7 @@ def test_jsonl_lines_must_parse_and_name_existing_files(ready):
     assert r.returncode == 3
     assert [f for f in findings(r) if JSONL in f] == [
         f"error: {JSONL}:2: control_path_1 datasets/example-1f/control/nope.png not found; fix the path (relative to the workspace root)",
-        f"error: {JSONL}:3: no \"caption\"; musubi-tuner fails on the line (KeyError): add one",
+        f'error: {JSONL}:3: no "caption"; musubi-tuner fails on the line (KeyError): add one',
         f"error: {JSONL}:4: not valid JSON (Expecting property name enclosed in double quotes at column 24); fix the line",
         f"error: {JSONL}:6: empty line: musubi-tuner fails on it (JSONDecodeError); remove it",
     ]
@@ -241,7 +302,9 @@ def test_truncated_image_and_sizes_against_the_resolution(ready):
 def test_empty_dataset_is_an_error(ready):
     ready.write(JSONL, "")
     r = ready.tool("check")
-    assert findings(r) == [f"error: {at(ready, DS, '[[datasets]]')}: dataset 1 has no training items; add media with captions or fix its source"]
+    assert findings(r) == [
+        f"error: {at(ready, DS, '[[datasets]]')}: dataset 1 has no training items; add media with captions or fix its source"
+    ]
 
 
 def test_one_frame_needs_the_target_index_and_the_control_count(ready):
@@ -257,6 +320,7 @@ def test_one_frame_needs_the_target_index_and_the_control_count(ready):
 
 
 # 4. Data that makes a run worthless ---------------------------------------------------------------------------
+
 
 def test_target_identical_in_content_to_its_control_is_an_error_even_as_another_file(ready):
     root = ready.root / "datasets/example-1f"
@@ -283,6 +347,7 @@ def test_duplicate_items_and_empty_captions(ready):
 
 
 # 5. prompts.txt -------------------------------------------------------------------------------------------------
+
 
 def test_prompt_lines_parse_with_musubis_syntax(ready):
     line = ready.read(PROMPTS).splitlines()[-1]
@@ -313,8 +378,10 @@ def test_a_sample_image_that_is_a_training_image_is_a_warning(ready):
     r = ready.tool("check")
     assert r.returncode == 0
     n = len(ready.read(PROMPTS).splitlines())
-    expected = ("is a training control image (datasets/example-1f/train.jsonl:2): the sample shows recall, not generalisation; "
-                "use a held-out image")
+    expected = (
+        "is a training control image (datasets/example-1f/train.jsonl:2): the sample shows recall, not generalisation; "
+        "use a held-out image"
+    )
     assert findings(r) == [
         f"warning: {PROMPTS}:{n}: --i datasets/example-1f/samples/sample01_start.png {expected}",
         f"warning: {PROMPTS}:{n}: --ci datasets/example-1f/samples/sample01_start.png {expected}",
@@ -324,12 +391,18 @@ def test_a_sample_image_that_is_a_training_image_is_a_warning(ready):
 
 # 6. Version coherence ---------------------------------------------------------------------------------------------
 
+
 def test_a_version_that_names_another_versions_files_is_an_error(ready):
     assert ready.make("new").returncode == 0
     v2 = "configs/v2/config.toml"
     edit(ready, v2, 'dataset_config = "configs/v2/dataset.toml"', 'dataset_config = "configs/v1/dataset.toml"')
     edit(ready, v2, 'output_name = "example-1f_v2"', 'output_name = "example-1f_v1"')
-    edit(ready, "configs/v2/dataset.toml", 'cache_directory = "cache/v2/example-1f"', 'cache_directory = "cache/v1/example-1f"')
+    edit(
+        ready,
+        "configs/v2/dataset.toml",
+        'cache_directory = "cache/v2/example-1f"',
+        'cache_directory = "cache/v1/example-1f"',
+    )
     r = ready.tool("check", "CONFIG_FILE=v2")
     assert r.returncode == 3
     assert findings(r) == [
@@ -345,6 +418,7 @@ def test_a_version_that_names_another_versions_files_is_an_error(ready):
 
 
 # 7. Machine and credentials -----------------------------------------------------------------------------------
+
 
 def test_wandb_logging_without_a_key_is_an_error_and_the_key_in_env_file_is_enough(ready):
     env = {"WANDB_MODE": ""}
@@ -380,10 +454,13 @@ def test_too_little_disk_for_what_the_run_writes(ready):
     assert re.fullmatch(
         rf"error: {at(ready, CFG, 'output_dir')}: [\d.]+ GB free on the disk of outputs/v1, the run writes about 19784\.7 GB "
         r"\(11 LoRA file\(s\) of 860\.2 GB \+ 4 state\(s\) of 2580\.5 GB\); free space, or keep fewer files "
-        r"\(save_last_n_steps, save_last_n_steps_state\)", line), line
+        r"\(save_last_n_steps, save_last_n_steps_state\)",
+        line,
+    ), line
 
 
 # 8. Batch size and learning rate --------------------------------------------------------------------------------
+
 
 def test_batch_size_changed_without_learning_rate_gives_the_sqrt_scaled_value(ready):
     assert ready.make("new").returncode == 0
@@ -414,15 +491,22 @@ def test_several_gpus_and_accumulation_show_the_effective_batch(ready):
 
 # Preflight ------------------------------------------------------------------------------------------------------
 
+
 def test_cache_runs_the_checks_first_and_stops_on_errors(ready):
-    edit(ready, DS, "batch_size = 16", "batch_size = 16\ncache_directory = \"cache/x\"")
+    edit(ready, DS, "batch_size = 16", 'batch_size = 16\ncache_directory = "cache/x"')
     r = ready.make("cache")
     assert r.returncode == 2 and "Error 3" in r.stderr
-    assert "error: configs/v1/config.toml: `make cache` stopped before starting: 1 error(s) above; fix them (`make check`) and run again" in r.stderr
+    assert (
+        "error: configs/v1/config.toml: `make cache` stopped before starting: 1 error(s) above; fix them (`make check`) and run again"
+        in r.stderr
+    )
     assert ready.calls() == []
 
 
 def test_cache_does_not_need_the_training_credentials(ready):
     r = ready.make("cache", env={"WANDB_MODE": ""})
     assert r.returncode == 0, r.stderr
-    assert "[11/12] credentials ✓" in r.stderr and "[9/12] disk space ⊘ only needed for training, not for make cache" in r.stderr
+    assert (
+        "[11/12] credentials ✓" in r.stderr
+        and "[9/12] disk space ⊘ only needed for training, not for make cache" in r.stderr
+    )

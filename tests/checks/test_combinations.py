@@ -3,11 +3,11 @@ through the real `make check` / `make train` on a workspace copy with real edits
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 import tomlkit
+import tomllib
 
 KNOWN = Path(__file__).resolve().parents[2] / "src" / "musubi_workspace" / "data" / "known_issues.toml"
 CONFIG = "configs/v1/config.toml"
@@ -125,8 +125,8 @@ def test_batch_without_split_attn_exact_finding(ready):
     assert findings_of(lines, "batch-without-split-attn") == [
         f"error: {CONFIG}:{sdpa}: `sdpa = true` with `batch_size = 16` ({DATASET}:{batch}) and `split_attn = false` "
         f"({CONFIG}:{split}): at batch size > 1 FramePack's attention needs a varlen kernel (flash_attn or "
-        "SageAttention) or split_attn; the first step, after the DiT has loaded, raises \"No Attn Installed or "
-        "batch_size > 1 is not supported in this configuration. Try `--split_attn`.\"; fix: set `split_attn = true` "
+        'SageAttention) or split_attn; the first step, after the DiT has loaded, raises "No Attn Installed or '
+        'batch_size > 1 is not supported in this configuration. Try `--split_attn`."; fix: set `split_attn = true` '
         "(or use `flash_attn = true` with flash-attn installed) [batch-without-split-attn, seen at musubi-tuner "
         "30c658c, upstream issue #245]"
     ]
@@ -233,6 +233,7 @@ def test_settings_easier_than_every_run_that_ran_out_pass_on_the_gpu_shown(ready
 
 # --- torch's compile cache: one folder per set of compile-relevant settings ------------------------------------
 
+
 def compile_dir(w, **env) -> str:
     assert w.tool("cache").returncode == 0  # make train needs an up-to-date cache (a dataset edit makes it stale)
     before = len(w.calls("accelerate"))
@@ -253,13 +254,16 @@ def test_compile_cache_dir_reaches_the_trainer_inside_the_workspace_cache(ready)
     assert f"torch compile cache: cache/torch_compile/{Path(folder).name} " in r.stderr
 
 
-@pytest.mark.parametrize("change", [
-    (CONFIG, None, dict(fp8_base=True, fp8_scaled=True)),
-    (CONFIG, None, dict(blocks_to_swap=12)),
-    (CONFIG, None, dict(compile_mode="max-autotune-no-cudagraphs")),
-    (DATASET, "general", dict(batch_size=8)),
-    (DATASET, "general", dict(resolution=[640, 640])),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        (CONFIG, None, dict(fp8_base=True, fp8_scaled=True)),
+        (CONFIG, None, dict(blocks_to_swap=12)),
+        (CONFIG, None, dict(compile_mode="max-autotune-no-cudagraphs")),
+        (DATASET, "general", dict(batch_size=8)),
+        (DATASET, "general", dict(resolution=[640, 640])),
+    ],
+)
 def test_compile_cache_dir_differs_when_a_compile_relevant_setting_differs(ready, change):
     edit(ready, CONFIG, compile=True)
     first = compile_dir(ready)

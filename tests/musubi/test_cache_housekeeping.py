@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from runs.test_cache_plan import _directory_dataset
 
 
@@ -65,9 +64,9 @@ def encode_te(musubi, dataset_toml, skip_existing, keep_cache=False) -> list[str
 
 
 def planned(root: Path, version: str) -> tuple[set, set]:
-    from musubi_workspace.runs import cache_plan as cache_state
     from musubi_workspace.config import Config
     from musubi_workspace.paths import Workspace
+    from musubi_workspace.runs import cache_plan as cache_state
 
     cfg = Config.load(Workspace(root), root / "configs" / version / "config.toml")
     [d] = cache_state.plan(cfg).datasets

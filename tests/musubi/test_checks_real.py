@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from musubi_workspace.checks import run_checks
+from musubi_workspace.checks.prompts import parse_line, read_lines
 from musubi_workspace.config import Config
 from musubi_workspace.paths import Workspace
-from musubi_workspace.checks.prompts import parse_line, read_lines
 from musubi_workspace.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def test_shipped_datasets_pass_both(musubi, workspace, version):
         ("v1", "resolution = [512, 768]", "resolution = [512.0, 768.0]"),
         ("v1", "fp_1f_target_index = 1", 'fp_1f_target_index = "1"'),
         ("example-video", "source_fps = 30.0", "source_fps = 30"),  # musubi-tuner wants a float
-        ("example-video", "frame_extraction = \"head\"", "frame_extraction = \"head\"\nfp_1f_no_post = true"),
+        ("example-video", 'frame_extraction = "head"', 'frame_extraction = "head"\nfp_1f_no_post = true'),
     ],
 )
 def test_what_the_check_rejects_the_sanitizer_rejects(musubi, workspace, version, old, new):
@@ -77,7 +77,15 @@ def test_booleans_pass_as_numbers_in_both(musubi, workspace):
 def test_shipped_prompt_lines_read_the_same_in_both(musubi, version):
     parse = musubi["training.sampling_prompts"].line_to_prompt_dict
     schema = load_schema()["prompt_options"]
-    names = {"w": "width", "h": "height", "f": "frame_count", "d": "seed", "s": "sample_steps", "i": "image_path", "of": "one_frame"}
+    names = {
+        "w": "width",
+        "h": "height",
+        "f": "frame_count",
+        "d": "seed",
+        "s": "sample_steps",
+        "i": "image_path",
+        "of": "one_frame",
+    }
     for n, text in read_lines(REPO / SHIPPED[version] / "prompts.txt"):
         ours = parse_line(n, text, schema["train"], schema["one_frame"])
         theirs = parse(text)

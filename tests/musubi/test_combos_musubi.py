@@ -42,7 +42,9 @@ def attention(mt, mode: str, split_attn: bool, batch: int = 2):
     seq, heads, dim = 8, 2, 4
     q, k, v = (torch.randn(batch, seq, heads, dim) for _ in range(3))
     cu_seqlens, seq_len = hvp.get_cu_seqlens(torch.ones(batch, 3, dtype=torch.bool), seq - 3)
-    return hvp.attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, seq, seq, seq_len, attn_mode=mode, split_attn=split_attn)
+    return hvp.attn_varlen_func(
+        q, k, v, cu_seqlens, cu_seqlens, seq, seq, seq_len, attn_mode=mode, split_attn=split_attn
+    )
 
 
 def reason(ident: str) -> str:
@@ -73,7 +75,9 @@ def test_sage_attn_stops_training_at_the_argument_check(mt):
 
 def test_no_attention_option_stops_before_loading_the_dit(mt):
     accelerator = types.SimpleNamespace(device=mt.torch.device("cpu"))
-    with pytest.raises(ValueError, match="either --sdpa, --flash-attn, --flash3, --sage-attn or --xformers must be specified"):
+    with pytest.raises(
+        ValueError, match="either --sdpa, --flash-attn, --flash3, --sage-attn or --xformers must be specified"
+    ):
         trainer(mt)._load_dit_and_swap(args(mt), accelerator, None)
 
 
@@ -88,6 +92,8 @@ def test_h2d_only_block_swap_needs_gradient_checkpointing(mt):
     with pytest.raises(ValueError, match="--block_swap_h2d_only requires --gradient_checkpointing for training"):
         config.from_args(args(mt, "--blocks_to_swap", "20", "--block_swap_h2d_only"), cpu, supports_backward=True)
     ok = config.from_args(
-        args(mt, "--blocks_to_swap", "20", "--block_swap_h2d_only", "--gradient_checkpointing"), cpu, supports_backward=True
+        args(mt, "--blocks_to_swap", "20", "--block_swap_h2d_only", "--gradient_checkpointing"),
+        cpu,
+        supports_backward=True,
     )
     assert ok.h2d_only is True

@@ -4,7 +4,6 @@ dataset by its own sanitizer and blueprint generator, and the prompts by its own
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import asdict
@@ -47,7 +46,9 @@ def test_cache_commands_parse_with_the_real_cache_parsers(parsers, workspace, co
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.parent.name)
-def test_train_command_and_config_file_parse_with_the_real_training_parser(parsers, musubi, workspace, config, monkeypatch):
+def test_train_command_and_config_file_parse_with_the_real_training_parser(
+    parsers, musubi, workspace, config, monkeypatch
+):
     cfg = Config.load(workspace, workspace.root / config.relative_to(REPO))
     cmd = train_command(cfg, visible_gpus=1)
     argv = module_args(cmd.argv, "musubi_tuner.fpack_train_network")
@@ -73,7 +74,9 @@ def test_generate_command_parses_with_the_real_generate_parser(musubi, workspace
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.parent.name)
-def test_dataset_config_passes_the_real_sanitizer_with_the_values_the_cache_scripts_see(parsers, musubi, workspace, config):
+def test_dataset_config_passes_the_real_sanitizer_with_the_values_the_cache_scripts_see(
+    parsers, musubi, workspace, config
+):
     cfg = Config.load(workspace, workspace.root / config.relative_to(REPO))
     cu = musubi["dataset.config_utils"]
     user = cu.load_user_config(cfg.get("dataset_config"))

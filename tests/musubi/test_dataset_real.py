@@ -27,9 +27,21 @@ CASES = {
     ),
     "directory, suffixed controls, longest names first": (
         '[[datasets]]\nimage_directory = "img"\ncontrol_directory = "ctl"\ncaption_extension = ".txt"\nfp_1f_clean_indices = [0, 10]\n',
-        {"img/a.png": 0, "img/a.txt": "a", "img/a_1.png": 0, "img/a_1.txt": "a1", "img/ab.png": 0, "img/ab.txt": "ab",
-         "ctl/a_0.png": 0, "ctl/a_2.png": 0, "ctl/a_1_0.png": 0, "ctl/a_1_1.png": 0, "ctl/ab_0.png": 0, "ctl/ab_10.png": 0,
-         "ctl/ab_9.png": 0},
+        {
+            "img/a.png": 0,
+            "img/a.txt": "a",
+            "img/a_1.png": 0,
+            "img/a_1.txt": "a1",
+            "img/ab.png": 0,
+            "img/ab.txt": "ab",
+            "ctl/a_0.png": 0,
+            "ctl/a_2.png": 0,
+            "ctl/a_1_0.png": 0,
+            "ctl/a_1_1.png": 0,
+            "ctl/ab_0.png": 0,
+            "ctl/ab_10.png": 0,
+            "ctl/ab_9.png": 0,
+        },
     ),
     "directory, unsuffixed before suffixed, extra controls cut": (
         '[general]\ncaption_extension = ".txt"\n[[datasets]]\nimage_directory = "img"\ncontrol_directory = "ctl"\nfp_1f_clean_indices = [0, 10]\n',
@@ -37,8 +49,17 @@ CASES = {
     ),
     "directory, uncaptioned, hidden and unknown files": (
         '[[datasets]]\nimage_directory = "img"\ncontrol_directory = "ctl"\ncaption_extension = ".txt"\n',
-        {"img/a.PNG": 0, "img/a.txt": "a", "img/b.png": 0, "img/.h.png": 0, "img/.h.txt": "h", "img/c.gif": 0,
-         "img/c.txt": "c", "ctl/a.png": 0, "ctl/.a_1.png": 0},
+        {
+            "img/a.PNG": 0,
+            "img/a.txt": "a",
+            "img/b.png": 0,
+            "img/.h.png": 0,
+            "img/.h.txt": "h",
+            "img/c.gif": 0,
+            "img/c.txt": "c",
+            "ctl/a.png": 0,
+            "ctl/.a_1.png": 0,
+        },
     ),
     "directory, an uncaptioned dangling link is skipped unread": (
         '[[datasets]]\nimage_directory = "img"\ncaption_extension = ".txt"\n',
@@ -70,9 +91,23 @@ CASES = {
     ),
     "jsonl, control_path and numbered keys": (
         '[[datasets]]\nimage_jsonl_file = "d.jsonl"\ncache_directory = "c"\nfp_1f_clean_indices = [0, 10]\n',
-        {"t/a.png": 0, "t/b.png": 0, "k/1.png": 0, "k/2.png": 0, "k/3.png": 0,
-         "d.jsonl": [{"image_path": "t/a.png", "control_path": "k/1.png", "control_path_3": "k/2.png", "caption": " a "},
-                     {"image_path_0": "t/b.png", "control_path_10": "k/3.png", "control_path_2": "k/1.png", "control_path_11": "k/2.png", "caption": "b"}]},
+        {
+            "t/a.png": 0,
+            "t/b.png": 0,
+            "k/1.png": 0,
+            "k/2.png": 0,
+            "k/3.png": 0,
+            "d.jsonl": [
+                {"image_path": "t/a.png", "control_path": "k/1.png", "control_path_3": "k/2.png", "caption": " a "},
+                {
+                    "image_path_0": "t/b.png",
+                    "control_path_10": "k/3.png",
+                    "control_path_2": "k/1.png",
+                    "control_path_11": "k/2.png",
+                    "caption": "b",
+                },
+            ],
+        },
     ),
     "jsonl, without controls": (
         '[[datasets]]\nimage_jsonl_file = "d.jsonl"\ncache_directory = "c"\n',
@@ -80,17 +115,37 @@ CASES = {
     ),
     "jsonl, a line without the controls others have": (
         '[[datasets]]\nimage_jsonl_file = "d.jsonl"\ncache_directory = "c"\n',
-        {"t/a.png": 0, "t/b.png": 0, "k/1.png": 0,
-         "d.jsonl": [{"image_path": "t/a.png", "control_path": "k/1.png", "caption": "a"}, {"image_path": "t/b.png", "caption": "b"}]},
+        {
+            "t/a.png": 0,
+            "t/b.png": 0,
+            "k/1.png": 0,
+            "d.jsonl": [
+                {"image_path": "t/a.png", "control_path": "k/1.png", "caption": "a"},
+                {"image_path": "t/b.png", "caption": "b"},
+            ],
+        },
     ),
     "jsonl, control key not numbered": (
         '[[datasets]]\nimage_jsonl_file = "d.jsonl"\ncache_directory = "c"\n',
-        {"t/a.png": 0, "k/1.png": 0, "d.jsonl": [{"image_path": "t/a.png", "control_path_a": "k/1.png", "caption": "a"}]},
+        {
+            "t/a.png": 0,
+            "k/1.png": 0,
+            "d.jsonl": [{"image_path": "t/a.png", "control_path_a": "k/1.png", "caption": "a"}],
+        },
     ),
     "video directory, controls by name, folder and other extension": (
         '[[datasets]]\nvideo_directory = "v"\ncontrol_directory = "vc"\ncaption_extension = ".txt"\n',
-        {"v/a.mp4": "x", "v/a.txt": "a", "v/b.mov": "x", "v/b.txt": "b", "v/c.MP4": "x", "v/c.txt": "c",
-         "vc/a.mp4": "x", "vc/b/0.png": 0, "vc/c.webm": "x"},
+        {
+            "v/a.mp4": "x",
+            "v/a.txt": "a",
+            "v/b.mov": "x",
+            "v/b.txt": "b",
+            "v/c.MP4": "x",
+            "v/c.txt": "c",
+            "vc/a.mp4": "x",
+            "vc/b/0.png": 0,
+            "vc/c.webm": "x",
+        },
     ),
     "video directory, a video without control": (
         '[[datasets]]\nvideo_directory = "v"\ncontrol_directory = "vc"\ncaption_extension = ".txt"\n',
@@ -98,9 +153,16 @@ CASES = {
     ),
     "video jsonl": (
         '[[datasets]]\nvideo_jsonl_file = "v.jsonl"\ncache_directory = "c"\n',
-        {"v/a.mp4": "x", "v/b.mp4": "x", "d/a.mp4": "x", "d/b.mp4": "x",
-         "v.jsonl": [{"video_path": "v/a.mp4", "control_path": "d/a.mp4", "caption": "a"},
-                     {"video_path": "v/b.mp4", "control_path": "d/b.mp4", "caption": "b"}]},
+        {
+            "v/a.mp4": "x",
+            "v/b.mp4": "x",
+            "d/a.mp4": "x",
+            "d/b.mp4": "x",
+            "v.jsonl": [
+                {"video_path": "v/a.mp4", "control_path": "d/a.mp4", "caption": "a"},
+                {"video_path": "v/b.mp4", "control_path": "d/b.mp4", "caption": "b"},
+            ],
+        },
     ),
 }
 
@@ -126,7 +188,8 @@ def musubi_view(musubi, dataset_toml: Path) -> list[dict] | str:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             blueprint = cu.BlueprintGenerator(cu.ConfigSanitizer()).generate(
-                cu.load_user_config(str(dataset_toml)), argparse.Namespace(debug_dataset=False), architecture="fp")
+                cu.load_user_config(str(dataset_toml)), argparse.Namespace(debug_dataset=False), architecture="fp"
+            )
             group = cu.generate_dataset_group_by_blueprint(blueprint.dataset_group)
     except (ValueError, KeyError) as e:
         return f"{type(e).__name__}: {e}"
@@ -143,8 +206,15 @@ def musubi_view(musubi, dataset_toml: Path) -> list[dict] | str:
                 controls = [controls] if isinstance(controls, str) else list(controls)
             elif hasattr(src, "image_jsonl_file"):
                 data = src.data[i]
-                controls = [data[f"control_path_{k}"] for k in range(ds.fp_1f_clean_indices and len(ds.fp_1f_clean_indices) or 1)
-                            if f"control_path_{k}" in data] if src.has_control else []
+                controls = (
+                    [
+                        data[f"control_path_{k}"]
+                        for k in range(ds.fp_1f_clean_indices and len(ds.fp_1f_clean_indices) or 1)
+                        if f"control_path_{k}" in data
+                    ]
+                    if src.has_control
+                    else []
+                )
             else:
                 controls = [src.data[i]["control_path"]] if src.has_control else []
             extra = list(getattr(src, "target_paths", {}).get(path, []))
@@ -160,7 +230,12 @@ def model_view(root: Path, dataset_toml: Path) -> tuple[list[list[dict]], list[s
     for d in f.datasets:
         listing = model.items(ws, d)
         errors += [f"{p.where}: {p.message}" for p in listing.problems if p.severity == model.ERROR]
-        views.append([{"path": i.path, "controls": i.controls, "caption": i.caption, "extra": i.extra_targets} for i in listing.items])
+        views.append(
+            [
+                {"path": i.path, "controls": i.controls, "caption": i.caption, "extra": i.extra_targets}
+                for i in listing.items
+            ]
+        )
     return views, errors
 
 
@@ -183,7 +258,9 @@ def test_the_cases_cover_both_outcomes(musubi, tmp_path, monkeypatch):
     """Guard against a table whose cases all fail (or all pass) in musubi-tuner for a reason of the harness."""
     monkeypatch.chdir(tmp_path)
     outcomes = set()
-    for n, case in enumerate(("directory, suffixed controls, longest names first", "directory, control suffix not a number")):
+    for n, case in enumerate(
+        ("directory, suffixed controls, longest names first", "directory, control suffix not a number")
+    ):
         root = tmp_path / str(n)
         toml, files = CASES[case]
         build(root, files)

@@ -1,7 +1,7 @@
 """The committed optimizer_type / lr_scheduler names (schema `names`) agree with musubi-tuner's real factories.
 
 Each accepted name builds (and an optimiser takes a step) in `get_optimizer` / `get_lr_scheduler` of the pinned
-trainer, on CPU with one 4x4 parameter; each rejected name fails there; and `make check` (option_values.py) says
+trainer, on CPU with one 4x4 parameter; each rejected name fails there; and `make check` (checks/values.py) says
 nothing about the first and an error about the second. torch is imported inside the tests: collecting this module
 must not need the GPU stack.
 """
@@ -44,8 +44,9 @@ def factories(musubi):
         return opt
 
     def scheduler(name: str, **extra):
-        return trainer.get_lr_scheduler(args(lr_scheduler=name, learning_rate=1e-4, **extra),
-                                        torch.optim.AdamW(params()), 1)
+        return trainer.get_lr_scheduler(
+            args(lr_scheduler=name, learning_rate=1e-4, **extra), torch.optim.AdamW(params()), 1
+        )
 
     return optimizer, scheduler
 
@@ -81,7 +82,7 @@ def test_every_accepted_scheduler_builds_in_musubis_get_lr_scheduler(factories):
         scheduler(name.upper())
     needs = {"lr_scheduler_min_lr_ratio": 0.1, "lr_scheduler_args": ["step_rules='1:10,0.1'"]}
     for name, option in s["needs"].items():
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - musubi-tuner fails on it, whatever it raises
             scheduler(name)
         scheduler(name, **{option: needs[option]})
 
@@ -89,7 +90,7 @@ def test_every_accepted_scheduler_builds_in_musubis_get_lr_scheduler(factories):
 def test_rejected_schedulers_fail_in_musubis_get_lr_scheduler(factories):
     _, scheduler = factories
     for name in list(NAMES["lr_scheduler"]["fails"]) + ["Cosine", "cosinee", "LINEAR"]:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - musubi-tuner fails on it, whatever it raises
             scheduler(name)
 
 
@@ -101,16 +102,16 @@ def test_lr_scheduler_type_names_are_torch_scheduler_classes(musubi):
 
 
 def test_the_check_accepts_exactly_what_the_factories_build(workspace):
-    """option_values on a Config: no finding for accepted names, an error for rejected ones."""
-    from musubi_workspace.config import Config
+    """checks/values.py on a Config: no finding for accepted names, an error for rejected ones."""
     from musubi_workspace.checks.findings import Context, Report
-    from musubi_workspace.option_values import check_values
+    from musubi_workspace.checks.values import check_values
+    from musubi_workspace.config import Config
 
     cfg = Config.load(workspace, workspace.configs / "v1" / "config.toml")
 
     def errors(**values) -> list[str]:
         ctx = Context(cfg=cfg, report=Report())
-        check_values(ctx, {"optimizer_type": "adamw8bit", "learning_rate": 1e-4, **values})
+        check_values(ctx, {"optimizer_type": "adamw8bit", "learning_rate": 1e-4, **values}, NAMES)
         return [f.message for f in ctx.report.errors]
 
     for name in NAMES["optimizer_type"]["case_insensitive"] + NAMES["optimizer_type"]["torch_optim"]:

@@ -60,10 +60,24 @@ def test_every_listed_generate_prompt_option_is_parsed(musubi):
         assert set(parse(f"a cat --{ignored} 1")) == {"prompt"}, ignored
 
 
-SAMPLE = {"int": 1, "float": 1.0, "str": "x", "bool": True, "int_or_pair": [512, 384], "list[int]": [0, 1],
-          "list[str]": ["x"]}
-WRONG = {"int": "1", "float": 30, "str": 1, "bool": "yes", "int_or_pair": [1, 2, 3], "list[int]": ["a"],
-         "list[str]": [1]}
+SAMPLE = {
+    "int": 1,
+    "float": 1.0,
+    "str": "x",
+    "bool": True,
+    "int_or_pair": [512, 384],
+    "list[int]": [0, 1],
+    "list[str]": ["x"],
+}
+WRONG = {
+    "int": "1",
+    "float": 30,
+    "str": 1,
+    "bool": "yes",
+    "int_or_pair": [1, 2, 3],
+    "list[int]": ["a"],
+    "list[str]": [1],
+}
 
 
 def test_dataset_key_types_match_the_voluptuous_validator(musubi):
@@ -115,8 +129,10 @@ def test_value_options_parse_with_their_recorded_type(musubi):
 def test_importing_musubi_tuner_leaves_the_environment_as_found(musubi):
     """In a fresh process (modules import once per process): import_musubi undoes what the import sets in
     os.environ (TORCHINDUCTOR_CACHE_DIR among others), so nothing later in that process inherits it."""
-    code = ("import os; before = dict(os.environ); from musubi_workspace.schema import import_musubi; import_musubi(); "
-            "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); print(changed)")
+    code = (
+        "import os; before = dict(os.environ); from musubi_workspace.schema import import_musubi; import_musubi(); "
+        "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); print(changed)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

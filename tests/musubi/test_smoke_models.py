@@ -13,15 +13,19 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from musubi_workspace.smoke.random_models import FILES
 
 
 def run_child(tmp_path, code: str) -> str:
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return r.stdout
 
@@ -37,7 +41,9 @@ def test_the_full_llama_shape_is_llava_llama3_without_lm_head(musubi):
 
 
 def test_text_encoders_and_tokenizers_load_and_encode_through_musubi(musubi, tmp_path):
-    out = run_child(tmp_path, f"""
+    out = run_child(
+        tmp_path,
+        f"""
         import argparse
         from pathlib import Path
         from musubi_tuner.frame_pack import framepack_utils as fu
@@ -57,7 +63,8 @@ def test_text_encoders_and_tokenizers_load_and_encode_through_musubi(musubi, tmp
         enc1, enc2 = enc1.float(), enc2.float()
         vec, pooler = encode_prompt_conds("The figure now wears the purple shirt.", enc1, enc2, tok1, tok2)
         print("llama", tuple(vec.shape), bool(vec.isfinite().all()), "clip", tuple(pooler.shape), bool(pooler.isfinite().all()))
-        """)
+        """,
+    )
     # The caption alone, cropped by musubi-tuner's crop_start: 8 words and a full stop split into byte-level
     # pieces plus <|eot_id|>, never the template's system prompt.
     line = out.strip().splitlines()[-1]
@@ -65,7 +72,9 @@ def test_text_encoders_and_tokenizers_load_and_encode_through_musubi(musubi, tmp
 
 
 def test_vae_and_image_encoder_load_strictly_through_musubi(musubi, tmp_path):
-    out = run_child(tmp_path, f"""
+    out = run_child(
+        tmp_path,
+        f"""
         import argparse
         from pathlib import Path
         import torch
@@ -78,5 +87,6 @@ def test_vae_and_image_encoder_load_strictly_through_musubi(musubi, tmp_path):
         model = fu.load_vae(str(vae), 32, 128, False, "cpu")
         extractor, encoder = fu.load_image_encoders(argparse.Namespace(image_encoder=str(sig)))
         print("vae", model.dtype, "siglip", encoder.dtype, sum(p.numel() for p in encoder.parameters()))
-        """)
+        """,
+    )
     assert out.strip().splitlines()[-1].startswith("vae torch.float16 siglip torch.float16 "), out

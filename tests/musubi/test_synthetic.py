@@ -12,8 +12,18 @@ import pytest
 
 from musubi_workspace.tune.synthetic import FRAMEPACK_DIT, CacheLayout, write_caches
 
-TINY = dict(FRAMEPACK_DIT, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
-            num_refiner_layers=1, rope_axes_dim=(4, 6, 6), text_embed_dim=64, pooled_projection_dim=32, image_proj_dim=48)
+TINY = dict(
+    FRAMEPACK_DIT,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=1,
+    num_single_layers=1,
+    num_refiner_layers=1,
+    rope_axes_dim=(4, 6, 6),
+    text_embed_dim=64,
+    pooled_projection_dim=32,
+    image_proj_dim=48,
+)
 
 
 def test_random_dit_of_a_tiny_shape_loads_strictly_into_the_model_class(musubi, tmp_path):
@@ -49,16 +59,31 @@ def test_the_full_shape_is_the_framepack_dit(musubi):
 @pytest.mark.parametrize("no_post,no_2x", [(True, True), (False, False)])
 def test_synthetic_one_frame_caches_load_through_musubis_dataset(musubi, tmp_path, monkeypatch, no_post, no_2x):
     config_utils = musubi["dataset.config_utils"]
-    layout = CacheLayout(width=64, height=96, clean_indices=(0, 10), target_index=1, no_post=no_post, no_2x=no_2x, no_4x=no_2x)
+    layout = CacheLayout(
+        width=64, height=96, clean_indices=(0, 10), target_index=1, no_post=no_post, no_2x=no_2x, no_4x=no_2x
+    )
     cache = tmp_path / "cache"
     write_caches(cache, layout, items=4)
     (tmp_path / "images").mkdir()
-    user = {"general": {"resolution": [64, 96], "batch_size": 2, "caption_extension": ".txt"},
-            "datasets": [{"image_directory": str(tmp_path / "images"), "cache_directory": str(cache),
-                          "fp_1f_clean_indices": [0, 10], "fp_1f_target_index": 1, "fp_1f_no_post": no_post}]}
+    user = {
+        "general": {"resolution": [64, 96], "batch_size": 2, "caption_extension": ".txt"},
+        "datasets": [
+            {
+                "image_directory": str(tmp_path / "images"),
+                "cache_directory": str(cache),
+                "fp_1f_clean_indices": [0, 10],
+                "fp_1f_target_index": 1,
+                "fp_1f_no_post": no_post,
+            }
+        ],
+    }
     sanitizer = config_utils.ConfigSanitizer()
-    blueprint = config_utils.BlueprintGenerator(sanitizer).generate(user, argparse.Namespace(debug_dataset=False), architecture="fp")
-    group = config_utils.generate_dataset_group_by_blueprint(blueprint.dataset_group, training=True, shared_epoch=Value("i", 0))
+    blueprint = config_utils.BlueprintGenerator(sanitizer).generate(
+        user, argparse.Namespace(debug_dataset=False), architecture="fp"
+    )
+    group = config_utils.generate_dataset_group_by_blueprint(
+        blueprint.dataset_group, training=True, shared_epoch=Value("i", 0)
+    )
     (dataset,) = group.datasets
     dataset.prepare_for_training()
     assert len(dataset) == 2  # 4 items, batch 2

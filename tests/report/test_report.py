@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import error_line
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-from conftest import error_line
 
 STEPS = 200
 
@@ -66,8 +65,9 @@ def write_run(root: Path, version: str, losses: list[float], run: str = "2025061
     return folder
 
 
-def write_sample(root: Path, version: str, tag: str, prompt: int, color, stamp: str = "20250611100000",
-                 size=(64, 96)) -> Path:
+def write_sample(
+    root: Path, version: str, tag: str, prompt: int, color, stamp: str = "20250611100000", size=(64, 96)
+) -> Path:
     """A one-frame sample: `{output_dir}/sample/{output_name}_{tag}_{NN}_{YYYYmmddHHMMSS}_{seed}_000.png`."""
     p = root / "outputs" / version / "sample" / f"example-1f_{version}_{tag}_{prompt:02d}_{stamp}_1234_000.png"
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,14 @@ def test_report_overlays_versions_and_grids_samples_by_prompt(ws):
     r = ws.tool("report", "VERSIONS=v1,v2")
     assert r.returncode == 0, r.stderr
     out = ws.root / "runs" / "report"
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "loss.png", "lr.png", "samples", "samples_00.png", "samples_01.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.html",
+        "loss.png",
+        "lr.png",
+        "samples",
+        "samples_00.png",
+        "samples_01.png",
+    ]
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["v1", "v2"]
     assert len(list((out / "samples" / "v1").iterdir())) == 5 and len(list((out / "samples" / "v2").iterdir())) == 4
     for name in ("loss.png", "lr.png", "samples_00.png", "samples_01.png"):
@@ -131,7 +138,7 @@ def test_report_overlays_versions_and_grids_samples_by_prompt(ws):
     assert red < 10 and blue > 245  # v2's blue sample in v2's column (JPEG-rounded)
     assert "<td>200 (1&ndash;200)</td>" in page
     assert "No flags" in page and 'class="flag"' not in page
-    assert "src=\"http" not in page and "<script" not in page and "<link" not in page  # offline, self-contained
+    assert 'src="http' not in page and "<script" not in page and "<link" not in page  # offline, self-contained
     # every thumbnail links to its full-size copy beside the page
     links = re.findall(r'<a class="frames" href="([^"]+)">', page)
     assert len(links) == 6 + 3
@@ -162,7 +169,9 @@ def test_flags_fire_on_bad_curves_and_not_on_a_good_one(ws):
     assert flags[0].startswith("flag: v2: starts near 0.01: median loss of the first 20 steps is 0.01")
     assert "(< 0.02) without resume" in flags[0]
     assert flags[1].startswith("flag: v3: diverged: loss is nan from step 150 (51 of 200 steps not finite)")
-    assert re.match(r"flag: v4: diverging: median loss of the last fifth is 0\.4\d+, [34]\.\dx the first fifth's", flags[2])
+    assert re.match(
+        r"flag: v4: diverging: median loss of the last fifth is 0\.4\d+, [34]\.\dx the first fifth's", flags[2]
+    )
     page = html_of(ws)
     assert page.count('class="flag"') == 3
     assert '<div class="flag"><b>v2</b>: starts near 0.01' in page
@@ -188,7 +197,9 @@ def test_several_runs_of_a_version_are_separate_series(ws):
     r = ws.tool("report", "VERSIONS=v1")
     assert r.returncode == 0, r.stderr
     assert 'alt="loss by step: v1 20250611093000, v1 20250612080000"' in html_of(ws)
-    assert [l for l in r.stdout.splitlines() if l.startswith("flag:")][0].startswith("flag: v1 20250612080000: starts near 0.01")
+    assert [l for l in r.stdout.splitlines() if l.startswith("flag:")][0].startswith(
+        "flag: v1 20250612080000: starts near 0.01"
+    )
 
 
 def test_a_video_sample_shows_its_first_middle_and_last_frame(ws):
@@ -226,7 +237,10 @@ def test_an_unreadable_video_is_a_note_not_a_failure(ws):
     r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     page = html_of(ws)
-    assert re.search(r'<div class="note">video not shown: (cannot read example-1f_v1_000100_00_20250611100000\.mp4 \(\w+\)|reading \.mp4 needs PyAV .*)</div>', page)
+    assert re.search(
+        r'<div class="note">video not shown: (cannot read example-1f_v1_000100_00_20250611100000\.mp4 \(\w+\)|reading \.mp4 needs PyAV .*)</div>',
+        page,
+    )
     assert len(images(page)) == 1
 
 
@@ -274,7 +288,7 @@ def test_a_second_report_drops_the_grids_of_prompts_that_are_gone(ws):
 def test_without_pyav_a_video_cell_says_how_to_get_it(ws, tmp_path):
     blocker = tmp_path / "no-pyav" / "av"
     blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'av\'")\n')  # a base-only install
+    (blocker / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'av'\")\n")  # a base-only install
     video = ws.root / "outputs/v1/sample/example-1f_v1_000100_00_20250611100000.mp4"
     video.parent.mkdir(parents=True)
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
@@ -313,8 +327,13 @@ def train_then_resume(cached) -> None:
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (cached.root / "outputs/v1/sample").iterdir())
     assert [tag(n) for n in names] == [
-        f"{NAME}-resume300_000100_00", f"{NAME}-resume300_000200_00", f"{NAME}-resume300_e000000_00",
-        f"{NAME}_000100_00", f"{NAME}_000200_00", f"{NAME}_000300_00", f"{NAME}_e000000_00",
+        f"{NAME}-resume300_000100_00",
+        f"{NAME}-resume300_000200_00",
+        f"{NAME}-resume300_e000000_00",
+        f"{NAME}_000100_00",
+        f"{NAME}_000200_00",
+        f"{NAME}_000300_00",
+        f"{NAME}_e000000_00",
     ]
     assert len(list((cached.root / "outputs/v1/logs").iterdir())) == 2  # one tensorboard folder per run
 
@@ -325,7 +344,9 @@ def assert_one_continued_series(ws, r, continues: str) -> None:
     assert "flag:" not in r.stdout  # the resumed run's low loss is no "starts near 0.01": it continues
     page = html_of(ws)
     assert 'alt="loss by step: v1 (resumed at 300)"' in page  # one series for the version
-    rows = re.findall(r"<tr><td>(.*?)</td><td><code>(.*?)</code></td><td>(.*?)</td><td>[^<]*</td><td>[^<]*</td><td>(.*?)</td>", page)
+    rows = re.findall(
+        r"<tr><td>(.*?)</td><td><code>(.*?)</code></td><td>(.*?)</td><td>[^<]*</td><td>[^<]*</td><td>(.*?)</td>", page
+    )
     assert [(name, steps) for name, _, steps, _ in rows] == [
         ("v1 (resumed at 300)", "350 (1&ndash;350; 301&ndash;350 left out: the resume at 300 replaced them)"),
         ('<span class="sub">&#8627; v1 resumed at step 300</span>', "200 (301&ndash;500)"),
@@ -335,8 +356,12 @@ def assert_one_continued_series(ws, r, continues: str) -> None:
     assert sample_rows(page) == ["start", "step 100", "step 200", "step 300", "step 400", "step 500"]
     links = re.findall(r'<a class="frames" href="([^"]+)">', page)
     assert [tag(l.split("/")[-1]) for l in links] == [
-        f"{NAME}_e000000_00", f"{NAME}_000100_00", f"{NAME}_000200_00",
-        f"{NAME}-resume300_e000000_00", f"{NAME}-resume300_000100_00", f"{NAME}-resume300_000200_00",
+        f"{NAME}_e000000_00",
+        f"{NAME}_000100_00",
+        f"{NAME}_000200_00",
+        f"{NAME}-resume300_e000000_00",
+        f"{NAME}-resume300_000100_00",
+        f"{NAME}-resume300_000200_00",
     ]
     for link in links:
         assert (ws.root / "runs/report" / link).is_file()
@@ -346,8 +371,7 @@ def test_a_resumed_run_continues_its_version_at_its_true_steps(cached):
     train_then_resume(cached)
     r = cached.tool("report")
     [resume] = [p for p in (cached.root / "runs/v1").iterdir() if p.name.endswith("-resume")]
-    assert_one_continued_series(
-        cached, r, rf"outputs/v1/{NAME}-step00000300-state \(step 300; run {resume.name}\)")
+    assert_one_continued_series(cached, r, rf"outputs/v1/{NAME}-step00000300-state \(step 300; run {resume.name}\)")
 
     from musubi_workspace.paths import Workspace
     from musubi_workspace.report import gather
@@ -355,7 +379,9 @@ def test_a_resumed_run_continues_its_version_at_its_true_steps(cached):
     [line] = gather(Workspace(cached.root), "v1").lines
     steps, values = line.loss
     assert steps == list(range(1, 501))  # 1-300 from the first run, 301-500 from the resumed one
-    assert values[299] == pytest.approx(0.05 + 0.15 * 0.97**300) and values[300] == pytest.approx(0.05 + 0.15 * 0.97**301)
+    assert values[299] == pytest.approx(0.05 + 0.15 * 0.97**300) and values[300] == pytest.approx(
+        0.05 + 0.15 * 0.97**301
+    )
     assert line.resumes == [300]
 
 
@@ -405,11 +431,26 @@ def measure(page: Path, width: int, tmp_path: Path) -> dict:
     probe = page.with_name("measure.html")
     probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
     r = subprocess.run(
-        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         f"--user-data-dir={tmp_path / f'browser-{width}'}", f"--window-size={width},900",
-         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / f'browser-{width}'}",
+            f"--window-size={width},900",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     probe.unlink()
     found = re.search(r'<pre id="measured">(.*?)</pre>', r.stdout, re.S)  # the DOM, not the script's text
@@ -417,8 +458,11 @@ def measure(page: Path, width: int, tmp_path: Path) -> dict:
     return json.loads(html_lib.unescape(found.group(1)))
 
 
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium or Google Chrome on PATH (e.g. `apt-get install chromium`): "
-                                            "the page's layout is checked in a real browser only where one is installed")
+@pytest.mark.skipif(
+    BROWSER is None,
+    reason="no Chromium or Google Chrome on PATH (e.g. `apt-get install chromium`): "
+    "the page's layout is checked in a real browser only where one is installed",
+)
 def test_the_page_fits_a_narrow_screen_and_shows_every_image(ws, tmp_path):
     """Four versions with 512x768 samples (the example's size), one resumed, long paths: at 800 px nothing sticks
     out of the page (the runs table, flags column included, fits; sample tables shrink or scroll inside
@@ -442,11 +486,18 @@ def test_the_page_fits_a_narrow_screen_and_shows_every_image(ws, tmp_path):
 
 # Plots and grids that read well ---------------------------------------------------------------------------------
 
+
 def line_of(version: str, losses: list[float], offset: int = 0):
     from musubi_workspace.report import curves
 
     steps = list(range(1, len(losses) + 1))
-    run = curves.Series(version, "20250611093000", Path("."), {"loss/current": (steps, losses), "lr/unet": (steps, [1e-4] * len(steps))}, offset=offset)
+    run = curves.Series(
+        version,
+        "20250611093000",
+        Path("."),
+        {"loss/current": (steps, losses), "lr/unet": (steps, [1e-4] * len(steps))},
+        offset=offset,
+    )
     line = curves.Line([run], label=version)
     line.flags = curves.judge(line)
     return line
@@ -460,7 +511,11 @@ def test_loss_ticks_are_decimals_and_the_nan_label_sits_above_the_curves():
     fig = curves.loss_figure(lines)
     ax = fig.axes[0]
     fig.canvas.draw()
-    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_visible() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+    labels = [
+        t.get_text()
+        for t in ax.get_yticklabels()
+        if t.get_visible() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]
+    ]
     assert {"0.005", "0.01", "0.02", "0.05", "0.1", "0.2"} <= set(labels), labels
     assert not any("10" in l and "^" in l or "$" in l for l in labels)
     renderer = fig.canvas.get_renderer()
@@ -506,15 +561,23 @@ def write_epochs(root: Path, version: str, steps: int, every: int) -> None:
         writer.add_event(event_pb2.Event(step=step, wall_time=t, summary=summary_pb2.Summary(value=value)))
         if step % every == 0:
             value = [summary_pb2.Summary.Value(tag="loss/epoch", simple_value=0.1)]
-            writer.add_event(event_pb2.Event(step=step // every, wall_time=t + 0.5, summary=summary_pb2.Summary(value=value)))
+            writer.add_event(
+                event_pb2.Event(step=step // every, wall_time=t + 0.5, summary=summary_pb2.Summary(value=value))
+            )
     writer.close()
 
 
 def test_epoch_samples_sit_among_the_steps_they_were_taken_at(ws):
     versions(ws, 2)
     write_epochs(ws.root, "v1", 400, every=150)  # epochs end at steps 150, 300
-    for tag, stamp in (("e000000", "20250611100000"), ("000100", "20250611110000"), ("e000001", "20250611113000"),
-                       ("000200", "20250611120000"), ("000300", "20250611130000"), ("e000002", "20250611130500")):
+    for tag, stamp in (
+        ("e000000", "20250611100000"),
+        ("000100", "20250611110000"),
+        ("e000001", "20250611113000"),
+        ("000200", "20250611120000"),
+        ("000300", "20250611130000"),
+        ("e000002", "20250611130500"),
+    ):
         write_sample(ws.root, "v1", tag, 0, "red", stamp=stamp)
     # v2 has no tensorboard logs: its epoch sample goes after the step sample rendered before it
     for tag, stamp in (("000100", "20250611110000"), ("e000001", "20250611111500"), ("000200", "20250611120000")):
@@ -522,7 +585,12 @@ def test_epoch_samples_sit_among_the_steps_they_were_taken_at(ws):
     r = ws.tool("report")
     assert r.returncode == 0, r.stderr
     assert sample_rows(html_of(ws)) == [
-        "start", "step 100", "epoch 1 (step 150)", "step 200", "step 300", "epoch 2 (step 300)",
+        "start",
+        "step 100",
+        "epoch 1 (step 150)",
+        "step 200",
+        "step 300",
+        "epoch 2 (step 300)",
     ]
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from conftest import error_line
-from runs.test_pod import wait_for
+
 from runs.test_ledger import records
+from runs.test_pod import wait_for
 
 
 def test_train_bg_starts_a_detached_run_and_make_logs_follows_it_to_the_end(cached):
@@ -22,7 +23,10 @@ def test_train_bg_starts_a_detached_run_and_make_logs_follows_it_to_the_end(cach
     wait_for(lambda: records(ready, "train"))
     again = ready.make("train-bg", env=env)
     assert again.returncode == 2
-    assert error_line(again) == "error: v1 is already training in the background (tmux session train-v1): `make logs` follows it"
+    assert (
+        error_line(again)
+        == "error: v1 is already training in the background (tmux session train-v1): `make logs` follows it"
+    )
     logs = ready.make("logs", timeout=60)
     assert logs.returncode == 0, logs.stderr
     [data] = records(ready, "train")

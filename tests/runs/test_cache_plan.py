@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 
+from conftest import error_line, write_safetensors
 from PIL import Image, ImageDraw
 
-from conftest import error_line, write_safetensors
 from musubi_workspace.model_files import TENSORS
 
 CACHE = "cache/v1/example-1f"
@@ -46,7 +46,8 @@ def test_first_cache_encodes_everything_without_skip_existing(ready):
     assert f"{HEAD}latents: all 4 to encode (4 new); text-encoder outputs: all 4 to encode (4 new)" in r.stderr
     assert r.stderr.rstrip().endswith("[cache] v1: up to date")
     assert sorted(files(ready)) == sorted(
-        [f"item0{i}_0512x0768_fp.safetensors" for i in range(1, 5)] + [f"item0{i}_fp_te.safetensors" for i in range(1, 5)]
+        [f"item0{i}_0512x0768_fp.safetensors" for i in range(1, 5)]
+        + [f"item0{i}_fp_te.safetensors" for i in range(1, 5)]
     )
     m = manifest(ready)
     assert sorted(m["latents"]["entries"]) == [f"item0{i}_0512x0768_fp.safetensors" for i in range(1, 5)]
@@ -122,7 +123,10 @@ def test_removed_media_deletes_its_cache_files_and_manifest_entries_without_a_ru
     assert f"[cache] {CACHE}: deleted 2 stale cache file(s)" in r.stderr
     assert not [n for n in files(cached) if n.startswith("item04")]
     m = manifest(cached)
-    assert "item04_0512x0768_fp.safetensors" not in m["latents"]["entries"] and "item04_fp_te.safetensors" not in m["te"]["entries"]
+    assert (
+        "item04_0512x0768_fp.safetensors" not in m["latents"]["entries"]
+        and "item04_fp_te.safetensors" not in m["te"]["entries"]
+    )
     assert cached.tool("cache").returncode == 0 and cached.calls() == []
 
 
@@ -135,7 +139,10 @@ def test_new_item_is_encoded_alone_on_both_sides(cached):
     assert r.returncode == 0, r.stderr
     assert progs(cached) == ["fpack_cache_latents", "fpack_cache_text_encoder_outputs"]
     assert all("--skip_existing" in c["argv"] for c in cached.calls())
-    assert "[cache] cache/v1/example-1f: 5 item(s): latents: 1 of 5 to encode (1 new); text-encoder outputs: 1 of 5 to encode (1 new)" in r.stderr
+    assert (
+        "[cache] cache/v1/example-1f: 5 item(s): latents: 1 of 5 to encode (1 new); text-encoder outputs: 1 of 5 to encode (1 new)"
+        in r.stderr
+    )
     assert "(stand-in): encoded 1: item05" in r.stdout
 
 
@@ -151,7 +158,10 @@ def test_interrupted_run_is_never_up_to_date_and_the_next_run_redoes_it(cached):
         redraw(cached, f"datasets/example-1f/target/{name}.png")
     r = cached.tool("cache", env={"STANDIN_DIE_AFTER_FPACK_CACHE_LATENTS": "1"})
     assert r.returncode == 4  # a program failed
-    assert error_line(r) == "error: cache latents was killed by SIGKILL (an out-of-memory kill looks like this; see the log)"
+    assert (
+        error_line(r)
+        == "error: cache latents was killed by SIGKILL (an out-of-memory kill looks like this; see the log)"
+    )
     assert "killed while writing cache/v1/example-1f/item03_0512x0768_fp.safetensors" in r.stdout
     # item02 was written, item03 half-written; neither counts as done.
     t = cached.make("train")
@@ -190,8 +200,13 @@ def test_force_reruns_everything_without_skip_existing(cached):
 
 
 def test_option_change_for_every_entry_reruns_both_sides_in_full(cached):
-    cached.write("configs/v1/dataset.toml", cached.read("configs/v1/dataset.toml").replace("resolution = [512, 768]", "resolution = [384, 576]"))
-    cached.write("configs/v1/config.toml", cached.read("configs/v1/config.toml").replace("fp8_llm = false", "fp8_llm = true"))
+    cached.write(
+        "configs/v1/dataset.toml",
+        cached.read("configs/v1/dataset.toml").replace("resolution = [512, 768]", "resolution = [384, 576]"),
+    )
+    cached.write(
+        "configs/v1/config.toml", cached.read("configs/v1/config.toml").replace("fp8_llm = false", "fp8_llm = true")
+    )
     r = cached.tool("cache")
     assert r.returncode == 0, r.stderr
     assert progs(cached) == ["fpack_cache_latents", "fpack_cache_text_encoder_outputs"]
@@ -211,8 +226,13 @@ def test_option_of_one_side_reruns_only_that_side(cached):
     cached.record.unlink()
     # Writing a dataset default out explicitly, or changing what does not change the output, is no change.
     ds = cached.read("configs/v1/dataset.toml").replace("num_repeats = 1", "num_repeats = 3\nbucket_no_upscale = true")
-    cached.write("configs/v1/dataset.toml", ds.replace("fp_1f_no_post = true", "fp_1f_no_post = true\nfp_latent_window_size = 9"))
-    cached.write("configs/v1/config.toml", cached.read("configs/v1/config.toml").replace("vae_chunk_size = 32", "vae_chunk_size = 16"))
+    cached.write(
+        "configs/v1/dataset.toml", ds.replace("fp_1f_no_post = true", "fp_1f_no_post = true\nfp_latent_window_size = 9")
+    )
+    cached.write(
+        "configs/v1/config.toml",
+        cached.read("configs/v1/config.toml").replace("vae_chunk_size = 32", "vae_chunk_size = 16"),
+    )
     assert cached.tool("cache").returncode == 0 and cached.calls() == []
 
 
@@ -230,7 +250,9 @@ def test_dry_run_shows_only_what_would_run_and_changes_nothing(cached):
     r = cached.tool("cache", "DRY_RUN=1")
     assert r.returncode == 0, r.stderr
     assert cached.calls() == []
-    assert r.stdout.startswith("python -m musubi_tuner.fpack_cache_latents ") and r.stdout.rstrip().endswith(" --skip_existing")
+    assert r.stdout.startswith("python -m musubi_tuner.fpack_cache_latents ") and r.stdout.rstrip().endswith(
+        " --skip_existing"
+    )
     assert len(r.stdout.splitlines()) == 1
     assert (files(cached), cached.read(f"{CACHE}/ws_cache_manifest.json")) == before
 
@@ -287,9 +309,12 @@ def test_image_directory_dataset_with_caption_files_and_controls(ready):
     r = ready.tool("cache")
     assert r.returncode == 0, r.stderr
     assert sorted(files(ready, "cache/v2/dir")) == [
-        "pic0_0640x0480_fp.safetensors", "pic0_fp_te.safetensors",
-        "pic1_0480x0640_fp.safetensors", "pic1_fp_te.safetensors",
-        "pic2_0512x0512_fp.safetensors", "pic2_fp_te.safetensors",
+        "pic0_0640x0480_fp.safetensors",
+        "pic0_fp_te.safetensors",
+        "pic1_0480x0640_fp.safetensors",
+        "pic1_fp_te.safetensors",
+        "pic2_0512x0512_fp.safetensors",
+        "pic2_fp_te.safetensors",
     ]
     assert "[cache] cache/v2/dir: 3 item(s): latents: all 3 to encode (3 new)" in r.stderr
     ready.record.unlink()
@@ -297,7 +322,10 @@ def test_image_directory_dataset_with_caption_files_and_controls(ready):
     redraw(ready, "datasets/dir/control/pic2.png")
     r = ready.tool("cache")
     assert r.returncode == 0, r.stderr
-    assert "[cache] cache/v2/dir: 3 item(s): latents: 1 of 3 to encode (1 changed); text-encoder outputs: 1 of 3 to encode (1 changed)" in r.stderr
+    assert (
+        "[cache] cache/v2/dir: 3 item(s): latents: 1 of 3 to encode (1 changed); text-encoder outputs: 1 of 3 to encode (1 changed)"
+        in r.stderr
+    )
     assert "fpack_cache_latents (stand-in): encoded 1: pic2" in r.stdout
     assert "fpack_cache_text_encoder_outputs (stand-in): encoded 1: pic1" in r.stdout
     ready.record.unlink()
@@ -305,7 +333,10 @@ def test_image_directory_dataset_with_caption_files_and_controls(ready):
     r = ready.tool("cache")
     assert r.returncode == 0 and ready.calls() == []
     assert sorted(files(ready, "cache/v2/dir")) == [
-        "pic1_0480x0640_fp.safetensors", "pic1_fp_te.safetensors", "pic2_0512x0512_fp.safetensors", "pic2_fp_te.safetensors",
+        "pic1_0480x0640_fp.safetensors",
+        "pic1_fp_te.safetensors",
+        "pic2_0512x0512_fp.safetensors",
+        "pic2_fp_te.safetensors",
     ]
 
 
@@ -325,17 +356,24 @@ def test_video_dataset_is_tracked_as_a_whole(ready):
     assert ready.make("new").returncode == 0
     ds = '[general]\nresolution = [512, 512]\ncaption_extension = ".txt"\n\n[[datasets]]\nvideo_directory = "datasets/clips"\ncache_directory = "cache/v2/clips"\n'
     ready.write("configs/v2/dataset.toml", ds)
-    ready.write("configs/v2/config.toml", ready.read("configs/v2/config.toml").replace("one_frame = true", "one_frame = false"))
+    ready.write(
+        "configs/v2/config.toml", ready.read("configs/v2/config.toml").replace("one_frame = true", "one_frame = false")
+    )
     r = ready.tool("cache")
     assert r.returncode == 0, r.stderr
-    assert "[cache] cache/v2/clips: 2 item(s): latents: the whole dataset to encode (new); text-encoder outputs: the whole dataset to encode (new)" in r.stderr
+    assert (
+        "[cache] cache/v2/clips: 2 item(s): latents: the whole dataset to encode (new); text-encoder outputs: the whole dataset to encode (new)"
+        in r.stderr
+    )
     ready.record.unlink()
     assert ready.tool("cache").returncode == 0 and ready.calls() == []
     (clips / "turn.txt").write_text("a person turning around\n")
     r = ready.tool("cache")
     assert r.returncode == 0, r.stderr
     assert progs(ready) == ["fpack_cache_text_encoder_outputs"]
-    assert "text-encoder outputs: the whole dataset to encode (changed; video datasets are tracked as a whole)" in r.stderr
+    assert (
+        "text-encoder outputs: the whole dataset to encode (changed; video datasets are tracked as a whole)" in r.stderr
+    )
     assert "fpack_cache_text_encoder_outputs (stand-in): encoded 2: turn walk" in r.stdout
     ready.record.unlink()
     assert ready.tool("cache").returncode == 0 and ready.calls() == []

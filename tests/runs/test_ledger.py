@@ -9,9 +9,9 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 from conftest import REPO, VENV
+
 from runs.test_pod import POD, RP_KEY, wait_for
 
 HF_TOKEN = "hf_" + "a" * 34
@@ -29,7 +29,9 @@ def test_train_fills_run_json_from_the_run(cached):
     ready = cached
     cfg = ready.read("configs/v1/config.toml").replace("price_per_hour = 2.5", "price_per_hour = 3600.0")
     ready.write("configs/v1/config.toml", cfg)
-    r = ready.make("train", "AUTO_STOP=0", env={"STANDIN_STEPS": "5", "STANDIN_STEP_SECONDS": "0.2", "STANDIN_GPUS": "2"})
+    r = ready.make(
+        "train", "AUTO_STOP=0", env={"STANDIN_STEPS": "5", "STANDIN_STEP_SECONDS": "0.2", "STANDIN_GPUS": "2"}
+    )
     assert r.returncode == 0, r.stderr
     [data] = records(ready, "train")
     folder = ready.root / "runs" / "v1" / data["id"]
@@ -38,7 +40,11 @@ def test_train_fills_run_json_from_the_run(cached):
     assert data["status"] == "succeeded" and data["exit_code"] == 0 and data["target"] == "train"
     assert data["commands"][0]["argv"] == ["accelerate", *ready.calls("accelerate")[0]["argv"]]
     cfg_bytes = (ready.root / "configs/v1/config.toml").read_bytes()
-    assert data["files"]["config"] == {"path": "configs/v1/config.toml", "sha256": hashlib.sha256(cfg_bytes).hexdigest(), "text": cfg_bytes.decode()}
+    assert data["files"]["config"] == {
+        "path": "configs/v1/config.toml",
+        "sha256": hashlib.sha256(cfg_bytes).hexdigest(),
+        "text": cfg_bytes.decode(),
+    }
     assert data["files"]["dataset"]["path"] == "configs/v1/dataset.toml"
     assert data["files"]["prompts"]["path"] == "configs/v1/prompts.txt"
     assert re.fullmatch(r"[0-9a-f]{64}", data["dataset"]["sha256"]) and data["dataset"]["files"] > 0
@@ -105,9 +111,11 @@ def test_a_failed_cache_run_is_recorded_as_failed(ready):
 def test_run_json_survives_a_crash_of_the_tool(cached):
     ready = cached
     p = subprocess.Popen(
-        [str(VENV / "bin" / "ws"), "train", "--auto-stop", "0"], cwd=ready.root,
+        [str(VENV / "bin" / "ws"), "train", "--auto-stop", "0"],
+        cwd=ready.root,
         env={**ready.env, "STANDIN_STEPS": "all", "STANDIN_STEP_SECONDS": "0.05"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: any("| 3/1000" in f.read_text() for f in (ready.root / "runs").glob("v1/*/log.txt")))
@@ -131,13 +139,27 @@ def test_run_json_survives_a_crash_of_the_tool(cached):
 
 
 def test_make_runs_prints_a_table(ready):
-    assert ready.make("runs").stdout == "no runs yet (runs/ is empty): `make cache`, `make train` and `make generate` record theirs\n"
+    assert (
+        ready.make("runs").stdout
+        == "no runs yet (runs/ is empty): `make cache`, `make train` and `make generate` record theirs\n"
+    )
     assert ready.make("cache").returncode == 0
     assert ready.make("train", "AUTO_STOP=0", env={"STANDIN_STEPS": "4", "STANDIN_FAIL_AT": "4"}).returncode == 2
     r = ready.make("runs")
     assert r.returncode == 0, r.stderr
     head, cache, train = r.stdout.splitlines()
-    assert head.split() == ["run", "version", "target", "status", "duration", "steps", "last", "loss", "cost", "estimated"]
+    assert head.split() == [
+        "run",
+        "version",
+        "target",
+        "status",
+        "duration",
+        "steps",
+        "last",
+        "loss",
+        "cost",
+        "estimated",
+    ]
     assert cache.split()[1:4] == ["v1", "cache", "succeeded"] and cache.split()[5:] == ["-", "-", "$0.00", "-"]
     assert re.fullmatch(r"\d+s", cache.split()[4])
     assert train.split()[1:4] == ["v1", "train", "failed"]
@@ -146,18 +168,27 @@ def test_make_runs_prints_a_table(ready):
 
 def test_no_secret_reaches_argv_output_log_or_run_json(cached):
     ready = cached
-    (ready.root.parent / "rp_environment").write_text(f'export RUNPOD_POD_ID="{POD}"\nexport RUNPOD_API_KEY="{RP_KEY}"\n')
+    (ready.root.parent / "rp_environment").write_text(
+        f'export RUNPOD_POD_ID="{POD}"\nexport RUNPOD_API_KEY="{RP_KEY}"\n'
+    )
     ready.write(".env", f"HF_TOKEN={HF_TOKEN}\nWANDB_API_KEY={WANDB_KEY}\n")
-    cfg = ready.read("configs/v1/config.toml").replace('# huggingface_repo_id = "your-hf-name/example-1f"', 'huggingface_repo_id = "me/example-1f"')
+    cfg = ready.read("configs/v1/config.toml").replace(
+        '# huggingface_repo_id = "your-hf-name/example-1f"', 'huggingface_repo_id = "me/example-1f"'
+    )
     ready.write("configs/v1/config.toml", cfg)
     # the trainer prints the secrets (a library logging them), the upload fails with the token in its message
-    r = ready.make("train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "3", "STANDIN_LEAK": "1", "STANDIN_HF_FAIL": "1", **PYLIB})
+    r = ready.make(
+        "train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "3", "STANDIN_LEAK": "1", "STANDIN_HF_FAIL": "1", **PYLIB}
+    )
     assert r.returncode == 0, r.stderr
     [data] = records(ready, "train")
     folder = ready.root / "runs" / "v1" / data["id"]
     log = (folder / "log.txt").read_text()
     assert "debug: HF_TOKEN=*** WANDB_API_KEY=***" in log and "debug: HF_TOKEN=*** WANDB_API_KEY=***" in r.stdout
-    assert f"warning: run record not uploaded to me/example-1f/v1/runs/{data['id']} (RuntimeError: 503 Server Error" in r.stdout
+    assert (
+        f"warning: run record not uploaded to me/example-1f/v1/runs/{data['id']} (RuntimeError: 503 Server Error"
+        in r.stdout
+    )
     texts = [r.stdout, r.stderr, log, (folder / "run.json").read_text()]
     texts += [json.dumps(c["argv"]) for c in ready.calls()]
     for secret in (HF_TOKEN, WANDB_KEY, RP_KEY):
@@ -171,9 +202,11 @@ def test_no_secret_reaches_argv_output_log_or_run_json(cached):
 
 def test_the_run_record_goes_up_beside_the_lora_before_the_pod_stops(cached):
     ready = cached
-    (ready.root.parent / "rp_environment").write_text(f'RUNPOD_POD_ID={POD}\n')
+    (ready.root.parent / "rp_environment").write_text(f"RUNPOD_POD_ID={POD}\n")
     ready.write(".env", f"HF_TOKEN={HF_TOKEN}\n")
-    cfg = ready.read("configs/v1/config.toml").replace('# huggingface_repo_id = "your-hf-name/example-1f"', 'huggingface_repo_id = "me/example-1f"')
+    cfg = ready.read("configs/v1/config.toml").replace(
+        '# huggingface_repo_id = "your-hf-name/example-1f"', 'huggingface_repo_id = "me/example-1f"'
+    )
     ready.write("configs/v1/config.toml", cfg)
     r = ready.make("train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "2", **PYLIB})
     assert r.returncode == 0, r.stderr

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import error_line
 
 POD = "pod123"
@@ -20,7 +19,9 @@ RP_KEY = "rpa_" + "K" * 40
 @pytest.fixture
 def pod(cached):
     """`ready`, on a RunPod pod: the id (and runpodctl's key) only in RunPod's environment file."""
-    (cached.root.parent / "rp_environment").write_text(f'export RUNPOD_POD_ID="{POD}"\nexport RUNPOD_API_KEY="{RP_KEY}"\n')
+    (cached.root.parent / "rp_environment").write_text(
+        f'export RUNPOD_POD_ID="{POD}"\nexport RUNPOD_API_KEY="{RP_KEY}"\n'
+    )
     return cached
 
 
@@ -36,8 +37,13 @@ def run_json(w, target="train") -> dict:
 def popen_make(w, *args, env=None) -> subprocess.Popen:
     """make in its own session, so a test can send Ctrl-C to the whole foreground group as a terminal does."""
     return subprocess.Popen(
-        ["make", "--no-print-directory", *args], cwd=w.root, env={**w.env, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        ["make", "--no-print-directory", *args],
+        cwd=w.root,
+        env={**w.env, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -65,11 +71,13 @@ def pending(w) -> list:
 
 
 def test_success_stops_the_pod_after_the_grace_period(pod):
-    t0 = time.time()
     r = pod.make("train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "3"})
     assert r.returncode == 0, r.stderr
-    assert f"auto-stop: pod {POD} stops 1s after this run ends, however it ends (`make cancel-stop` keeps it; AUTO_STOP=0 turns it off)" in r.stdout
-    assert f"to keep it: `make cancel-stop`, or Ctrl-C here" in r.stdout
+    assert (
+        f"auto-stop: pod {POD} stops 1s after this run ends, however it ends (`make cancel-stop` keeps it; AUTO_STOP=0 turns it off)"
+        in r.stdout
+    )
+    assert "to keep it: `make cancel-stop`, or Ctrl-C here" in r.stdout
     assert f'auto-stop: `runpodctl pod stop {POD}`: pod "{POD}" stopped' in r.stdout
     assert stops(pod) == [["pod", "stop", POD]]
     [stop] = pod.calls("runpodctl")
@@ -85,8 +93,18 @@ def test_success_stops_the_pod_after_the_grace_period(pod):
     "env, status, message, code",
     [
         ({"STANDIN_FAIL_AT": "3"}, "failed", "error: train failed with exit code 1", 1),
-        ({"STANDIN_KILL_AT": "3"}, "killed", "error: train was killed by SIGKILL (an out-of-memory kill looks like this; see the log)", 4),
-        ({"STANDIN_HANG_AT": "3"}, "hung", "error: train ended as failed: no new training step for 1s ([workspace] hang_timeout = 1s)", 4),
+        (
+            {"STANDIN_KILL_AT": "3"},
+            "killed",
+            "error: train was killed by SIGKILL (an out-of-memory kill looks like this; see the log)",
+            4,
+        ),
+        (
+            {"STANDIN_HANG_AT": "3"},
+            "hung",
+            "error: train ended as failed: no new training step for 1s ([workspace] hang_timeout = 1s)",
+            4,
+        ),
     ],
     ids=["trainer-fails", "trainer-killed", "trainer-hangs"],
 )
@@ -137,7 +155,10 @@ def test_make_cancel_stop_during_the_grace_period_keeps_the_pod(pod):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    assert c.returncode == 0 and c.stdout == f"auto-stop cancelled: pod {POD} keeps running after the run (stop it with `make stop`)\n"
+    assert (
+        c.returncode == 0
+        and c.stdout == f"auto-stop cancelled: pod {POD} keeps running after the run (stop it with `make stop`)\n"
+    )
     assert p.returncode == 0, err
     assert f"auto-stop: cancelled (`make cancel-stop`): pod {POD} keeps running" in out
     assert stops(pod) == []
@@ -145,7 +166,12 @@ def test_make_cancel_stop_during_the_grace_period_keeps_the_pod(pod):
 
 
 def test_make_cancel_stop_while_training_keeps_the_pod_after_the_run(pod):
-    p = popen_make(pod, "train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "all", "STANDIN_STEP_SECONDS": "0.05", "STANDIN_FAIL_AT": "30"})
+    p = popen_make(
+        pod,
+        "train",
+        "AUTO_STOP=1s",
+        env={"STANDIN_STEPS": "all", "STANDIN_STEP_SECONDS": "0.05", "STANDIN_FAIL_AT": "30"},
+    )
     try:
         wait_for(lambda: log_has(pod, "| 2/1000"))
         assert pod.make("cancel-stop").returncode == 0
@@ -195,7 +221,10 @@ def test_auto_stop_zero_turns_it_off_and_the_setting_is_the_default(pod):
 def test_a_bad_auto_stop_value_is_one_line_and_nothing_runs(pod):
     r = pod.make("train", "AUTO_STOP=soon")
     assert r.returncode == 2
-    assert error_line(r) == """error: AUTO_STOP=soon: expected a duration such as "10m", "30s", "1h" or "off", got 'soon'"""
+    assert (
+        error_line(r)
+        == """error: AUTO_STOP=soon: expected a duration such as "10m", "30s", "1h" or "off", got 'soon'"""
+    )
     assert pod.calls("accelerate") == [] and stops(pod) == []
 
 
@@ -203,7 +232,10 @@ def test_uploads_still_running_finish_before_the_stop(pod):
     r = pod.make("train", "AUTO_STOP=0s", env={"STANDIN_STEPS": "2", "STANDIN_UPLOAD_SECONDS": "1.5"})
     assert r.returncode == 0, r.stderr
     r = pod.make("train", "AUTO_STOP=1s", env={"STANDIN_STEPS": "2", "STANDIN_UPLOAD_SECONDS": "1.5"})
-    assert "==> waiting for 1 process(es) the program left running (uploads, wandb sync) to finish; Ctrl-C stops waiting" in r.stdout
+    assert (
+        "==> waiting for 1 process(es) the program left running (uploads, wandb sync) to finish; Ctrl-C stops waiting"
+        in r.stdout
+    )
     uploads = [c["time"] for c in pod.calls("upload-done")]
     [stop] = pod.calls("runpodctl")
     assert len(uploads) == 2 and uploads[1] < stop["time"]
@@ -238,7 +270,7 @@ def test_a_stop_that_fails_says_the_pod_still_runs(pod):
     assert r.returncode == 2 and "Error 4" in r.stderr
     assert error_line(r) == (
         f"error: pod {POD} was NOT stopped: `runpodctl pod stop {POD}` (1): Error: stop pod: request failed: 401 Unauthorized; "
-        f"`runpodctl stop pod {POD}` (1): Error: unknown command \"stop\" for \"runpodctl\"; "
+        f'`runpodctl stop pod {POD}` (1): Error: unknown command "stop" for "runpodctl"; '
         "stop it in the RunPod console (it costs money while it runs)"
     )
     assert len(stops(pod)) == 6  # both syntaxes, three rounds

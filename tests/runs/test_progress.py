@@ -3,7 +3,7 @@ avr_loss) into step, loss, s/step and time left."""
 
 from __future__ import annotations
 
-from musubi_workspace.console import Splitter
+from musubi_workspace.runs.console import Splitter
 from musubi_workspace.runs.progress import Progress
 
 
@@ -47,7 +47,7 @@ def test_carriage_returns_and_newlines_cut_the_stream_and_a_rest_waits():
 def test_off_a_terminal_the_status_is_a_line_now_and_then_not_one_per_step():
     import io
 
-    from musubi_workspace.console import Display
+    from musubi_workspace.runs.console import Display
 
     out = io.StringIO()
     display = Display(Progress(), stream=out, tty=False)

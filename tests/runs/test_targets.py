@@ -5,27 +5,51 @@ from __future__ import annotations
 import shlex
 
 import pytest
-
 from conftest import write_safetensors
 
 CACHE_LATENTS = [
-    "-m", "musubi_tuner.fpack_cache_latents",
-    "--dataset_config", "configs/v1/dataset.toml",
-    "--vae", "models/hunyuanvideo/vae/diffusion_pytorch_model.safetensors",
-    "--image_encoder", "models/sigclip/sigclip_vision_patch14_384.safetensors",
-    "--vae_chunk_size", "32", "--vae_spatial_tile_sample_min_size", "128",
-    "--one_frame", "--one_frame_no_2x", "--one_frame_no_4x",
+    "-m",
+    "musubi_tuner.fpack_cache_latents",
+    "--dataset_config",
+    "configs/v1/dataset.toml",
+    "--vae",
+    "models/hunyuanvideo/vae/diffusion_pytorch_model.safetensors",
+    "--image_encoder",
+    "models/sigclip/sigclip_vision_patch14_384.safetensors",
+    "--vae_chunk_size",
+    "32",
+    "--vae_spatial_tile_sample_min_size",
+    "128",
+    "--one_frame",
+    "--one_frame_no_2x",
+    "--one_frame_no_4x",
 ]
 CACHE_TE = [
-    "-m", "musubi_tuner.fpack_cache_text_encoder_outputs",
-    "--dataset_config", "configs/v1/dataset.toml",
-    "--text_encoder1", "models/hunyuanvideo_repackaged/split_files/text_encoders/llava_llama3_fp16.safetensors",
-    "--text_encoder2", "models/hunyuanvideo_repackaged/split_files/text_encoders/clip_l.safetensors",
+    "-m",
+    "musubi_tuner.fpack_cache_text_encoder_outputs",
+    "--dataset_config",
+    "configs/v1/dataset.toml",
+    "--text_encoder1",
+    "models/hunyuanvideo_repackaged/split_files/text_encoders/llava_llama3_fp16.safetensors",
+    "--text_encoder2",
+    "models/hunyuanvideo_repackaged/split_files/text_encoders/clip_l.safetensors",
 ]
 TRAIN_1GPU = [
-    "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
-    "--num_processes", "1", "--num_machines", "1",
-    "-m", "musubi_tuner.fpack_train_network", "--config_file", "configs/v1/config.toml",
+    "launch",
+    "--num_cpu_threads_per_process",
+    "1",
+    "--mixed_precision",
+    "bf16",
+    "--dynamo_backend",
+    "no",
+    "--num_processes",
+    "1",
+    "--num_machines",
+    "1",
+    "-m",
+    "musubi_tuner.fpack_train_network",
+    "--config_file",
+    "configs/v1/config.toml",
 ]
 
 
@@ -80,7 +104,8 @@ def test_train_process_count_from_workspace_table(ready):
 def test_generate_uses_the_newest_lora_and_names_the_folder_after_it(ready):
     out = ready.root / "outputs" / "v1"
     out.mkdir(parents=True)
-    import os, time
+    import os
+    import time
 
     for i, name in enumerate(["example-1f_v1-step00000100", "example-1f_v1-step00000200", "other_v9"]):
         p = out / f"{name}.safetensors"
@@ -95,13 +120,18 @@ def test_generate_uses_the_newest_lora_and_names_the_folder_after_it(ready):
     assert argv[argv.index("--save_path") + 1] == "outputs/v1/generate/example-1f_v1-step00000200_x0.8"
     assert argv[argv.index("--from_file") + 1] == "configs/v1/prompts.txt"
     assert argv[argv.index("--attn_mode") + 1] == "sageattn"
-    assert "LORA not set: using outputs/v1/example-1f_v1-step00000200.safetensors (the newest of this version)" in r.stderr
+    assert (
+        "LORA not set: using outputs/v1/example-1f_v1-step00000200.safetensors (the newest of this version)" in r.stderr
+    )
 
 
 def test_generate_without_any_lora_says_what_to_do(ready):
     r = ready.tool("generate")
     assert r.returncode == 2  # bad input
-    assert "error: configs/v1/config.toml: no LoRA of `example-1f_v1` in outputs/v1 yet; train first (`make train`) or pass LORA=path/to/lora.safetensors" in r.stderr
+    assert (
+        "error: configs/v1/config.toml: no LoRA of `example-1f_v1` in outputs/v1 yet; train first (`make train`) or pass LORA=path/to/lora.safetensors"
+        in r.stderr
+    )
     assert ready.calls() == []
 
 
@@ -131,7 +161,10 @@ def test_dry_run_generate_with_explicit_lora(ws):
 def test_without_models_the_real_run_stops_before_starting_and_names_make_models(ws):
     r = ws.tool("train")
     assert r.returncode == 3  # check errors
-    assert "error: configs/v1/config.toml:13: dit models/framepack/diffusion_pytorch_model-00001-of-00003.safetensors not found; run `make models` to download it" in r.stderr
+    assert (
+        "error: configs/v1/config.toml:13: dit models/framepack/diffusion_pytorch_model-00001-of-00003.safetensors not found; run `make models` to download it"
+        in r.stderr
+    )
     assert ws.calls() == []
 
 
@@ -151,16 +184,33 @@ def test_config_file_may_name_just_the_version(ready):
 @pytest.mark.usefixtures("cached")  # make train needs an up-to-date cache
 def test_train_on_several_machines_uses_the_accelerate_config_and_each_machines_environment(ready):
     ready.write("accelerate_multi.yaml", "num_machines: 2\nnum_processes: 16\ndistributed_type: MULTI_GPU\n")
-    cfg = ready.read("configs/v1/config.toml").replace("\n[workspace]\n", '\n[workspace]\naccelerate_config = "accelerate_multi.yaml"\n')
+    cfg = ready.read("configs/v1/config.toml").replace(
+        "\n[workspace]\n", '\n[workspace]\naccelerate_config = "accelerate_multi.yaml"\n'
+    )
     ready.write("configs/v1/config.toml", cfg)
     machine = {"MACHINE_RANK": "1", "MAIN_PROCESS_IP": "10.0.0.1", "MAIN_PROCESS_PORT": "29500", "STANDIN_GPUS": "8"}
     dry = ready.tool("train", "DRY_RUN=1", env=machine)
     assert dry.returncode == 0, dry.stderr
     expected = [
-        "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no",
-        "--config_file", "accelerate_multi.yaml",
-        "--machine_rank", "1", "--main_process_ip", "10.0.0.1", "--main_process_port", "29500",
-        "-m", "musubi_tuner.fpack_train_network", "--config_file", "configs/v1/config.toml",
+        "launch",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--mixed_precision",
+        "bf16",
+        "--dynamo_backend",
+        "no",
+        "--config_file",
+        "accelerate_multi.yaml",
+        "--machine_rank",
+        "1",
+        "--main_process_ip",
+        "10.0.0.1",
+        "--main_process_port",
+        "29500",
+        "-m",
+        "musubi_tuner.fpack_train_network",
+        "--config_file",
+        "configs/v1/config.toml",
     ]
     assert shlex.split(dry.stdout.strip()) == ["accelerate", *expected]
     assert ready.tool("train", env=machine).returncode == 0

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import error_line
 
 STEPS = ("models", "workspace", "cache", "cache again", "caption", "train", "resume", "generate", "report", "runs")
@@ -46,8 +45,13 @@ def test_smoke_runs_every_step_through_the_real_targets_and_passes(smoke_ws):
     assert progs.count("random_models") == 1
     # cache: both scripts; cache again: none; caption: the text-encoder script only; train, resume; generate.
     assert [p for p in progs if p != "random_models"] == [
-        "fpack_cache_latents", "fpack_cache_text_encoder_outputs", "fpack_cache_text_encoder_outputs",
-        "accelerate", "accelerate", "fpack_generate_video"]
+        "fpack_cache_latents",
+        "fpack_cache_text_encoder_outputs",
+        "fpack_cache_text_encoder_outputs",
+        "accelerate",
+        "accelerate",
+        "fpack_generate_video",
+    ]
     for c in calls[1:]:
         assert Path(c["cwd"]) == scratch
         assert c["env"]["HF_HUB_OFFLINE"] == "1" and c["env"]["WANDB_MODE"] == "offline"
@@ -80,7 +84,8 @@ def test_a_failing_script_stops_the_smoke_at_its_step_naming_the_log(smoke_ws):
     assert lines[-1].startswith("[3/10] cache ✗ ")
     assert error_line(r) == (
         "error: smoke: step 3/10 (cache) failed: `make cache` failed with exit code 2; "
-        "log: .cache/smoke/logs/03-cache.log")
+        "log: .cache/smoke/logs/03-cache.log"
+    )
     assert "fpack_cache_latents" in (ws.root / ".cache/smoke/logs/03-cache.log").read_text()
     assert not any(c["prog"] == "accelerate" for c in ws.calls())
 
@@ -91,7 +96,8 @@ def test_a_lora_with_the_wrong_keys_fails_the_train_step(smoke_ws):
     assert r.returncode == 2 and "smoke] Error 3" in r.stderr  # exit code 3: a check failed
     assert error_line(r).startswith(
         "error: smoke: step 6/10 (train) failed: .cache/smoke/ws/outputs/v1/example-1f_v1-step00000002.safetensors: "
-        "expected only `lora_unet_` keys")
+        "expected only `lora_unet_` keys"
+    )
     assert error_line(r).endswith("log: .cache/smoke/logs/06-train.log")
 
 
@@ -101,7 +107,8 @@ def test_a_trainer_that_saves_no_lora_fails_the_train_step(smoke_ws):
     assert r.returncode == 2 and "smoke] Error 3" in r.stderr
     assert error_line(r) == (
         "error: smoke: step 6/10 (train) failed: no LoRA .cache/smoke/ws/outputs/v1/example-1f_v1-step00000002.safetensors; "
-        "log: .cache/smoke/logs/06-train.log")
+        "log: .cache/smoke/logs/06-train.log"
+    )
 
 
 def test_caches_in_the_wrong_format_fail_the_cache_step(smoke_ws):
@@ -109,8 +116,11 @@ def test_caches_in_the_wrong_format_fail_the_cache_step(smoke_ws):
     ws.env.pop("STANDIN_REAL_FILES")  # the cache stand-ins then write JSON, not safetensors
     r = ws.make("smoke", timeout=300)
     assert r.returncode != 0
-    assert re.fullmatch(r"error: smoke: step 3/10 \(cache\) failed: .*item0\d_0512x0768_fp.safetensors: not a "
-                        r"safetensors file .*; log: \.cache/smoke/logs/03-cache\.log", error_line(r)), error_line(r)
+    assert re.fullmatch(
+        r"error: smoke: step 3/10 \(cache\) failed: .*item0\d_0512x0768_fp.safetensors: not a "
+        r"safetensors file .*; log: \.cache/smoke/logs/03-cache\.log",
+        error_line(r),
+    ), error_line(r)
 
 
 def test_a_pod_stop_that_fails_fails_the_train_step(smoke_ws):
@@ -142,8 +152,10 @@ def test_smoke_from_a_step_goes_on_where_the_last_smoke_stopped(smoke_ws):
     ws = smoke_ws
     r = ws.make("smoke", "SMOKE_FROM=resume", timeout=300)
     assert r.returncode == 2 and "smoke] Error 2" in r.stderr  # bad input: nothing passed here yet
-    assert error_line(r) == ("error: SMOKE_FROM=resume: the last smoke here did not pass models, workspace, cache, "
-                             "cache again, caption, train; run `make smoke` from the start (or from the first of those)")
+    assert error_line(r) == (
+        "error: SMOKE_FROM=resume: the last smoke here did not pass models, workspace, cache, "
+        "cache again, caption, train; run `make smoke` from the start (or from the first of those)"
+    )
     r = ws.make("smoke", env={"STANDIN_EXIT_FPACK_GENERATE_VIDEO": "1"}, timeout=300)
     assert r.returncode == 2 and "step 8/10 (generate) failed" in r.stderr
     ws.record.unlink()
@@ -156,5 +168,7 @@ def test_smoke_from_a_step_goes_on_where_the_last_smoke_stopped(smoke_ws):
     assert re.search(r"^smoke: 10/10 steps passed in \d+\.\d min \(steps 8-10 in this run\)$", r.stdout, re.M)
     assert [c["prog"] for c in ws.calls()] == ["fpack_generate_video"]
     r = ws.make("smoke", "SMOKE_FROM=banana", timeout=300)
-    assert error_line(r) == ("error: SMOKE_FROM=banana: not a step of the smoke; give one of models, workspace, cache, "
-                             "cache again, caption, train, resume, generate, report, runs (or 1-10)")
+    assert error_line(r) == (
+        "error: SMOKE_FROM=banana: not a step of the smoke; give one of models, workspace, cache, "
+        "cache again, caption, train, resume, generate, report, runs (or 1-10)"
+    )

@@ -3,9 +3,17 @@ and the dense bf16 peaks."""
 
 from __future__ import annotations
 
-from musubi_workspace.tune.flops import (DOUBLE_LORA_IO, HIDDEN, SINGLE_LORA_IO, Tokens, one_frame_tokens, peak_tflops,
-                                    share_of_peak, step_flops)
 from musubi_workspace.checks.machine import LORA_PARAMS_PER_DIM
+from musubi_workspace.tune.flops import (
+    DOUBLE_LORA_IO,
+    HIDDEN,
+    SINGLE_LORA_IO,
+    Tokens,
+    one_frame_tokens,
+    peak_tflops,
+    share_of_peak,
+    step_flops,
+)
 
 
 def test_a_small_step_against_a_hand_count():
@@ -36,10 +44,13 @@ def test_lora_layers_match_the_lora_size_the_disk_check_counts():
 def test_one_frame_tokens_of_the_shipped_layout_and_with_2x_4x():
     # 512x768: latent 64x96, patches 32x48 = 1,536 per frame; target + clean indices [0, 10] with no post.
     assert one_frame_tokens(512, 768, clean=2, no_post=True, no_2x=True, no_4x=True, caption_tokens=77) == Tokens(
-        image=3 * 1_536, text=729 + 512, text_valid=729 + 77)
+        image=3 * 1_536, text=729 + 512, text_valid=729 + 77
+    )
     # post latent (+1,536), 2x: ceil(96/4) x ceil(64/4) = 384, 4x: 4 x 12 x 8 = 384.
-    assert one_frame_tokens(512, 768, clean=1, no_post=False, no_2x=False, no_4x=False, caption_tokens=77).image == \
-        3 * 1_536 + 384 + 384
+    assert (
+        one_frame_tokens(512, 768, clean=1, no_post=False, no_2x=False, no_4x=False, caption_tokens=77).image
+        == 3 * 1_536 + 384 + 384
+    )
 
 
 def test_the_shipped_workload_and_the_peak_table():

@@ -8,8 +8,8 @@ import re
 from dataclasses import replace
 
 import pytest
-
 from conftest import error_line
+
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.tune import MARGIN, Result, Setting, axes, combined, parse_name, select
 
@@ -18,8 +18,16 @@ GIB = 2**30
 
 
 def result(s: Setting, secs: float, gib: float, status: str = "ok", changes=()) -> Result:
-    return Result(setting=s, name=s.name(SEED), status=status, step_times=[secs] * 3, peak_allocated=int(gib * GIB),
-                  peak_reserved=int(gib * 1.1 * GIB), total_memory=80 * GIB, changes=list(changes))
+    return Result(
+        setting=s,
+        name=s.name(SEED),
+        status=status,
+        step_times=[secs] * 3,
+        peak_allocated=int(gib * GIB),
+        peak_reserved=int(gib * 1.1 * GIB),
+        total_memory=80 * GIB,
+        changes=list(changes),
+    )
 
 
 def with_caches(ws) -> None:
@@ -110,8 +118,12 @@ def test_within_the_tie_the_least_memory_wins():
 
 def test_combined_merges_the_improvements_of_each_axis():
     cur = result(SEED, 22.0, 63.5)
-    runs = [cur, result(replace(SEED, blocks_to_swap=8), 20.0, 70.0), result(replace(SEED, compile=True), 17.7, 60.8),
-            result(replace(SEED, pinned=True), 21.9, 63.5)]  # within the tie: not an improvement
+    runs = [
+        cur,
+        result(replace(SEED, blocks_to_swap=8), 20.0, 70.0),
+        result(replace(SEED, compile=True), 17.7, 60.8),
+        result(replace(SEED, pinned=True), 21.9, 63.5),
+    ]  # within the tie: not an improvement
     assert combined(SEED, runs, allow_changes=False) == replace(SEED, blocks_to_swap=8, compile=True)
 
 
@@ -128,7 +140,12 @@ def test_make_tune_runs_the_candidates_and_prints_the_table_and_pick(ready):
     # swap goes down until one does not fit (none here: the stand-in's GPU holds swap0), then the other axes.
     assert names[:7] == ["current", "swap16", "swap12", "swap8", "swap4", "swap0", "pinned"]
     # swap0+compile is a known-good candidate; the combination of the axes' improvements is the same, so not run twice.
-    assert "nockpt" in names and names[-4:] == ["swap0+compile", "swap0+compile+autotune", "swap0+fp8+compile", "batch8+swap0+compile"]
+    assert "nockpt" in names and names[-4:] == [
+        "swap0+compile",
+        "swap0+compile+autotune",
+        "swap0+fp8+compile",
+        "batch8+swap0+compile",
+    ]
     assert "| `nockpt` (" in r.stdout and "**no: out of memory**" in r.stdout
     assert "**Pick: `swap0+compile`**" in r.stdout
     report = next((ready.root / "runs" / "v1").glob("tune-*/tune.md")).read_text()
@@ -150,7 +167,15 @@ def test_each_run_is_the_real_trainer_launch_with_no_sampling_saving_or_upload(r
     assert call["env"]["TORCHINDUCTOR_CACHE_DIR"].endswith("/current/inductor")
     log = next((ready.root / "runs" / "v1").glob("tune-*/current.log")).read_text()
     config = log.split("\n", 2)[2]
-    for gone in ("sample_prompts", "save_every_n_steps", "save_state", "huggingface_", "log_with", "wandb_", "logging_dir"):
+    for gone in (
+        "sample_prompts",
+        "save_every_n_steps",
+        "save_state",
+        "huggingface_",
+        "log_with",
+        "wandb_",
+        "logging_dir",
+    ):
         assert gone not in config, gone
     assert "max_train_steps = 3" in config and 'output_name = "probe"' in config
     assert "hf_yyy" not in r.stdout + log
@@ -161,7 +186,10 @@ def test_only_runs_the_named_settings_and_reports_out_of_memory(ready):
     r = ready.make("tune", "ONLY=current,batch32", timeout=120)
     assert r.returncode == 0, r.stderr
     assert re.findall(r"^\[\d/2\] (\S+):", r.stdout, re.M) == ["current", "batch32"]
-    assert "batch32: batch 32, blocks_to_swap 20, bf16, sdpa, split_attn, checkpointing ... does not fit (out of memory)" in r.stdout
+    assert (
+        "batch32: batch 32, blocks_to_swap 20, bf16, sdpa, split_attn, checkpointing ... does not fit (out of memory)"
+        in r.stdout
+    )
     assert "**Pick: `current`**" in r.stdout
 
 
@@ -192,8 +220,9 @@ def test_apply_writes_the_pick_into_a_new_version_keeping_comments(ready):
 
 def test_apply_with_allowed_changes_writes_the_batch_size_into_the_dataset(ready):
     with_caches(ready)
-    r = ready.make("tune", "ONLY=current,batch8+swap0+compile", "APPLY=1", "ALLOW_CHANGES=1",
-                   env={"STANDIN_GPU_MEM_GIB": "70"})
+    r = ready.make(
+        "tune", "ONLY=current,batch8+swap0+compile", "APPLY=1", "ALLOW_CHANGES=1", env={"STANDIN_GPU_MEM_GIB": "70"}
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "**changes numbers**: batch 8" in r.stdout
     assert re.search(r"^batch_size = 8", ready.read("configs/v2/dataset.toml"), re.M)
@@ -210,8 +239,10 @@ def test_apply_when_the_current_setting_wins_makes_no_version(ready):
 def test_tune_without_caches_says_to_cache_first(ready):
     r = ready.make("tune")
     assert r.returncode != 0
-    assert error_line(r) == ("error: configs/v1/dataset.toml: no caches in cache/v1/example-1f; "
-                             "`make tune` trains on them: run `make cache` first")
+    assert error_line(r) == (
+        "error: configs/v1/dataset.toml: no caches in cache/v1/example-1f; "
+        "`make tune` trains on them: run `make cache` first"
+    )
     assert probe_calls(ready) == []
 
 
@@ -240,12 +271,16 @@ def test_make_bench_makes_synthetic_inputs_then_measures_without_models(ws):
     log = next((ws.root / "runs" / "v1").glob("bench-*/current.log")).read_text()
     assert 'dit = "' + str(ws.root / "cache" / "bench" / "framepack_dit_random_bf16.safetensors") in log
     table = ws.read("bench/nvidia-h100-80gb-hbm3_v1.md")
-    assert table.startswith("# make bench: configs/v1/config.toml on NVIDIA H100 80GB HBM3 (random weights, synthetic caches)")
+    assert table.startswith(
+        "# make bench: configs/v1/config.toml on NVIDIA H100 80GB HBM3 (random weights, synthetic caches)"
+    )
     assert "command: `make bench CONFIG_FILE=configs/v1/config.toml ONLY=current,swap0+fp8`" in table
     fp8_row = next(line for line in table.splitlines() if line.startswith("| `swap0+fp8`"))
     assert "**changes numbers**: fp8 scaled weights" in fp8_row
     assert "0.1110 / 0.1210 / 0.1310 (current: 0.1100 / 0.1200 / 0.1300)" in fp8_row
-    assert "$ per 1,000 steps" in table and json.loads(ws.read("bench/nvidia-h100-80gb-hbm3_v1.runs.json"))[0]["results"]
+    assert (
+        "$ per 1,000 steps" in table and json.loads(ws.read("bench/nvidia-h100-80gb-hbm3_v1.runs.json"))[0]["results"]
+    )
 
 
 def test_bench_needs_a_one_frame_config(ws):
@@ -280,11 +315,22 @@ def test_two_bench_sessions_add_to_one_table_with_the_share_of_peak(ws):
     r = ws.make("bench", "ONLY=compile")
     assert r.returncode == 0, r.stderr + r.stdout
     sessions = json.loads(ws.read("bench/nvidia-h100-80gb-hbm3_v1.runs.json"))
-    assert [s["command"] for s in sessions] == ["make bench CONFIG_FILE=configs/v1/config.toml ONLY=current",
-                                                "make bench CONFIG_FILE=configs/v1/config.toml ONLY=compile"]
-    assert sessions[0]["workload"] == {"resolution": [512, 768], "batch_size": 16, "one_frame": True,
-                                       "clean_indices": [0, 10], "target_index": 1, "no_post": True, "no_2x": True,
-                                       "no_4x": True, "network_dim": 32, "caption_tokens": 77}
+    assert [s["command"] for s in sessions] == [
+        "make bench CONFIG_FILE=configs/v1/config.toml ONLY=current",
+        "make bench CONFIG_FILE=configs/v1/config.toml ONLY=compile",
+    ]
+    assert sessions[0]["workload"] == {
+        "resolution": [512, 768],
+        "batch_size": 16,
+        "one_frame": True,
+        "clean_indices": [0, 10],
+        "target_index": 1,
+        "no_post": True,
+        "no_2x": True,
+        "no_4x": True,
+        "network_dim": 32,
+        "caption_tokens": 77,
+    }
     table = ws.read("bench/nvidia-h100-80gb-hbm3_v1.md")
     assert "| % of dense bf16 peak |" in table
     rows = [line for line in table.splitlines() if line.startswith("| `")]
@@ -311,12 +357,23 @@ def test_bench_report_merges_records_of_several_calls_into_one_table(ws):
     again = ws.ws("bench-report", "gpu1.runs.json", "--out", "bench/merged_v1.runs.json")  # already in: not twice
     assert again.stdout == "bench/merged_v1.runs.json: 2 session(s); table: bench/merged_v1.md\n"
     bad = ws.ws("bench-report", "gpu0.runs.json", "--out", "bench/merged.md")
-    assert bad.returncode == 2 and bad.stderr == "error: bench-report: --out bench/merged.md: name a .runs.json file (its .md is written beside it)\n"
+    assert (
+        bad.returncode == 2
+        and bad.stderr
+        == "error: bench-report: --out bench/merged.md: name a .runs.json file (its .md is written beside it)\n"
+    )
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("80GB", 80 * 10**9), ("79.2GiB", int(79.2 * 2**30)), ("81559MiB", 81559 * 2**20), (" 80 gb ", 80 * 10**9), ("", 0),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("80GB", 80 * 10**9),
+        ("79.2GiB", int(79.2 * 2**30)),
+        ("81559MiB", 81559 * 2**20),
+        (" 80 gb ", 80 * 10**9),
+        ("", 0),
+    ],
+)
 def test_memory_values_with_their_units(value, expected):
     from musubi_workspace.tune import parse_memory
 
@@ -329,8 +386,10 @@ def test_a_memory_value_without_a_known_unit_is_one_clear_error(value):
 
     with pytest.raises(WorkspaceError) as e:
         parse_memory(value)
-    assert e.value.message == (f"MEMORY={value}: expected an amount of GPU memory with its unit, such as 80GB or 79.2GiB "
-                               "(units: GB, GiB, MB, MiB, TB, TiB)")
+    assert e.value.message == (
+        f"MEMORY={value}: expected an amount of GPU memory with its unit, such as 80GB or 79.2GiB "
+        "(units: GB, GiB, MB, MiB, TB, TiB)"
+    )
 
 
 def test_memory_caps_what_fits_and_the_report_says_the_speeds_are_the_bigger_gpus(ws):
@@ -338,8 +397,10 @@ def test_memory_caps_what_fits_and_the_report_says_the_speeds_are_the_bigger_gpu
     # The stand-in's swap0 needs 26 + 16 x 2.5 = 66 GiB: it fits 140 GiB, not 0.9 x 60 GiB.
     r = ws.make("bench", "ONLY=current,swap0", "MEMORY=60GiB", env=h200)
     assert r.returncode == 0, r.stderr + r.stdout
-    assert ("MEMORY=60GiB: each run may use at most 60.0 GiB of NVIDIA H200's memory: whether a setting fits is "
-            "decided as on a card of that size; the speeds are NVIDIA H200's") in r.stdout
+    assert (
+        "MEMORY=60GiB: each run may use at most 60.0 GiB of NVIDIA H200's memory: whether a setting fits is "
+        "decided as on a card of that size; the speeds are NVIDIA H200's"
+    ) in r.stdout
     assert {c["env"].get("WS_PROBE_MEMORY") for c in probe_calls(ws)} == {str(60 * 2**30)}
     table = ws.read("bench/nvidia-h200_v1_mem60gib.md")
     assert "- memory capped at MEMORY=60GiB (60.0 GiB, torch's per-process memory fraction)" in table

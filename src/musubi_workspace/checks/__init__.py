@@ -12,27 +12,44 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from musubi_workspace.checks.batch import check_batch
 from musubi_workspace.checks.combinations import check_combinations, check_gpu_memory
-from musubi_workspace.config import Config
 from musubi_workspace.checks.data import check_content, check_dataset
-from musubi_workspace.errors import EXIT_CHECK, WorkspaceError
 from musubi_workspace.checks.findings import ERROR, MACHINE, NOTE, WARNING, Context, Finding, Report
-from musubi_workspace.checks.machine import check_credentials, check_disk
-from musubi_workspace.model_files import file_problems, tensor_problem
-from musubi_workspace.downloads import SHARD_RE
 from musubi_workspace.checks.keys import check_options
+from musubi_workspace.checks.machine import check_credentials, check_disk
 from musubi_workspace.checks.prompts import check_prompts
+from musubi_workspace.config import Config
+from musubi_workspace.downloads import SHARD_RE
+from musubi_workspace.errors import EXIT_CHECK, WorkspaceError
+from musubi_workspace.model_files import file_problems, tensor_problem
 from musubi_workspace.versions import version_token
 
-__all__ = ["CHECKS", "Context", "Finding", "Report", "ERROR", "WARNING", "NOTE", "MACHINE", "run_checks", "check", "preflight"]
+__all__ = [
+    "CHECKS",
+    "Context",
+    "Finding",
+    "Report",
+    "ERROR",
+    "WARNING",
+    "NOTE",
+    "MACHINE",
+    "run_checks",
+    "check",
+    "preflight",
+]
 
 MODEL_KEYS = ("dit", "vae", "text_encoder1", "text_encoder2", "image_encoder")
 # A model folder musubi-tuner accepts: where it looks inside it.
-MODEL_FOLDERS = {"vae": "vae", "text_encoder1": "text_encoder", "text_encoder2": "text_encoder_2", "image_encoder": "image_encoder"}
+MODEL_FOLDERS = {
+    "vae": "vae",
+    "text_encoder1": "text_encoder",
+    "text_encoder2": "text_encoder_2",
+    "image_encoder": "image_encoder",
+}
 # Values that name the version they belong to (`make new` renames them): naming another version is a mistake.
 VERSIONED_PATHS = ("dataset_config", "sample_prompts")
 VERSIONED_NAMES = ("output_name", "output_dir", "logging_dir", "huggingface_path_in_repo", "wandb_run_name")
@@ -42,7 +59,9 @@ def _model_problem(key: str, path: Path) -> str | None:
     """What is missing for a model path, as musubi-tuner loads it (all shards; a folder with what it reads)."""
     m = SHARD_RE.match(path.name)
     if m:
-        shards = [path.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}") for i in range(1, int(m.group(3)) + 1)]
+        shards = [
+            path.with_name(f"{m.group(1)}-{i:05d}-of-{m.group(3)}{m.group(4)}") for i in range(1, int(m.group(3)) + 1)
+        ]
         gone = [p for p in shards if not p.is_file()]
         if gone == [path] or path in gone:
             return "not found"
@@ -66,15 +85,19 @@ def check_models(ctx: Context) -> None:
             continue  # reported by check 1
         path = cfg.path_of(key)
         if path is None:
-            ctx.report.error(cfg.where(key), f"`{key}` is not set; add `{key} = \"models/...\"` (see configs/v1)")
+            ctx.report.error(cfg.where(key), f'`{key}` is not set; add `{key} = "models/..."` (see configs/v1)')
         elif problem := _model_problem(key, path):
             ctx.report.error(
                 cfg.where(key), f"{key} {cfg.ws.rel(path)} {problem}; run `make models` to download it", kind=MACHINE
             )
         elif broken := file_problems(key, path):
             for f, what in broken:
-                ctx.report.error(cfg.where(key), f"{key} {cfg.ws.rel(f)} {what}: musubi-tuner fails on it while loading; "
-                                 "delete it and run `make models` to download it again", kind=MACHINE)
+                ctx.report.error(
+                    cfg.where(key),
+                    f"{key} {cfg.ws.rel(f)} {what}: musubi-tuner fails on it while loading; "
+                    "delete it and run `make models` to download it again",
+                    kind=MACHINE,
+                )
         elif wrong := tensor_problem(key, path):
             ctx.report.error(cfg.where(key), f"{key} {cfg.ws.rel(path)} {wrong}")
 
@@ -104,13 +127,25 @@ def check_files(ctx: Context) -> None:
         if isinstance(value, str) and value and not ws.resolve(value).is_file():
             report.error(cfg.where(key), f"{key} {value} not found; {fix}")
     resume = cfg.get("resume")
-    if isinstance(resume, str) and resume and cfg.get("resume_from_huggingface") is not True and not ws.resolve(resume).is_dir():
-        report.error(cfg.where("resume"), f"resume {resume} not found (a state folder, `...-state`); fix the path or remove the key")
+    if (
+        isinstance(resume, str)
+        and resume
+        and cfg.get("resume_from_huggingface") is not True
+        and not ws.resolve(resume).is_dir()
+    ):
+        report.error(
+            cfg.where("resume"),
+            f"resume {resume} not found (a state folder, `...-state`); fix the path or remove the key",
+        )
     out = cfg.get("output_dir")
     if isinstance(out, str) and out:
         problem = _writable(ws.resolve(out))
         if problem:
-            report.error(cfg.where("output_dir"), f"output_dir {out} cannot be written: {problem}; choose another folder", kind=MACHINE)
+            report.error(
+                cfg.where("output_dir"),
+                f"output_dir {out} cannot be written: {problem}; choose another folder",
+                kind=MACHINE,
+            )
 
 
 _ANY_VERSION = re.compile(r"(?<![A-Za-z0-9])v(\d+)(?![0-9])")
@@ -136,21 +171,30 @@ def check_versions(ctx: Context) -> str | None:
             except ValueError:
                 continue
             if rel.parts and rel.parts[0] != version and re.fullmatch(r"v\d+", rel.parts[0]):
-                report.error(cfg.where(key), f"{key} = {value!r} belongs to {rel.parts[0]}, this is {version}: "
-                             f"use configs/{version}/{rel.name} (copy it there if it should differ)")
+                report.error(
+                    cfg.where(key),
+                    f"{key} = {value!r} belongs to {rel.parts[0]}, this is {version}: "
+                    f"use configs/{version}/{rel.name} (copy it there if it should differ)",
+                )
     for key in VERSIONED_NAMES:
         value = cfg.get(key)
         if isinstance(value, str) and (v := other(value)):
-            report.error(cfg.where(key), f"{key} = {value!r} names {v}, this is {version}: "
-                         f"it would mix this run with {v}'s; name {version} instead")
+            report.error(
+                cfg.where(key),
+                f"{key} = {value!r} names {v}, this is {version}: "
+                f"it would mix this run with {v}'s; name {version} instead",
+            )
     from musubi_workspace.checks.data import scan
 
     s = scan(ctx)
     for d in s.datasets:
         value = d.values.get("cache_directory")
         if isinstance(value, str) and (v := other(value)):
-            report.error(s.at(("datasets", d.index), "cache_directory"), f"cache_directory = {value!r} names {v}, this is {version}: "
-                         f"caching would overwrite {v}'s caches; name {version} instead")
+            report.error(
+                s.at(("datasets", d.index), "cache_directory"),
+                f"cache_directory = {value!r} names {v}, this is {version}: "
+                f"caching would overwrite {v}'s caches; name {version} instead",
+            )
     return None
 
 
@@ -170,7 +214,19 @@ CHECKS: list[tuple[str, Callable[[Context], str | None]]] = [
 ]
 
 
-def run_checks(cfg: Config, dry_run: bool = False, strict: bool = False, out=None, target: str = "check") -> Report:
+# Lines of the run's estimated time and cost, printed before the verdict (runs/estimate.py's speed_lines, passed
+# in by `make check` and the training targets: the checks themselves know nothing of bench tables or run records).
+Speed = Callable[[Config, dict], list[str]]
+
+
+def run_checks(
+    cfg: Config,
+    dry_run: bool = False,
+    strict: bool = False,
+    out=None,
+    target: str = "check",
+    speed: Speed | None = None,
+) -> Report:
     """Run every check; print `[i/N] name ✓/!/✗/⊘` per check and one line per finding; return the report.
 
     A check returns None, or a reason it had nothing to look at (printed after ⊘).
@@ -200,10 +256,8 @@ def run_checks(cfg: Config, dry_run: bool = False, strict: bool = False, out=Non
         print(f"[{i}/{len(CHECKS)}] {name} {mark}", file=out)
         for f in new:
             print(f"  {f.line()}", file=out)
-    if ctx.for_training() and not dry_run:
-        from musubi_workspace.tune.estimate import speed_lines  # the run's time and cost on this GPU (estimate.py)
-
-        for line in speed_lines(cfg, ctx.env):
+    if speed is not None and ctx.for_training() and not dry_run:
+        for line in speed(cfg, ctx.env):  # the run's time and cost on this GPU (runs/estimate.py)
             print(line, file=out)
     n_err, n_warn, n_note = len(report.errors), len(report.warnings), len(report.notes)
     verdict = "FAILED" if n_err else "OK"
@@ -212,16 +266,20 @@ def run_checks(cfg: Config, dry_run: bool = False, strict: bool = False, out=Non
     return report
 
 
-def check(cfg: Config, dry_run: bool = False, strict: bool = False) -> None:
-    """`make check`: exit non-zero on errors."""
-    report = run_checks(cfg, dry_run=dry_run, strict=strict)
+def check(cfg: Config, dry_run: bool = False, strict: bool = False, speed: Speed | None = None) -> None:
+    """`make check`: exit non-zero on errors. `speed` gives the lines of time and cost printed before the verdict."""
+    report = run_checks(cfg, dry_run=dry_run, strict=strict, speed=speed)
     if report.errors:
-        raise WorkspaceError(f"{cfg.shown}: {len(report.errors)} error(s) found by `make check`; fix them and run again", EXIT_CHECK)
+        raise WorkspaceError(
+            f"{cfg.shown}: {len(report.errors)} error(s) found by `make check`; fix them and run again", EXIT_CHECK
+        )
 
 
-def preflight(cfg: Config, target: str, dry_run: bool = False, strict: bool = False) -> None:
+def preflight(
+    cfg: Config, target: str, dry_run: bool = False, strict: bool = False, speed: Speed | None = None
+) -> None:
     """What cache, train and generate run first: the same checks; stop on errors."""
-    report = run_checks(cfg, dry_run=dry_run, strict=strict, out=sys.stderr, target=target)
+    report = run_checks(cfg, dry_run=dry_run, strict=strict, out=sys.stderr, target=target, speed=speed)
     if report.errors:
         raise WorkspaceError(
             f"{cfg.shown}: `make {target}` stopped before starting: {len(report.errors)} error(s) above; fix them (`make check`) and run again",

@@ -10,19 +10,19 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from musubi_workspace.checks.data import scan
 from musubi_workspace.config import load_toml
 from musubi_workspace.dataset import read
-from musubi_workspace.checks.data import scan
 from musubi_workspace.errors import WorkspaceError
 
 if TYPE_CHECKING:
-    from musubi_workspace.dataset import DatasetFile
     from musubi_workspace.checks.findings import Context
+    from musubi_workspace.dataset import DatasetFile
 
 DEFAULT_LEARNING_RATE = 2e-6  # musubi-tuner's default
 
 
-def dataset_batch(f: "DatasetFile | None") -> tuple[int, str]:
+def dataset_batch(f: DatasetFile | None) -> tuple[int, str]:
     """The first dataset's batch_size as musubi-tuner uses it (entry, then [general], then 1) and where it is set."""
     if f is None or not f.datasets:
         return 1, f.shown if f else ""
@@ -41,7 +41,7 @@ def _lr(options: dict) -> float | None:
     return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
 
-def previous_version(ctx: "Context"):
+def previous_version(ctx: Context):
     """(name, options, dataset file or None) of the version before this one; None where there is none or it does not read."""
     from musubi_workspace.config import flatten
 
@@ -63,7 +63,7 @@ def previous_version(ctx: "Context"):
     return name, options, dataset
 
 
-def check_batch(ctx: "Context") -> str | None:
+def check_batch(ctx: Context) -> str | None:
     cfg, report = ctx.cfg, ctx.report
     s = scan(ctx)
     if s.file is None:
@@ -80,9 +80,12 @@ def check_batch(ctx: "Context") -> str | None:
         now = batch * grad
         if prev_batch != now and _lr(prev_options) == lr:
             scaled = lr * math.sqrt(now / prev_batch)
-            report.warn(batch_where, f"batch size {prev_batch} in {name} -> {now} here, but learning_rate stayed {lr:g}: "
-                        f"square-root scaling gives learning_rate = {scaled:.3g} ({lr:g} x sqrt({now}/{prev_batch})); "
-                        "set it in config.toml, or keep it on purpose")
+            report.warn(
+                batch_where,
+                f"batch size {prev_batch} in {name} -> {now} here, but learning_rate stayed {lr:g}: "
+                f"square-root scaling gives learning_rate = {scaled:.3g} ({lr:g} x sqrt({now}/{prev_batch})); "
+                "set it in config.toml, or keep it on purpose",
+            )
 
     processes = 1
     n = cfg.settings.num_processes
@@ -96,7 +99,9 @@ def check_batch(ctx: "Context") -> str | None:
         processes = max(1, visible_gpu_count(ctx.env))
     if (processes > 1 or grad > 1) and lr is not None:
         effective = largest * processes * grad
-        report.note(cfg.where("learning_rate"),
-                    f"effective batch = {largest} per GPU x {processes} process(es) x {grad} gradient accumulation step(s) = {effective}: "
-                    f"learning_rate {lr:g} applies to that batch (square-root scaling from {largest} gives {lr * math.sqrt(effective / largest):.3g})")
+        report.note(
+            cfg.where("learning_rate"),
+            f"effective batch = {largest} per GPU x {processes} process(es) x {grad} gradient accumulation step(s) = {effective}: "
+            f"learning_rate {lr:g} applies to that batch (square-root scaling from {largest} gives {lr * math.sqrt(effective / largest):.3g})",
+        )
     return None

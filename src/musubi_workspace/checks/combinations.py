@@ -15,7 +15,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,14 @@ class Condition:
             got = 0 if actual is None or isinstance(actual, bool) else actual
             if not isinstance(got, (int, float)):
                 return False
-            return {"==": got == self.value, "!=": got != self.value, ">": got > self.value, ">=": got >= self.value,
-                    "<": got < self.value, "<=": got <= self.value}[self.op]
+            return {
+                "==": got == self.value,
+                "!=": got != self.value,
+                ">": got > self.value,
+                ">=": got >= self.value,
+                "<": got < self.value,
+                "<=": got <= self.value,
+            }[self.op]
         return (actual == self.value) if self.op == "==" else (actual != self.value) if self.op == "!=" else False
 
 
@@ -127,7 +133,7 @@ def parse_condition(text: str) -> Condition:
     return Condition(name, op, value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_known(path: Path = DATA) -> tuple[tuple[KnownIssue, ...], tuple[MemoryRun, ...]]:
     """The combinations and memory runs of known_issues.toml; a malformed entry fails with its id and why."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -137,22 +143,39 @@ def load_known(path: Path = DATA) -> tuple[tuple[KnownIssue, ...], tuple[MemoryR
         try:
             if e["severity"] not in ("error", "warning"):
                 raise ValueError(f"severity must be error or warning, got {e['severity']!r}")
-            issues.append(KnownIssue(
-                id=e["id"], severity=e["severity"], when=tuple(parse_condition(c) for c in e["when"]),
-                reason=e["reason"], fix=e["fix"], seen_at=e["seen_at"], verified=e["verified"],
-                upstream=e.get("upstream"),
-            ))
+            issues.append(
+                KnownIssue(
+                    id=e["id"],
+                    severity=e["severity"],
+                    when=tuple(parse_condition(c) for c in e["when"]),
+                    reason=e["reason"],
+                    fix=e["fix"],
+                    seen_at=e["seen_at"],
+                    verified=e["verified"],
+                    upstream=e.get("upstream"),
+                )
+            )
         except (KeyError, ValueError) as err:
             raise WorkspaceError(f"{path.name}: [[issue]] {ident}: {err.__class__.__name__}: {err}") from None
     runs = []
     for n, e in enumerate(data.get("memory", []), 1):
         try:
-            runs.append(MemoryRun(
-                gpu=e["gpu"], gpu_mib=int(e["gpu_mib"]), batch=int(e["batch"]), resolution=tuple(e["resolution"]),
-                weights=e["weights"], blocks_to_swap=int(e["blocks_to_swap"]),
-                gradient_checkpointing=bool(e["gradient_checkpointing"]), compile=bool(e["compile"]),
-                fits=bool(e["fits"]), seen_at=e["seen_at"], verified=e["verified"], peak_gib=e.get("peak_gib"),
-            ))
+            runs.append(
+                MemoryRun(
+                    gpu=e["gpu"],
+                    gpu_mib=int(e["gpu_mib"]),
+                    batch=int(e["batch"]),
+                    resolution=tuple(e["resolution"]),
+                    weights=e["weights"],
+                    blocks_to_swap=int(e["blocks_to_swap"]),
+                    gradient_checkpointing=bool(e["gradient_checkpointing"]),
+                    compile=bool(e["compile"]),
+                    fits=bool(e["fits"]),
+                    seen_at=e["seen_at"],
+                    verified=e["verified"],
+                    peak_gib=e.get("peak_gib"),
+                )
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise WorkspaceError(f"{path.name}: [[memory]] #{n}: {err.__class__.__name__}: {err}") from None
     return tuple(issues), tuple(runs)
@@ -183,11 +206,19 @@ def datasets(cfg: Config) -> list[Dataset] | None:
     out = []
     for d in f.datasets:
 
-        def where(key: str) -> str:
+        def where(key: str, d=d) -> str:
             return d.at(key) if d.is_set(key) else f"{f.shown} (musubi-tuner's default)"
 
-        out.append(Dataset(d.index - 1, d.batch_size, where("batch_size"), d.resolution, where("resolution"),
-                           {**f.general, **d.entry}))
+        out.append(
+            Dataset(
+                d.index - 1,
+                d.batch_size,
+                where("batch_size"),
+                d.resolution,
+                where("resolution"),
+                {**f.general, **d.entry},
+            )
+        )
     return out
 
 
@@ -225,7 +256,8 @@ def facts(cfg: Config) -> Facts:
         values["batch_size"] = biggest.batch_size
         where["batch_size"] = biggest.batch_where
         shown["batch_size"] = f"`batch_size = {biggest.batch_size}`" + (
-            f" ([[datasets]] #{biggest.index + 1})" if len(found) > 1 else "")
+            f" ([[datasets]] #{biggest.index + 1})" if len(found) > 1 else ""
+        )
     return Facts(values, where, shown)
 
 
@@ -264,8 +296,11 @@ def finding_text(issue: KnownIssue, f: Facts) -> tuple[str, str]:
             parts.append(f.shown[n] + (f" ({place})" if place and place != where else ""))
         else:
             parts.append(f"`{n}` not set")
-    combo = parts[0] if len(parts) == 1 else f"{parts[0]} with " + (
-        parts[1] if len(parts) == 2 else ", ".join(parts[1:-1]) + " and " + parts[-1])
+    combo = (
+        parts[0]
+        if len(parts) == 1
+        else f"{parts[0]} with " + (parts[1] if len(parts) == 2 else ", ".join(parts[1:-1]) + " and " + parts[-1])
+    )
     upstream = f", upstream issue #{issue.upstream}" if issue.upstream else ""
     msg = f"{combo}: {issue.reason}; fix: {issue.fix} [{issue.id}, seen at musubi-tuner {issue.seen_at}{upstream}]"
     return where, msg
@@ -308,8 +343,13 @@ def check_gpu_memory(ctx) -> str | None:
 
     def no_easier(r: MemoryRun, mib: int) -> bool:
         """This config needs at least what run r needed, on a GPU with mib MiB, no bigger than r's."""
-        return (r.gpu_mib >= mib and pixels >= r.pixels and swap <= r.blocks_to_swap
-                and (r.weights == weights or r.weights == "fp8") and (r.gradient_checkpointing or not checkpointing))
+        return (
+            r.gpu_mib >= mib
+            and pixels >= r.pixels
+            and swap <= r.blocks_to_swap
+            and (r.weights == weights or r.weights == "fp8")
+            and (r.gradient_checkpointing or not checkpointing)
+        )
 
     if not any(not r.fits and no_easier(r, 0) for r in runs):
         return None
@@ -322,19 +362,27 @@ def check_gpu_memory(ctx) -> str | None:
     bigger = [r for r in runs if r.fits and r.pixels >= pixels]
     here = [r for r in bigger if r.gpu_mib <= mib]
     w, h = ds.resolution
-    setting = ("fp8_base" if weights == "fp8" else "bf16 weights") + ", " + (
-        f"`blocks_to_swap = {swap}`" if swap else "no `blocks_to_swap`") + (
-        "" if checkpointing else ", no `gradient_checkpointing`")
+    setting = (
+        ("fp8_base" if weights == "fp8" else "bf16 weights")
+        + ", "
+        + (f"`blocks_to_swap = {swap}`" if swap else "no `blocks_to_swap`")
+        + ("" if checkpointing else ", no `gradient_checkpointing`")
+    )
     if here:
         fix = "these fitted: " + "; ".join(f"{r.describe()} ({r.gpu})" for r in here) + ": use one of them"
     elif bigger:
-        fix = ("on a bigger GPU these fitted: " + "; ".join(f"{r.describe()} ({r.gpu})" for r in bigger)
-               + "; on this one lower `batch_size` or the resolution, or raise `blocks_to_swap`")
+        fix = (
+            "on a bigger GPU these fitted: "
+            + "; ".join(f"{r.describe()} ({r.gpu})" for r in bigger)
+            + "; on this one lower `batch_size` or the resolution, or raise `blocks_to_swap`"
+        )
     else:
         fix = "no known setting fits this batch and resolution: lower `batch_size` or the resolution"
-    msg = (f"{name} ({mib / 1024:.0f} GiB): `batch_size = {ds.batch_size}` ({ds.batch_where}) at {w}x{h} with "
-           f"{setting} will likely run out of GPU memory after the DiT has loaded: {worst.describe()} ran out on "
-           f"one {worst.gpu} (musubi-tuner {worst.seen_at}); {fix}")
+    msg = (
+        f"{name} ({mib / 1024:.0f} GiB): `batch_size = {ds.batch_size}` ({ds.batch_where}) at {w}x{h} with "
+        f"{setting} will likely run out of GPU memory after the DiT has loaded: {worst.describe()} ran out on "
+        f"one {worst.gpu} (musubi-tuner {worst.seen_at}); {fix}"
+    )
     where = cfg.where("blocks_to_swap") if "blocks_to_swap" in cfg.options else cfg.shown
     ctx.report.warn(where, msg, kind=MACHINE)
 
@@ -346,17 +394,48 @@ def check_gpu_memory(ctx) -> str | None:
 # layout, latent window), dtypes (fp8, precision), graphs (attention, split_attn, checkpointing, block swap,
 # LoRA shape) and how it compiles.
 COMPILE_OPTIONS = (
-    "compile", "compile_backend", "compile_mode", "compile_dynamic", "compile_fullgraph", "compile_cache_size_limit",
-    "fp8_base", "fp8_scaled", "mixed_precision", "blocks_to_swap", "block_swap_h2d_only", "block_swap_ring_size",
-    "use_pinned_memory_for_block_swap", "gradient_checkpointing", "gradient_checkpointing_cpu_offload",
-    "split_attn", *ATTENTION_FLAGS, "one_frame", "f1", "latent_window_size", "network_module", "network_dim",
+    "compile",
+    "compile_backend",
+    "compile_mode",
+    "compile_dynamic",
+    "compile_fullgraph",
+    "compile_cache_size_limit",
+    "fp8_base",
+    "fp8_scaled",
+    "mixed_precision",
+    "blocks_to_swap",
+    "block_swap_h2d_only",
+    "block_swap_ring_size",
+    "use_pinned_memory_for_block_swap",
+    "gradient_checkpointing",
+    "gradient_checkpointing_cpu_offload",
+    "split_attn",
+    *ATTENTION_FLAGS,
+    "one_frame",
+    "f1",
+    "latent_window_size",
+    "network_module",
+    "network_dim",
     "network_args",
 )
 # dataset.toml keys that change the shapes the blocks see.
 COMPILE_DATASET_KEYS = (
-    "batch_size", "resolution", "enable_bucket", "bucket_no_upscale", "target_frames", "frame_extraction",
-    "frame_stride", "frame_sample", "max_frames", "fp_latent_window_size", "fp_1f_clean_indices",
-    "fp_1f_target_index", "fp_1f_no_post", "control_resolution", "no_resize_control", "multiple_target",
+    "batch_size",
+    "resolution",
+    "enable_bucket",
+    "bucket_no_upscale",
+    "target_frames",
+    "frame_extraction",
+    "frame_stride",
+    "frame_sample",
+    "max_frames",
+    "fp_latent_window_size",
+    "fp_1f_clean_indices",
+    "fp_1f_target_index",
+    "fp_1f_no_post",
+    "control_resolution",
+    "no_resize_control",
+    "multiple_target",
 )
 ENV_VAR = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -373,8 +452,11 @@ def compile_settings(cfg: Config) -> dict[str, Any]:
     opts = {k: cfg.options[k] for k in COMPILE_OPTIONS if k in cfg.options}
     found = datasets(cfg) or []
     opts["datasets"] = [
-        {"batch_size": d.batch_size, "resolution": list(d.resolution),
-         **{k: d.raw[k] for k in COMPILE_DATASET_KEYS if k in d.raw and k not in ("batch_size", "resolution")}}
+        {
+            "batch_size": d.batch_size,
+            "resolution": list(d.resolution),
+            **{k: d.raw[k] for k in COMPILE_DATASET_KEYS if k in d.raw and k not in ("batch_size", "resolution")},
+        }
         for d in found
     ]
     opts["one_frame_no_2x"] = cfg.settings.one_frame_no_2x

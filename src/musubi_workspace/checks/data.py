@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from musubi_workspace import dataset as model
-from musubi_workspace.config import suggest
-from musubi_workspace.dataset import SOURCE_KEYS, Dataset, DatasetFile, Item, Listing, key_problem
-from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.checks.findings import ERROR, WARNING
 from musubi_workspace.checks.images import ImageCache, ImageFacts
 from musubi_workspace.checks.keys import schema_of
+from musubi_workspace.config import suggest
+from musubi_workspace.dataset import SOURCE_KEYS, Dataset, DatasetFile, Item, Listing, key_problem
+from musubi_workspace.errors import WorkspaceError
 
 if TYPE_CHECKING:
     from musubi_workspace.checks.findings import Context
@@ -64,12 +64,12 @@ class Scan:
         return self.file.at(table, key) if self.file else self.shown
 
 
-def scan(ctx: "Context") -> Scan:
+def scan(ctx: Context) -> Scan:
     """The dataset as musubi-tuner sees it; findings go to ctx.report (check 3). Run once per check run."""
     return ctx.memo("scan", lambda: _scan(ctx))
 
 
-def _scan(ctx: "Context") -> Scan:
+def _scan(ctx: Context) -> Scan:
     cfg, report = ctx.cfg, ctx.report
     s = Scan()
     path = cfg.path_of("dataset_config") if isinstance(cfg.get("dataset_config"), str) else None
@@ -77,7 +77,9 @@ def _scan(ctx: "Context") -> Scan:
         return s  # reported by the options and files checks
     s.shown = cfg.ws.rel(path)
     if path.suffix.lower() != ".toml":
-        report.error(s.shown, "the workspace reads dataset configs as TOML; rename it to .toml (musubi-tuner also takes .json)")
+        report.error(
+            s.shown, "the workspace reads dataset configs as TOML; rename it to .toml (musubi-tuner also takes .json)"
+        )
         return s
     schema = schema_of(ctx)["dataset"]
     try:
@@ -91,8 +93,10 @@ def _scan(ctx: "Context") -> Scan:
 
     for key in data:
         if key not in ("general", "datasets"):
-            report.error(s.at(key) if (key, None) in f.lines else s.at(None, key),
-                         f"unknown top-level key `{key}`{suggest(key, ['general', 'datasets'])}; only [general] and [[datasets]] are allowed")
+            report.error(
+                s.at(key) if (key, None) in f.lines else s.at(None, key),
+                f"unknown top-level key `{key}`{suggest(key, ['general', 'datasets'])}; only [general] and [[datasets]] are allowed",
+            )
     general = data.get("general", {})
     if not isinstance(general, dict):
         report.error(s.at(None, "general"), "`general` must be a table ([general])")
@@ -102,9 +106,15 @@ def _scan(ctx: "Context") -> Scan:
         where = s.at("general", key)
         if key not in schema["general"]:
             if key in dataset_keys:
-                report.error(where, f"`{key}` is not allowed in [general] (musubi-tuner rejects it); move it into each [[datasets]]")
+                report.error(
+                    where,
+                    f"`{key}` is not allowed in [general] (musubi-tuner rejects it); move it into each [[datasets]]",
+                )
             else:
-                report.error(where, f"unknown key `{key}` in [general]{suggest(key, schema['general'])}; musubi-tuner rejects the file")
+                report.error(
+                    where,
+                    f"unknown key `{key}` in [general]{suggest(key, schema['general'])}; musubi-tuner rejects the file",
+                )
         elif problem := key_problem(key, value, schema["general"][key]):
             report.error(where, f"`{key}` {problem}")
 
@@ -141,13 +151,18 @@ def _dataset(ctx, s: Scan, schema: dict, d: Dataset) -> Listing | None:
         report.error(header, f"dataset {i} has no source; set one of {', '.join(SOURCE_KEYS)}")
         return None
     if len(sources) > 1:
-        report.error(header, f"dataset {i} sets {' and '.join(sources)}; set only one (musubi-tuner would use {sources[0]} alone)")
+        report.error(
+            header,
+            f"dataset {i} sets {' and '.join(sources)}; set only one (musubi-tuner would use {sources[0]} alone)",
+        )
     other = "image" if kind == "video" else "video"
     for key, value in entry.items():
         where = s.at(d.table, key)
         if key not in schema[kind]:
             if key in schema[other]:
-                report.error(where, f"`{key}` is a key of {other} datasets; dataset {i} is an {kind} dataset ({sources[0]})")
+                report.error(
+                    where, f"`{key}` is a key of {other} datasets; dataset {i} is an {kind} dataset ({sources[0]})"
+                )
             else:
                 report.error(where, f"unknown key `{key}`{suggest(key, schema[kind])}; musubi-tuner rejects the file")
         elif problem := key_problem(key, value, schema[kind][key]):
@@ -155,17 +170,32 @@ def _dataset(ctx, s: Scan, schema: dict, d: Dataset) -> Listing | None:
     one_frame = ctx.cfg.get("one_frame") is True
     if kind == "image":
         if one_frame and "fp_1f_target_index" not in entry:
-            report.error(header, f"dataset {i}: one_frame needs fp_1f_target_index (caching fails without it); add `fp_1f_target_index = 1`")
+            report.error(
+                header,
+                f"dataset {i}: one_frame needs fp_1f_target_index (caching fails without it); add `fp_1f_target_index = 1`",
+            )
         if one_frame and "fp_1f_clean_indices" not in entry:
-            report.warn(header, f"dataset {i}: fp_1f_clean_indices is not set, so musubi-tuner uses [0] (one control image); set it to say so")
+            report.warn(
+                header,
+                f"dataset {i}: fp_1f_clean_indices is not set, so musubi-tuner uses [0] (one control image); set it to say so",
+            )
         if not one_frame:
-            report.error(header, f"dataset {i} is an image dataset: FramePack trains on images only in one-frame mode; set `one_frame = true` in {ctx.cfg.shown}")
+            report.error(
+                header,
+                f"dataset {i} is an image dataset: FramePack trains on images only in one-frame mode; set `one_frame = true` in {ctx.cfg.shown}",
+            )
     elif one_frame:
-        report.error(header, f"dataset {i} is a video dataset, but one_frame = true trains on image datasets with control images only")
+        report.error(
+            header,
+            f"dataset {i} is a video dataset, but one_frame = true trains on image datasets with control images only",
+        )
     listing = model.items(ws, d)
     _report(ctx, listing)
     if kind == "image" and one_frame and not listing.has_controls and listing.items:
-        report.error(header, f"dataset {i}: one_frame needs control images (control_directory, or control_path in the JSONL); none found")
+        report.error(
+            header,
+            f"dataset {i}: one_frame needs control images (control_directory, or control_path in the JSONL); none found",
+        )
     return listing
 
 
@@ -195,22 +225,35 @@ def _cache_directories(ctx, s: Scan) -> None:
         v = d.values
         cache_dir = v.get("cache_directory")
         if cache_dir is None and ("image_jsonl_file" in v or "video_jsonl_file" in v):
-            ctx.report.error(d.where, f"dataset {d.index}: a JSONL dataset needs cache_directory (caching fails without it); add `cache_directory = \"cache/...\"`")
+            ctx.report.error(
+                d.where,
+                f'dataset {d.index}: a JSONL dataset needs cache_directory (caching fails without it); add `cache_directory = "cache/..."`',
+            )
             continue
         cache_dir = cache_dir or v.get("image_directory") or v.get("video_directory")
         if not isinstance(cache_dir, str):
             continue
         key = str(ctx.cfg.ws.resolve(cache_dir).resolve())
         if key in seen:
-            ctx.report.error(d.where, f"dataset {d.index} caches into {cache_dir} like dataset {seen[key]} (musubi-tuner refuses); give each its own cache_directory")
+            ctx.report.error(
+                d.where,
+                f"dataset {d.index} caches into {cache_dir} like dataset {seen[key]} (musubi-tuner refuses); give each its own cache_directory",
+            )
         seen.setdefault(key, d.index)
 
 
 def _images(ctx, s: Scan) -> None:
     """Every image decodes; sizes against the dataset's resolution (one line per size, not per image)."""
     ws, report = ctx.cfg.ws, ctx.report
-    broken = [(item.where if p == item.target else ws.rel(p), f"{ws.rel(p)} cannot be read as an image ({s.images[p].error}); replace it")
-              for item in s.items for p in (item.target, *item.control_paths) if p in s.images and s.images[p].error]
+    broken = [
+        (
+            item.where if p == item.target else ws.rel(p),
+            f"{ws.rel(p)} cannot be read as an image ({s.images[p].error}); replace it",
+        )
+        for item in s.items
+        for p in (item.target, *item.control_paths)
+        if p in s.images and s.images[p].error
+    ]
     report.listed(ERROR, list(dict.fromkeys(broken)), "{n} more unreadable images", s.shown)
     for li in s.listings:
         d = li.dataset
@@ -227,15 +270,24 @@ def _images(ctx, s: Scan) -> None:
             what = f"{len(items)} target image(s) of {w}x{h} (e.g. {items[0].where})"
             if bucket:
                 if w * h < rw * rh / 2 and d.get("bucket_no_upscale") is not True:
-                    report.warn(d.where, f"dataset {d.index}: {what} have less than half the pixels of {rw}x{rh}: upscaled, so blurry; use larger images")
+                    report.warn(
+                        d.where,
+                        f"dataset {d.index}: {what} have less than half the pixels of {rw}x{rh}: upscaled, so blurry; use larger images",
+                    )
                 continue
             if w < rw or h < rh:
-                report.warn(d.where, f"dataset {d.index}: {what} are smaller than the resolution {rw}x{rh}: upscaled, so blurry; use larger images or a lower resolution")
+                report.warn(
+                    d.where,
+                    f"dataset {d.index}: {what} are smaller than the resolution {rw}x{rh}: upscaled, so blurry; use larger images or a lower resolution",
+                )
             elif abs(w / h - rw / rh) > ASPECT_TOLERANCE * (rw / rh):
-                report.warn(d.where, f"dataset {d.index}: {what} have another aspect ratio than {rw}x{rh}: centre-cropped; crop them yourself or set enable_bucket = true")
+                report.warn(
+                    d.where,
+                    f"dataset {d.index}: {what} have another aspect ratio than {rw}x{rh}: centre-cropped; crop them yourself or set enable_bucket = true",
+                )
 
 
-def check_dataset(ctx: "Context") -> str | None:
+def check_dataset(ctx: Context) -> str | None:
     """Check 3: dataset.toml, its sources, captions, JSONL lines, images."""
     s = scan(ctx)
     if s.path is None:
@@ -243,7 +295,7 @@ def check_dataset(ctx: "Context") -> str | None:
     return None
 
 
-def check_content(ctx: "Context") -> str | None:
+def check_content(ctx: Context) -> str | None:
     """Check 4: data that makes a run worthless: a target equal to its own control, duplicates, empty captions."""
     s = scan(ctx)
     if not s.items:
@@ -255,27 +307,44 @@ def check_content(ctx: "Context") -> str | None:
         t = digest.get(item.target)
         for n, c in enumerate(item.control_paths):
             if t and digest.get(c) == t:
-                report.error(item.where, f"the target image is identical in content to its control image {n} ({ws.rel(c)}): "
-                             f"the model learns to copy it (loss near 0.01 from step 0); the target must be the changed image")
+                report.error(
+                    item.where,
+                    f"the target image is identical in content to its control image {n} ({ws.rel(c)}): "
+                    f"the model learns to copy it (loss near 0.01 from step 0); the target must be the changed image",
+                )
     seen: dict[tuple, Item] = {}
     duplicates = []
     for item in s.items:
         key = (digest.get(item.target, str(item.target)), tuple(digest.get(c, str(c)) for c in item.control_paths))
         if key in seen:
-            duplicates.append((item.where, f"same target and control images as {seen[key].where}: it trains twice as often; remove one"))
+            duplicates.append(
+                (
+                    item.where,
+                    f"same target and control images as {seen[key].where}: it trains twice as often; remove one",
+                )
+            )
         else:
             seen[key] = item
     report.listed(WARNING, duplicates, "{n} more duplicate items", s.shown)
-    empty = [(item.where, "empty caption: the item trains without any text; write the caption") for item in s.items if not item.caption.strip()]
+    empty = [
+        (item.where, "empty caption: the item trains without any text; write the caption")
+        for item in s.items
+        if not item.caption.strip()
+    ]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
     long_captions(ctx, s.items, s.shown)
     return None
 
 
-def long_captions(ctx: "Context", items: list[Item], shown: str) -> None:
+def long_captions(ctx: Context, items: list[Item], shown: str) -> None:
     """Captions with more words than the LLaMA text encoder reads tokens: their end is cut when caching."""
-    long = [(item.where, f"caption of {n} words: at least {n} tokens, but FramePack's LLaMA text encoder reads the first "
-             f"{CAPTION_TOKENS} and cuts the rest; shorten it to what matters")
-            for item in items if item.caption and (n := len(item.caption.split())) > CAPTION_TOKENS]
+    long = [
+        (
+            item.where,
+            f"caption of {n} words: at least {n} tokens, but FramePack's LLaMA text encoder reads the first "
+            f"{CAPTION_TOKENS} and cuts the rest; shorten it to what matters",
+        )
+        for item in items
+        if item.caption and (n := len(item.caption.split())) > CAPTION_TOKENS
+    ]
     ctx.report.listed(WARNING, long, "{n} more captions longer than the text encoder reads", shown)
-

@@ -4,8 +4,9 @@ reads. Kept apart from checks.py so the modules that hold the checks import it w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from musubi_workspace.config import Config
 

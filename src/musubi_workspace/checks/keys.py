@@ -11,6 +11,7 @@ import importlib.util
 import json
 from typing import TYPE_CHECKING, Any
 
+from musubi_workspace.checks.values import check_values
 from musubi_workspace.config import WORKSPACE_TABLE, key_line, suggest
 
 if TYPE_CHECKING:
@@ -22,14 +23,14 @@ TRAIN = "fpack_train_network"
 REQUIRED = {
     "dataset_config": "training stops at once without it",
     "dit": "training stops at once without it",
-    "network_module": "training crashes without it; FramePack needs \"networks.lora_framepack\"",
+    "network_module": 'training crashes without it; FramePack needs "networks.lora_framepack"',
     "output_dir": "training crashes at the first save without it",
     "output_name": "training crashes at the final save without it, after the whole run",
-    "optimizer_type": "musubi-tuner has no default optimizer: training fails after the DiT has loaded (e.g. \"adamw8bit\")",
+    "optimizer_type": 'musubi-tuner has no default optimizer: training fails after the DiT has loaded (e.g. "adamw8bit")',
 }
 
 
-def musubi_schema(ws: "Workspace") -> dict:
+def musubi_schema(ws: Workspace) -> dict:
     """The committed schema, or, where another musubi-tuner than the pinned one is installed, its live parsers
     (built once per installed commit and kept under .cache/ws, since building imports torch)."""
     from musubi_workspace import schema
@@ -53,7 +54,7 @@ def musubi_schema(ws: "Workspace") -> dict:
     return live
 
 
-def schema_of(ctx: "Context") -> dict:
+def schema_of(ctx: Context) -> dict:
     return ctx.memo("schema", lambda: musubi_schema(ctx.cfg.ws))
 
 
@@ -82,7 +83,9 @@ def type_problem(value: Any, spec: dict) -> str | None:
         if t == "int" and not (isinstance(item, int) and not isinstance(item, bool)):
             return f"must be a whole number, got {item!r}" + (" (no quotes)" if isinstance(item, str) else "")
         if t in ("float", "int_or_float") and not _number(item):
-            return f"must be a number, got {item!r}" + (" (no quotes; musubi-tuner does not convert it)" if isinstance(item, str) else "")
+            return f"must be a number, got {item!r}" + (
+                " (no quotes; musubi-tuner does not convert it)" if isinstance(item, str) else ""
+            )
         if t in ("str", "path") and not isinstance(item, str):
             return f"must be a string in quotes, got {item!r}"
     choices = spec.get("choices")
@@ -106,7 +109,7 @@ def _entries(cfg) -> list[tuple[str, Any, str | None]]:
     return out
 
 
-def check_options(ctx: "Context") -> None:
+def check_options(ctx: Context) -> None:
     """Every key an exact option name, every value of the option's type and among its choices."""
     cfg, report = ctx.cfg, ctx.report
     options = schema_of(ctx)["parsers"][TRAIN]
@@ -116,7 +119,9 @@ def check_options(ctx: "Context") -> None:
         line = key_line(cfg.text, key, table)
         where = f"{cfg.shown}:{line}" if line else cfg.shown
         if isinstance(value, dict):
-            report.error(where, f"`{key}` is a table inside [{table}]; musubi-tuner flattens one level only: move its keys up")
+            report.error(
+                where, f"`{key}` is a table inside [{table}]; musubi-tuner flattens one level only: move its keys up"
+            )
             continue
         spec = options.get(key)
         if spec is None:
@@ -131,12 +136,10 @@ def check_options(ctx: "Context") -> None:
         else:
             valid[key] = value
     check_required(ctx)
-    from musubi_workspace.option_values import check_values
-
-    check_values(ctx, {k: v for k, v in valid.items() if cfg.options.get(k) is v})
+    check_values(ctx, {k: v for k, v in valid.items() if cfg.options.get(k) is v}, schema_of(ctx).get("names"))
 
 
-def _in_table(ctx: "Context", entries, key: str, value: Any, table: str, where: str) -> None:
+def _in_table(ctx: Context, entries, key: str, value: Any, table: str, where: str) -> None:
     """A training option inside a table other than [workspace]: musubi-tuner flattens every table into its options
     (`read_config_from_file`), the last one read winning, so a second `learning_rate` in [training] silently
     replaces the top-level one. A key set once still trains as written: a warning, to keep options in one place."""
@@ -148,15 +151,21 @@ def _in_table(ctx: "Context", entries, key: str, value: Any, table: str, where: 
         place = "at the top level" if t is None else f"in [{t}]"
         at = f" (line {line})" if line else ""
         winner = cfg.options.get(key)
-        ctx.report.error(where, f"`{key}` is set {place}{at} and again in [{table}]: musubi-tuner flattens every table into "
-                         f"one set of options, so it trains with {key} = {winner!r} without a word; keep one, at the top level")
+        ctx.report.error(
+            where,
+            f"`{key}` is set {place}{at} and again in [{table}]: musubi-tuner flattens every table into "
+            f"one set of options, so it trains with {key} = {winner!r} without a word; keep one, at the top level",
+        )
     else:
-        ctx.report.warn(where, f"`{key}` is in table [{table}]: musubi-tuner flattens every table into its options, so a "
-                        f"second `{key}` anywhere would silently replace one of them; keep training options at the top "
-                        f"level, above the first table header")
+        ctx.report.warn(
+            where,
+            f"`{key}` is in table [{table}]: musubi-tuner flattens every table into its options, so a "
+            f"second `{key}` anywhere would silently replace one of them; keep training options at the top "
+            f"level, above the first table header",
+        )
 
 
-def check_required(ctx: "Context") -> None:
+def check_required(ctx: Context) -> None:
     """Settings musubi-tuner accepts at start and fails on later (at the first save or log). Attention, fp8 and
     block-swap combinations are combos.py's (data/known_issues.toml)."""
     cfg, report = ctx.cfg, ctx.report
@@ -166,9 +175,14 @@ def check_required(ctx: "Context") -> None:
             report.error(cfg.shown, f"`{key}` is not set; {why}: add `{key} = ...` (see configs/v1)")
     module = opt.get("network_module")
     if isinstance(module, str) and module and module != "networks.lora_framepack":
-        report.error(cfg.where("network_module"),
-                     f"network_module = {module!r} does not target FramePack's blocks; use \"networks.lora_framepack\"")
+        report.error(
+            cfg.where("network_module"),
+            f'network_module = {module!r} does not target FramePack\'s blocks; use "networks.lora_framepack"',
+        )
     if opt.get("log_with") in ("tensorboard", "all") and not opt.get("logging_dir"):
-        report.error(cfg.where("log_with"), f"log_with = {opt['log_with']!r} needs logging_dir; add `logging_dir = \"outputs/...\"`")
+        report.error(
+            cfg.where("log_with"),
+            f'log_with = {opt["log_with"]!r} needs logging_dir; add `logging_dir = "outputs/..."`',
+        )
     if opt.get("vae_dtype") not in (None, "float16"):
         report.error(cfg.where("vae_dtype"), "FramePack's VAE runs in float16 only; remove vae_dtype")

@@ -91,7 +91,7 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def check_disk(ctx: "Context") -> str | None:
+def check_disk(ctx: Context) -> str | None:
     """Free space where output_dir lies against what the run will write."""
     if not ctx.for_training():
         return f"only needed for training, not for make {ctx.target}"
@@ -107,9 +107,12 @@ def check_disk(ctx: "Context") -> str | None:
     need, how = estimate_output_bytes(cfg.options, per_epoch)
     free = shutil.disk_usage(_existing_parent(out)).free
     if free < need:
-        ctx.report.error(cfg.where("output_dir"),
-                         f"{gb(free)} free on the disk of {cfg.ws.rel(out)}, the run writes about {gb(need)} ({how}); "
-                         "free space, or keep fewer files (save_last_n_steps, save_last_n_steps_state)", kind=MACHINE)
+        ctx.report.error(
+            cfg.where("output_dir"),
+            f"{gb(free)} free on the disk of {cfg.ws.rel(out)}, the run writes about {gb(need)} ({how}); "
+            "free space, or keep fewer files (save_last_n_steps, save_last_n_steps_state)",
+            kind=MACHINE,
+        )
     return None
 
 
@@ -134,41 +137,58 @@ def _has_hf_login(env: dict) -> bool:
     return Path(env.get("HF_TOKEN_PATH") or Path(hf_home) / "token").is_file()
 
 
-def check_credentials(ctx: "Context") -> str | None:
+def check_credentials(ctx: Context) -> str | None:
     """wandb and Hugging Face need their keys before the first log or upload; tokens never in config files."""
     cfg, report = ctx.cfg, ctx.report
     check_tokens_in_files(ctx)
     for key, var in SECRET_OPTIONS.items():
         if cfg.get(key):
-            report.error(cfg.where(key), f"`{key}` puts a secret in the config (it would land in git and in run records); remove it and set {var} in .env")
+            report.error(
+                cfg.where(key),
+                f"`{key}` puts a secret in the config (it would land in git and in run records); remove it and set {var} in .env",
+            )
     if not ctx.for_training():
         return None
     env = ctx.env
     log_with = cfg.get("log_with")
-    if log_with in ("wandb", "all") and not env.get("WANDB_API_KEY") and env.get("WANDB_MODE") not in ("offline", "disabled"):
+    if (
+        log_with in ("wandb", "all")
+        and not env.get("WANDB_API_KEY")
+        and env.get("WANDB_MODE") not in ("offline", "disabled")
+    ):
         if not _has_netrc_login(env, env.get("WANDB_BASE_URL") or "https://api.wandb.ai"):
-            report.error(cfg.where("log_with"),
-                         f"log_with = {log_with!r} logs to wandb, but WANDB_API_KEY is not set: the run fails when wandb starts; "
-                         "add WANDB_API_KEY=... to .env (or set WANDB_MODE=offline)", kind=MACHINE)
+            report.error(
+                cfg.where("log_with"),
+                f"log_with = {log_with!r} logs to wandb, but WANDB_API_KEY is not set: the run fails when wandb starts; "
+                "add WANDB_API_KEY=... to .env (or set WANDB_MODE=offline)",
+                kind=MACHINE,
+            )
     if log_with in ("wandb", "all") and find_spec("musubi_tuner") is not None and find_spec("wandb") is None:
         # Where the trainer is installed, so must wandb be: musubi-tuner stops when it prepares the accelerator.
-        report.error(cfg.where("log_with"),
-                     f"log_with = {log_with!r} logs to wandb, but the wandb package is not installed beside musubi-tuner: "
-                     "the run stops before its first step; install it (`uv sync --extra train`, or pip install wandb) "
-                     "or set log_with = \"tensorboard\"")
+        report.error(
+            cfg.where("log_with"),
+            f"log_with = {log_with!r} logs to wandb, but the wandb package is not installed beside musubi-tuner: "
+            "the run stops before its first step; install it (`uv sync --extra train`, or pip install wandb) "
+            'or set log_with = "tensorboard"',
+        )
     if cfg.get("huggingface_repo_id"):
         if not (env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")) and not _has_hf_login(env):
-            report.error(cfg.where("huggingface_repo_id"),
-                         "huggingface_repo_id uploads every saved LoRA, but HF_TOKEN is not set: every upload fails; "
-                         "add HF_TOKEN=... (a write token) to .env", kind=MACHINE)
+            report.error(
+                cfg.where("huggingface_repo_id"),
+                "huggingface_repo_id uploads every saved LoRA, but HF_TOKEN is not set: every upload fails; "
+                "add HF_TOKEN=... (a write token) to .env",
+                kind=MACHINE,
+            )
         if not cfg.get("huggingface_path_in_repo"):
-            report.error(cfg.where("huggingface_repo_id"),
-                         "huggingface_repo_id without huggingface_path_in_repo: musubi-tuner's single-file uploads fail; "
-                         "add `huggingface_path_in_repo = \"vN\"`")
+            report.error(
+                cfg.where("huggingface_repo_id"),
+                "huggingface_repo_id without huggingface_path_in_repo: musubi-tuner's single-file uploads fail; "
+                'add `huggingface_path_in_repo = "vN"`',
+            )
     return None
 
 
-def check_tokens_in_files(ctx: "Context") -> None:
+def check_tokens_in_files(ctx: Context) -> None:
     """A token pasted into config.toml, dataset.toml or prompts.txt."""
     cfg = ctx.cfg
     files = [cfg.path]
@@ -184,6 +204,8 @@ def check_tokens_in_files(ctx: "Context") -> None:
         for n, line in enumerate(text.splitlines(), 1):
             for what, var, shape in TOKENS:
                 if shape.search(line):
-                    ctx.report.error(f"{cfg.ws.rel(path)}:{n}",
-                                     f"looks like {what}: secrets do not belong in a config file (git, run records); "
-                                     f"remove it, put it in .env as {var} and revoke the token if it was committed")
+                    ctx.report.error(
+                        f"{cfg.ws.rel(path)}:{n}",
+                        f"looks like {what}: secrets do not belong in a config file (git, run records); "
+                        f"remove it, put it in .env as {var} and revoke the token if it was committed",
+                    )

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from musubi_workspace.config import suggest
-from musubi_workspace.dataset import missing_file, utf8_problem
 from musubi_workspace.checks.data import scan
 from musubi_workspace.checks.images import ImageCache
 from musubi_workspace.checks.keys import schema_of
+from musubi_workspace.config import suggest
+from musubi_workspace.dataset import missing_file, utf8_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,16 +60,22 @@ def parse_line(number: int, line: str, known: list[str], one_frame_items: list[s
             p.problems.append("an empty `--`: remove it")
             continue
         if name not in known:
-            p.problems.append(f"unknown option `--{name}`{suggest(name, known)}; musubi-tuner ignores it (known: {' '.join('--' + k for k in known)})")
+            p.problems.append(
+                f"unknown option `--{name}`{suggest(name, known)}; musubi-tuner ignores it (known: {' '.join('--' + k for k in known)})"
+            )
             continue
         if not value:
             p.problems.append(f"`--{name}` has no value")
             continue
         if name in WHOLE and not re.fullmatch(r"\d+", value):
-            p.problems.append(f"`--{name}` takes a whole number ({WHOLE[name]}), got {value!r}; musubi-tuner would ignore or cut it")
+            p.problems.append(
+                f"`--{name}` takes a whole number ({WHOLE[name]}), got {value!r}; musubi-tuner would ignore or cut it"
+            )
             continue
         if name in DECIMAL and not re.fullmatch(r"\d+(\.\d*)?|\.\d+", value):
-            p.problems.append(f"`--{name}` takes a number ({DECIMAL[name]}), got {value!r}; musubi-tuner would ignore or cut it")
+            p.problems.append(
+                f"`--{name}` takes a number ({DECIMAL[name]}), got {value!r}; musubi-tuner would ignore or cut it"
+            )
             continue
         if name == "of":
             p.problems += one_frame_problems(value, one_frame_items)
@@ -83,7 +89,9 @@ def one_frame_problems(value: str, known: list[str]) -> list[str]:
     for item in (i.strip() for i in value.split(",")):
         key, eq, arg = item.partition("=")
         if key not in known:
-            out.append(f"`--of` item `{item}` is unknown{suggest(key, known)}; musubi-tuner ignores it (known: {', '.join(known)})")
+            out.append(
+                f"`--of` item `{item}` is unknown{suggest(key, known)}; musubi-tuner ignores it (known: {', '.join(known)})"
+            )
         elif key == "target_index" and not re.fullmatch(r"\d+", arg):
             out.append(f"`--of` target_index takes a whole number, e.g. target_index=1; got `{item}`")
         elif key == "control_index" and not re.fullmatch(r"\d+(;\d+)*", arg):
@@ -102,7 +110,7 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-def check_prompts(ctx: "Context") -> str | None:
+def check_prompts(ctx: Context) -> str | None:
     """Check 5: every line parses, names images that exist, and fits one_frame; samples are held out."""
     cfg, report, ws = ctx.cfg, ctx.report, ctx.cfg.ws
     value = cfg.get("sample_prompts")
@@ -114,12 +122,17 @@ def check_prompts(ctx: "Context") -> str | None:
     shown = ws.rel(path)
     if path.suffix in (".toml", ".json"):
         try:
-            tomllib.loads(path.read_text(encoding="utf-8")) if path.suffix == ".toml" else json.loads(path.read_text(encoding="utf-8"))
+            tomllib.loads(path.read_text(encoding="utf-8")) if path.suffix == ".toml" else json.loads(
+                path.read_text(encoding="utf-8")
+            )
         except (ValueError, tomllib.TOMLDecodeError) as e:
             report.error(shown, f"does not parse ({e}); fix it")
         return f"{path.suffix} prompt files are parsed, their entries not checked; prompts.txt gets every check"
     if path.suffix != ".txt":
-        report.error(cfg.where("sample_prompts"), f"sample_prompts {shown}: musubi-tuner reads .txt, .toml or .json prompt files only (others crash); rename it")
+        report.error(
+            cfg.where("sample_prompts"),
+            f"sample_prompts {shown}: musubi-tuner reads .txt, .toml or .json prompt files only (others crash); rename it",
+        )
         return None
     if problem := utf8_problem(path):
         report.error(shown, problem.replace("while caching", "when it reads the prompts"))
@@ -141,15 +154,23 @@ def check_prompts(ctx: "Context") -> str | None:
         for problem in p.problems:
             report.error(where, problem)
         if p.first("i") is None:
-            report.error(where, "no start image: FramePack samples need `--i path/to/start.png` (sampling fails without it)")
+            report.error(
+                where, "no start image: FramePack samples need `--i path/to/start.png` (sampling fails without it)"
+            )
         if one_frame and p.first("of") is None:
-            report.error(where, "one_frame = true needs `--of` on every prompt (e.g. --of target_index=1,control_index=0); sampling fails without it")
+            report.error(
+                where,
+                "one_frame = true needs `--of` on every prompt (e.g. --of target_index=1,control_index=0); sampling fails without it",
+            )
         if not one_frame:
             if p.first("of") is not None:
                 report.warn(where, f"`--of` is used only with one_frame = true in {cfg.shown}; it is ignored here")
             frames = int(p.first("f") or 1)
             if frames < min_frames:
-                report.warn(where, f"{frames} frame(s): a video sample needs `--f {min_frames}` or more (latent_window_size {window}); musubi-tuner renders nothing")
+                report.warn(
+                    where,
+                    f"{frames} frame(s): a video sample needs `--f {min_frames}` or more (latent_window_size {window}); musubi-tuner renders nothing",
+                )
         for name in (*IMAGES, *FILES):
             for v in p.options.get(name, []):
                 file = ws.resolve(v)
@@ -173,6 +194,9 @@ def check_prompts(ctx: "Context") -> str | None:
             report.error(where, f"--{name} {ws.rel(file)} cannot be read as an image ({f.error}); replace it")
         elif f.digest in training:
             role, item_where = training[f.digest]
-            report.warn(where, f"--{name} {ws.rel(file)} is a training {role} image ({item_where}): the sample shows recall, not "
-                        "generalisation; use a held-out image")
+            report.warn(
+                where,
+                f"--{name} {ws.rel(file)} is a training {role} image ({item_where}): the sample shows recall, not "
+                "generalisation; use a held-out image",
+            )
     return None

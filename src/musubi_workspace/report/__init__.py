@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from musubi_workspace.report import curves
-from musubi_workspace.report import samples
 from musubi_workspace.config import Config
-from musubi_workspace.report.curves import Line, Series
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.paths import Workspace
+from musubi_workspace.report import curves, samples
+from musubi_workspace.report.curves import Line, Series
 from musubi_workspace.report.samples import Sample
 
 FOLDER = "report"
@@ -70,9 +69,7 @@ def parse_versions(ws: Workspace, value: str) -> list[str]:
         if not re.fullmatch(r"v\d+", name):
             raise WorkspaceError(f"VERSIONS={value}: `{token}` is not a version name; write e.g. VERSIONS=v3,v4")
         if name not in have:
-            raise WorkspaceError(
-                f"VERSIONS={value}: no configs/{name}; versions here: {', '.join(have) or 'none'}"
-            )
+            raise WorkspaceError(f"VERSIONS={value}: no configs/{name}; versions here: {', '.join(have) or 'none'}")
         if name not in chosen:
             chosen.append(name)
     return chosen
@@ -83,7 +80,11 @@ def prompt_texts(cfg: Config) -> list[str]:
     path = cfg.path_of("sample_prompts")
     if path is None or path.suffix != ".txt" or not path.is_file():
         return []
-    lines = [l for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip() and not l.startswith("#")]
+    lines = [
+        l
+        for l in path.read_text(encoding="utf-8", errors="replace").splitlines()
+        if l.strip() and not l.startswith("#")
+    ]
     return [l.split(" --")[0].strip() for l in lines]
 
 
@@ -133,8 +134,11 @@ def place_resumed_runs(ws: Workspace, version: str, runs: list[Series], found: l
     records = train_records(ws, version)
     unplaced = []
     for run in runs:
-        going = [(start, rec) for start, end, rec in records
-                 if run.start_time and start <= run.start_time and (end is None or run.start_time <= end + END_SLACK)]
+        going = [
+            (start, rec)
+            for start, end, rec in records
+            if run.start_time and start <= run.start_time and (end is None or run.start_time <= end + END_SLACK)
+        ]
         if not going:
             unplaced.append(run)
             continue
@@ -193,8 +197,15 @@ def report(ws: Workspace, versions: str = "") -> Path:
     for prompt, grid in grids.items():
         name = f"samples_{prompt:02d}.png"
         frames = {k: (c[1] if isinstance(c, tuple) else c) for k, c in grid.cells.items()}
-        samples.grid(prompt, [d.version for d in data], grid.rows, frames, out / name,
-                     texts=prompt_of(data, prompt), labels=grid.labels)
+        samples.grid(
+            prompt,
+            [d.version for d in data],
+            grid.rows,
+            frames,
+            out / name,
+            texts=prompt_of(data, prompt),
+            labels=grid.labels,
+        )
         written.append(name)
     copied = copy_full_size(data, out / FULL_SIZE)
     page = out / "index.html"
@@ -336,7 +347,9 @@ img.plot { display: block; width: 100%; max-width: 1000px; height: auto; }
 """
 
 
-def render_html(ws: Workspace, data: list[VersionData], grids: dict[int, Grid], out: Path, links: dict[Path, str]) -> str:
+def render_html(
+    ws: Workspace, data: list[VersionData], grids: dict[int, Grid], out: Path, links: dict[Path, str]
+) -> str:
     e = html.escape
     lines = [line for d in data for line in d.lines]
     names = ", ".join(d.version for d in data)
@@ -366,9 +379,12 @@ def render_html(ws: Workspace, data: list[VersionData], grids: dict[int, Grid], 
         f"{curves.GROWTH_MIN_STEPS} steps). A resumed run is judged with the run it continues.</p>"
     )
 
-    parts += ['<h2>Runs</h2>', '<table class="runs"><tr><th>series</th><th>tensorboard folder</th><th>steps</th>'
-              "<th>loss: median of the first fifth</th><th>loss: median of the last fifth</th><th>continues from</th>"
-              "<th>flags</th></tr>"]
+    parts += [
+        "<h2>Runs</h2>",
+        '<table class="runs"><tr><th>series</th><th>tensorboard folder</th><th>steps</th>'
+        "<th>loss: median of the first fifth</th><th>loss: median of the last fifth</th><th>continues from</th>"
+        "<th>flags</th></tr>",
+    ]
     for d in data:
         if not d.runs:
             parts.append(f'<tr><td>{e(d.version)}</td><td colspan=6 class="missing">{e(summary(ws, d))}</td></tr>')
@@ -391,8 +407,10 @@ def render_html(ws: Workspace, data: list[VersionData], grids: dict[int, Grid], 
     if not grids:
         parts.append("<p>No samples in any version's output_dir/sample.</p>")
     else:
-        parts.append(f'<p class="sub">Each thumbnail links to the full-size sample (a copy in '
-                     f'<code>{e(ws.rel(out / FULL_SIZE))}/</code>: copy the whole report folder to keep the links).</p>')
+        parts.append(
+            f'<p class="sub">Each thumbnail links to the full-size sample (a copy in '
+            f"<code>{e(ws.rel(out / FULL_SIZE))}/</code>: copy the whole report folder to keep the links).</p>"
+        )
     for prompt, grid in grids.items():
         parts.append(f'<h2 id="prompt-{prompt:02d}">Prompt {prompt:02d}</h2>')
         texts = prompt_of(data, prompt)
@@ -400,8 +418,11 @@ def render_html(ws: Workspace, data: list[VersionData], grids: dict[int, Grid], 
             parts.append(f'<p class="prompt">{e(next(iter(texts.values())))}</p>')
         else:
             parts += [f'<p class="prompt"><b>{e(v)}</b>: {e(t)}</p>' for v, t in texts.items()]
-        parts.append('<div class="scroll"><table class="samples"><tr><th></th>'
-                     + "".join(f"<th>{e(d.version)}</th>" for d in data) + "</tr>")
+        parts.append(
+            '<div class="scroll"><table class="samples"><tr><th></th>'
+            + "".join(f"<th>{e(d.version)}</th>" for d in data)
+            + "</tr>"
+        )
         for row in grid.rows:
             label = grid.labels[row]
             parts.append(f"<tr><th>{e(label)}</th>")
@@ -420,8 +441,11 @@ def _run_row(ws: Workspace, line: Line, i: int, run: Series) -> str:
     true = run.true_steps
     first, last = _fifths(values)
     nxt = line.parts[i + 1].offset if i + 1 < len(line.parts) else None
-    lost = f"; {max(nxt + 1, true[0])}&ndash;{true[-1]} left out: the resume at {nxt} replaced them" \
-        if nxt is not None and true and true[-1] > nxt else ""
+    lost = (
+        f"; {max(nxt + 1, true[0])}&ndash;{true[-1]} left out: the resume at {nxt} replaced them"
+        if nxt is not None and true and true[-1] > nxt
+        else ""
+    )
     span = f"{len(steps)} ({true[0]}&ndash;{true[-1]}{lost})" if steps else "0"
     if i == 0:
         name = e(line.label)
@@ -432,9 +456,11 @@ def _run_row(ws: Workspace, line: Line, i: int, run: Series) -> str:
     flags = ""
     if i == 0:
         what = ", ".join(f.split(":")[0] for f in line.flags)
-        flags = f'<td rowspan={len(line.parts)}>{e(what) or "&ndash;"}</td>'
-    return (f"<tr><td>{name}</td><td><code>{_path(ws.rel(run.folder))}</code></td><td>{span}</td><td>{first}</td>"
-            f"<td>{last}</td><td>{continues}</td>{flags}</tr>")
+        flags = f"<td rowspan={len(line.parts)}>{e(what) or '&ndash;'}</td>"
+    return (
+        f"<tr><td>{name}</td><td><code>{_path(ws.rel(run.folder))}</code></td><td>{span}</td><td>{first}</td>"
+        f"<td>{last}</td><td>{continues}</td>{flags}</tr>"
+    )
 
 
 def _path(text: str) -> str:
@@ -456,8 +482,10 @@ def _cell(cell, version: str, prompt: int, label: str, links: dict[Path, str], c
         w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
         # a narrow screen shrinks the thumbnails to fit the versions side by side, down to 96 px (then it scrolls)
         fit = f"max-width: max(96px, calc((100vw - 180px) / {columns * len(frames)} - 20px))"
-        imgs.append(f'<img width="{w}" height="{h}" style="{fit}" src="{data_uri(img)}" alt="{html.escape(what)}" '
-                    f'title="{html.escape(what)}">')
+        imgs.append(
+            f'<img width="{w}" height="{h}" style="{fit}" src="{data_uri(img)}" alt="{html.escape(what)}" '
+            f'title="{html.escape(what)}">'
+        )
     return f'<a class="frames" href="{html.escape(links[sample.path])}">' + "".join(imgs) + "</a>"
 
 

@@ -142,11 +142,17 @@ def read_runs(version: str, logging_dir: Path, log_prefix: str = "") -> list[Ser
                 last[ev.step] = ev.value  # a step logged twice: the later value
             scalars[tag] = (list(last), list(last.values()))
         losses = sorted(acc.Scalars(LOSS_TAG), key=lambda e: e.wall_time)
-        runs.append(Series(
-            version=version, run=run[len(log_prefix):] if log_prefix else run, folder=folder, scalars=scalars,
-            start_time=losses[0].wall_time if losses else 0.0, end_time=losses[-1].wall_time if losses else 0.0,
-            epoch_ends=_epoch_ends(acc.Scalars(EPOCH_TAG) if EPOCH_TAG in tags else [], losses),
-        ))
+        runs.append(
+            Series(
+                version=version,
+                run=run[len(log_prefix) :] if log_prefix else run,
+                folder=folder,
+                scalars=scalars,
+                start_time=losses[0].wall_time if losses else 0.0,
+                end_time=losses[-1].wall_time if losses else 0.0,
+                epoch_ends=_epoch_ends(acc.Scalars(EPOCH_TAG) if EPOCH_TAG in tags else [], losses),
+            )
+        )
     return sorted(runs, key=lambda s: (s.run, str(s.folder)))
 
 
@@ -190,9 +196,9 @@ def judge(s: Line) -> list[str]:
     if len(head) >= 5 and statistics.median(head) < LOW_START_LOSS and not s.continues_from:
         start = statistics.median(head)
         flags.append(
-                f"starts near 0.01: median loss of the first {len(head)} steps is {start:.4f} (< {LOW_START_LOSS}) "
-                f"without resume: the sign of input equal to target; check the dataset's control/target images"
-            )
+            f"starts near 0.01: median loss of the first {len(head)} steps is {start:.4f} (< {LOW_START_LOSS}) "
+            f"without resume: the sign of input equal to target; check the dataset's control/target images"
+        )
     if len(finite) >= GROWTH_MIN_STEPS:
         part = len(finite) // GROWTH_PART
         early, late = statistics.median(finite[:part]), statistics.median(finite[-part:])
@@ -247,8 +253,14 @@ def loss_figure(lines: list[Line]):
         steps, values = s.loss
         ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
         flagged = ", ".join(f.split(":")[0] for f in s.flags)  # "diverged", "starts near 0.01", ...
-        ax.plot(steps, ema(values), color=color, linestyle=dash, linewidth=2,
-                label=f"{s.label}  ⚠ {flagged}" if flagged else s.label)
+        ax.plot(
+            steps,
+            ema(values),
+            color=color,
+            linestyle=dash,
+            linewidth=2,
+            label=f"{s.label}  ⚠ {flagged}" if flagged else s.label,
+        )
         for at in s.resumes:
             ax.axvline(at, color=color, linestyle=":", linewidth=1, alpha=0.7)
         bad = [st for st, v in zip(steps, values) if not math.isfinite(v)]
@@ -260,14 +272,25 @@ def loss_figure(lines: list[Line]):
         ax.set_yscale("log")
         decimal_log_ticks(ax, min(finite), max(finite))
     for k, (step, color, label) in enumerate(nan_marks):  # above the axes, stacked when several
-        ax.annotate(f"{label}: NaN from step {step}", (step, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(0, 3 + 12 * k), textcoords="offset points", ha="center", va="bottom",
-                    color=color, fontsize=9, annotation_clip=False)
+        ax.annotate(
+            f"{label}: NaN from step {step}",
+            (step, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 3 + 12 * k),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            color=color,
+            fontsize=9,
+            annotation_clip=False,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(f"{LOSS_TAG} (log scale)")
-    ax.set_title(f"Loss by step: faint = raw, bold = smoothed (EMA {EMA_WEIGHT})"
-                 + (", dotted = resumed there" if any(s.resumes for s in lines) else ""),
-                 pad=8 + 12 * len(nan_marks))
+    ax.set_title(
+        f"Loss by step: faint = raw, bold = smoothed (EMA {EMA_WEIGHT})"
+        + (", dotted = resumed there" if any(s.resumes for s in lines) else ""),
+        pad=8 + 12 * len(nan_marks),
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
     ax.legend(loc="best")
@@ -295,8 +318,15 @@ def plot_lr(lines: list[Line], path: Path) -> None:
         for j, tag in enumerate(tags):
             steps, values = scalars[tag]
             label = s.label if len(tags) == 1 else f"{s.label} {tag}"
-            ax.plot(steps, values, color=color, linestyle=dash, label=label,
-                    marker=("", "o", "s", "^")[j % 4] or None, markevery=max(1, len(steps) // 12))
+            ax.plot(
+                steps,
+                values,
+                color=color,
+                linestyle=dash,
+                label=label,
+                marker=("", "o", "s", "^")[j % 4] or None,
+                markevery=max(1, len(steps) // 12),
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
     ax.set_title("Learning rate by step (" + ", ".join(sorted({t for s in lines for t in s.lr_tags})) + ")")

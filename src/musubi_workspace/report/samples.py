@@ -117,8 +117,15 @@ def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1; the floor is 11.3)
 
 
-def grid(prompt: int, versions: list[str], rows: list, cells: dict, path: Path, texts: dict[str, str] | None = None,
-         labels: dict | None = None) -> None:
+def grid(
+    prompt: int,
+    versions: list[str],
+    rows: list,
+    cells: dict,
+    path: Path,
+    texts: dict[str, str] | None = None,
+    labels: dict | None = None,
+) -> None:
     """One prompt's samples as a PNG: the prompt's text on top (once, or under each version where they differ),
     rows are steps, columns versions; `cells[(row, version)]` are the frames (a list of images) or a sentence why
     there are none; `labels[row]` names a row (else `row_label`)."""
@@ -132,8 +139,14 @@ def grid(prompt: int, versions: list[str], rows: list, cells: dict, path: Path, 
     W = label_w + len(versions) * (cell_w + gap) + gap
     shared = len(set(texts.values())) == 1 and len(texts) == len(versions)
     top = textwrap.wrap(next(iter(texts.values())), max(20, (W - 2 * gap) // small_w)) if shared else []
-    per_version = {} if shared else {v: textwrap.wrap(texts.get(v, "(not in this version's prompts)"),
-                                                     max(12, cell_w // small_w)) for v in versions}
+    per_version = (
+        {}
+        if shared
+        else {
+            v: textwrap.wrap(texts.get(v, "(not in this version's prompts)"), max(12, cell_w // small_w))
+            for v in versions
+        }
+    )
     y_names = 32 + 15 * len(top) + (6 if top else 0)
     head_h = y_names + 24 + 15 * max((len(t) for t in per_version.values()), default=0) + 4
     H = head_h + len(rows) * (cell_h + gap) + gap

@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from musubi_workspace.runs import cache_plan as cache_state
 from musubi_workspace.checks import preflight
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.paths import Workspace
+from musubi_workspace.runs import cache_plan as cache_state
+from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.pod import grace_seconds
 
 SOCKET = "musubi-workspace"
@@ -28,7 +29,7 @@ def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, au
 
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
-    preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict)
+    preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_state.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"
     ws_exe = str(Path(sys.executable).parent / "ws")
@@ -38,13 +39,19 @@ def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, au
         print(shlex.join(argv))
         return
     if not shutil.which("tmux"):
-        raise WorkspaceError("tmux not found: install it (`apt-get install -y tmux`) or run `make train` inside your own tmux/screen")
+        raise WorkspaceError(
+            "tmux not found: install it (`apt-get install -y tmux`) or run `make train` inside your own tmux/screen"
+        )
     if subprocess.run(["tmux", "-L", SOCKET, "has-session", "-t", f"={session}"], capture_output=True).returncode == 0:
         raise WorkspaceError(
             f"{cfg.name} is already training in the background (tmux session {session}): `make logs` follows it"
         )
     r = subprocess.run(argv, cwd=ws.root, capture_output=True, text=True)
     if r.returncode != 0:
-        raise WorkspaceError(f"tmux could not start the run ({r.returncode}): {(r.stderr or r.stdout).strip()}", EXIT_CHILD)
-    print(f"training {cfg.name} in the background (tmux session {session}); the pod stops itself afterwards as with `make train`")
+        raise WorkspaceError(
+            f"tmux could not start the run ({r.returncode}): {(r.stderr or r.stdout).strip()}", EXIT_CHILD
+        )
+    print(
+        f"training {cfg.name} in the background (tmux session {session}); the pod stops itself afterwards as with `make train`"
+    )
     print(f"follow it: `make logs`; its terminal: `tmux -L {SOCKET} attach -t {session}` (detach: Ctrl-b d)")

@@ -110,7 +110,9 @@ class Hasher:
         try:
             st = path.stat()
         except OSError:
-            raise WorkspaceError(f"{written}: file not found (named by the dataset); fix the dataset or restore the file") from None
+            raise WorkspaceError(
+                f"{written}: file not found (named by the dataset); fix the dataset or restore the file"
+            ) from None
         old = self.known.get(written)
         if old and old[0] == st.st_size and old[1] == st.st_mtime_ns and (not image or old[3] is not None):
             self.used[written] = old
@@ -127,7 +129,9 @@ class Hasher:
                 with Image.open(path) as img:
                     w, hgt = img.size
             except Exception as e:  # Pillow raises several types for unreadable images
-                raise WorkspaceError(f"{written}: not a readable image ({e.__class__.__name__}); fix or remove it") from None
+                raise WorkspaceError(
+                    f"{written}: not a readable image ({e.__class__.__name__}); fix or remove it"
+                ) from None
         new = [st.st_size, st.st_mtime_ns, h.hexdigest()[:32], w, hgt]
         self.used[written] = new
         self.changed = True
@@ -155,10 +159,15 @@ class Side:
     kept: int = 0  # expected files that are up to date
 
     def classify(self, force: bool) -> None:
-        changed_options = sorted(
-            k for k in set(self.options) | set(self.recorded_options or {})
-            if (self.recorded_options or {}).get(k) != self.options.get(k)
-        ) if self.recorded_options is not None else None
+        changed_options = (
+            sorted(
+                k
+                for k in set(self.options) | set(self.recorded_options or {})
+                if (self.recorded_options or {}).get(k) != self.options.get(k)
+            )
+            if self.recorded_options is not None
+            else None
+        )
         if self.video:
             return self._classify_video(force, changed_options)
         for name, fp in self.expected.items():
@@ -223,7 +232,9 @@ class Side:
             return f"{label} up to date"
         parts = []
         if self.todo:
-            why = ", ".join(r if r.startswith(("options", "FORCE")) or self.video else f"{c} {r}" for r, c in self.reasons.items())
+            why = ", ".join(
+                r if r.startswith(("options", "FORCE")) or self.video else f"{c} {r}" for r, c in self.reasons.items()
+            )
             if self.video:
                 what = "the whole dataset"
             elif self.kept:
@@ -334,7 +345,9 @@ def _items(cfg: Config, d: Dataset) -> list[Item]:
         raise WorkspaceError(f"{problem.where}: {problem.message}")
     for item in listing.items:
         if item.caption_error:
-            raise WorkspaceError(f"{item.where}: its caption file is {item.caption_error}; musubi-tuner stops on it: save it as UTF-8")
+            raise WorkspaceError(
+                f"{item.where}: its caption file is {item.caption_error}; musubi-tuner stops on it: save it as UTF-8"
+            )
     return listing.items
 
 
@@ -384,7 +397,7 @@ def _dataset_state(cfg: Config, d: Dataset, latent_opts: dict, te_opts: dict, fo
         raise WorkspaceError(f"{where}: needs image_directory, image_jsonl_file, video_directory or video_jsonl_file")
     cache_written = d.cache_directory
     if not cache_written:
-        raise WorkspaceError(f"{where}: a JSONL dataset needs cache_directory; add `cache_directory = \"cache/...\"`")
+        raise WorkspaceError(f'{where}: a JSONL dataset needs cache_directory; add `cache_directory = "cache/..."`')
     cache_dir = _abs(root, cache_written)
     manifest, manifest_ok = _load_manifest(cache_dir / MANIFEST)
     hasher = Hasher(root, manifest.get("hashes") or {})
@@ -410,7 +423,10 @@ def _dataset_state(cfg: Config, d: Dataset, latent_opts: dict, te_opts: dict, fo
 
     present_lat, present_te = _scan(cache_dir)
     sides = {}
-    for name, options, expected, present in ((LATENTS, lat_options, lat_expected, present_lat), (TE, te_opts, te_expected, present_te)):
+    for name, options, expected, present in (
+        (LATENTS, lat_options, lat_expected, present_lat),
+        (TE, te_opts, te_expected, present_te),
+    ):
         part = manifest.get(name) or {}
         side = Side(name, options, expected, present, part.get("entries") or {}, part.get("options"), video=video)
         side.classify(force)
@@ -515,7 +531,10 @@ class CachePlan:
             else:
                 lacking = [str(Path(d.shown) / n) for n in s.expected if n not in present]
             for what in lacking:
-                print(f"[cache] warning: musubi-tuner left no {what}; the next `make cache` tries again", file=out or sys.stderr)
+                print(
+                    f"[cache] warning: musubi-tuner left no {what}; the next `make cache` tries again",
+                    file=out or sys.stderr,
+                )
             self.incomplete += len(lacking)
 
     def finish(self, out=None) -> None:
@@ -527,7 +546,10 @@ class CachePlan:
                     d.write_manifest()
             print(f"[cache] {self.cfg.name}: up to date, nothing to run", file=out)
         elif self.incomplete:
-            print(f"[cache] {self.cfg.name}: finished, but {self.incomplete} cache file(s) are missing (warnings above)", file=out)
+            print(
+                f"[cache] {self.cfg.name}: finished, but {self.incomplete} cache file(s) are missing (warnings above)",
+                file=out,
+            )
         else:
             print(f"[cache] {self.cfg.name}: up to date", file=out)
 

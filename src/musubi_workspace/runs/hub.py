@@ -14,7 +14,10 @@ def upload_folder(folder: Path, repo_id: str, repo_type: str, path_in_repo: str,
     from huggingface_hub import HfApi
 
     HfApi(token=token).upload_folder(
-        repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), path_in_repo=path_in_repo,
+        repo_id=repo_id,
+        repo_type=repo_type,
+        folder_path=str(folder),
+        path_in_repo=path_in_repo,
         commit_message=f"run record {folder.name}",
     )
 

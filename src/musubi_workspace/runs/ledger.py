@@ -76,7 +76,11 @@ def sha256_file(path: Path) -> str:
 def version_files(cfg: Config) -> dict:
     """config.toml, the dataset config and the prompts file it names: path, sha256 and text of each."""
     out = {}
-    for role, path in (("config", cfg.path), ("dataset", cfg.path_of("dataset_config")), ("prompts", cfg.path_of("sample_prompts"))):
+    for role, path in (
+        ("config", cfg.path),
+        ("dataset", cfg.path_of("dataset_config")),
+        ("prompts", cfg.path_of("sample_prompts")),
+    ):
         if path is None:
             continue
         entry: dict[str, Any] = {"path": cfg.ws.rel(path)}
@@ -232,7 +236,9 @@ class RunRecord:
         return self.folder / LOG_FILE
 
     @classmethod
-    def start(cls, cfg: Config, target: str, commands: list[Command], env: dict[str, str], secrets: list[str], **extra) -> "RunRecord":
+    def start(
+        cls, cfg: Config, target: str, commands: list[Command], env: dict[str, str], secrets: list[str], **extra
+    ) -> RunRecord:
         ws = cfg.ws
         base = ws.runs / cfg.name
         base.mkdir(parents=True, exist_ok=True)
@@ -287,7 +293,9 @@ class RunRecord:
             "seconds_per_step": progress.seconds_per_step,
         }
         if progress.states:
-            self.data["states"] = [{"name": state_name(self.data.get("output_name") or "", k, n), "step": s} for k, n, s in progress.states]
+            self.data["states"] = [
+                {"name": state_name(self.data.get("output_name") or "", k, n), "step": s} for k, n, s in progress.states
+            ]
         started = parse_utc(self.data["start"]) or time.time()
         self.data["cost_usd"] = round(self.price_per_hour * (time.time() - started) / 3600, 2)
 
@@ -351,11 +359,19 @@ def runs_table(ws: Workspace) -> list[str]:
         cost = r.get("cost_usd")
         est = r.get("estimate") or {}
         estimated = f"{duration(est['total_s'])} ${est['usd']:.2f}" if est.get("total_s") is not None else "-"
-        rows.append((
-            r.get("id", "?"), r.get("version", "?"), r.get("target", "?"), r.get("status", "?"),
-            duration(secs) if secs is not None else "-", steps, loss, f"${cost:.2f}" if cost is not None else "-",
-            estimated,
-        ))
+        rows.append(
+            (
+                r.get("id", "?"),
+                r.get("version", "?"),
+                r.get("target", "?"),
+                r.get("status", "?"),
+                duration(secs) if secs is not None else "-",
+                steps,
+                loss,
+                f"${cost:.2f}" if cost is not None else "-",
+                estimated,
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
 
@@ -372,8 +388,11 @@ def follow(ws: Workspace, run: str = "", poll: float = 0.5) -> None:
         raise WorkspaceError("runs/: no run yet; `make train` (or `make train-bg`) starts one")
     chosen = runs[-1]
     folder: Path = chosen["_folder"]
-    print(f"following {ws.rel(folder / LOG_FILE)} ({chosen.get('status')}); Ctrl-C stops following, not the run", flush=True)
-    from musubi_workspace.console import Display
+    print(
+        f"following {ws.rel(folder / LOG_FILE)} ({chosen.get('status')}); Ctrl-C stops following, not the run",
+        flush=True,
+    )
+    from musubi_workspace.runs.console import Display
 
     offset = (chosen.get("resume") or {}).get("step_offset", 0)
     display = Display(Progress(offset=offset))

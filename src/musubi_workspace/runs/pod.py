@@ -96,7 +96,9 @@ def stop_pod(pod: str, env: dict[str, str], pause: float = 10.0, say=print) -> N
             if code == 0:
                 say(f"auto-stop: `{' '.join(argv)}`: {redact(out, secrets) or 'ok'}")
                 return
-            answers.append(f"`{' '.join(argv)}` ({code}): {redact(out, secrets).splitlines()[0] if out else 'no output'}")
+            answers.append(
+                f"`{' '.join(argv)}` ({code}): {redact(out, secrets).splitlines()[0] if out else 'no output'}"
+            )
         if attempt < STOP_ATTEMPTS:
             say(f"auto-stop: stopping pod {pod} failed ({'; '.join(answers)}); trying again in {pause:g}s")
             time.sleep(pause)
@@ -138,7 +140,7 @@ class AutoStop:
     pending: Path | None = None
 
     @classmethod
-    def arm(cls, ws: Workspace, env: dict[str, str], override: str, setting: str) -> "AutoStop":
+    def arm(cls, ws: Workspace, env: dict[str, str], override: str, setting: str) -> AutoStop:
         grace, source = grace_seconds(override, setting)
         stop = cls(ws=ws, env=env, grace=grace, source=source, pod=pod_id(env))
         if stop.pod and stop.grace:

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musubi_workspace.commands import Command
-from musubi_workspace.console import Display
 from musubi_workspace.environment import child_env, redact, secret_values
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.paths import Workspace
+from musubi_workspace.runs.console import Display
 from musubi_workspace.runs.progress import Progress, duration
 
 # Seconds an interrupted or hung program gets to exit before its group is killed.
@@ -143,8 +143,13 @@ def execute(
                 note(f"==> {c.label}: {c.shell()}")
                 try:
                     proc = subprocess.Popen(
-                        c.argv, cwd=ws.root, env={**env, **c.env}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, start_new_session=True,
+                        c.argv,
+                        cwd=ws.root,
+                        env={**env, **c.env},
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
                     )
                 except FileNotFoundError:
                     note(f"==> {c.argv[0]}: not found")
@@ -173,7 +178,7 @@ def _watch(proc, c, sig, display, log, note, secrets, progress, record, hang_tim
     lock = threading.Lock()
 
     def reader() -> None:
-        from musubi_workspace.console import Splitter
+        from musubi_workspace.runs.console import Splitter
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         splitter = Splitter()
@@ -183,7 +188,11 @@ def _watch(proc, c, sig, display, log, note, secrets, progress, record, hang_tim
                 chunk = os.read(fd, 65536)
             except OSError:
                 chunk = b""
-            pieces = splitter.feed(decoder.decode(chunk)) if chunk else splitter.feed(decoder.decode(b"", final=True)) + splitter.close()
+            pieces = (
+                splitter.feed(decoder.decode(chunk))
+                if chunk
+                else splitter.feed(decoder.decode(b"", final=True)) + splitter.close()
+            )
             for piece, term in pieces:
                 piece = redact(piece, secrets)
                 log.write(piece + term)
@@ -268,7 +277,9 @@ def _wait_group(pgid: int, reader: threading.Thread, sig, handled: int, note, li
             return
         waited = time.monotonic() - started
         if not told and waited > 1:
-            note(f"==> waiting for {len(members)} process(es) the program left running (uploads, wandb sync) to finish; Ctrl-C stops waiting")
+            note(
+                f"==> waiting for {len(members)} process(es) the program left running (uploads, wandb sync) to finish; Ctrl-C stops waiting"
+            )
             told = True
         if len(sig.got) > handled or (limit and waited > limit):
             note("==> not waiting any longer: killing them")

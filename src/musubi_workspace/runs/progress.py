@@ -42,9 +42,8 @@ class Progress:
 
     def feed(self, piece: str) -> bool:
         """Read one line (or carriage-return piece) of output; True when it was a progress line with a new step."""
-        m = None
-        for m in STEP_RE.finditer(piece):
-            pass
+        matches = list(STEP_RE.finditer(piece))
+        m = matches[-1] if matches else None
         if m is None:
             self._states(piece)
             return False

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from musubi_workspace.config import Config
 from musubi_workspace.errors import WorkspaceError
@@ -129,8 +128,13 @@ class ResumePoint:
         ]
 
     def record(self) -> dict:
-        return {"from": self.state.location, "source": self.state.source, "step_offset": self.state.step,
-                "steps_left": self.left, "output_name": self.new_output_name}
+        return {
+            "from": self.state.location,
+            "source": self.state.source,
+            "step_offset": self.state.step,
+            "steps_left": self.left,
+            "output_name": self.new_output_name,
+        }
 
 
 def find(cfg: Config, env: dict[str, str], warn=print) -> ResumePoint:

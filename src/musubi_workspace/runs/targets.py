@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import sys
 
-from musubi_workspace.runs import cache_plan as cache_state
 from musubi_workspace.checks import preflight
 from musubi_workspace.checks.combinations import compile_env
 from musubi_workspace.commands import generate_command, newest_lora, train_command
 from musubi_workspace.config import Config, resolve_config_file
-from musubi_workspace.console import say
 from musubi_workspace.environment import child_env, secret_values
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.gpus import visible_gpu_count
 from musubi_workspace.paths import Workspace
+from musubi_workspace.runs import cache_plan as cache_state
+from musubi_workspace.runs import process as runner
+from musubi_workspace.runs.console import say
+from musubi_workspace.runs.estimate import speed_lines
+from musubi_workspace.runs.ledger import RunRecord
 from musubi_workspace.runs.pod import AutoStop, grace_seconds
 from musubi_workspace.runs.progress import Progress, duration
-from musubi_workspace.runs.ledger import RunRecord
-from musubi_workspace.runs import process as runner
 
 
 def load_config(ws: Workspace, value: str) -> Config:
@@ -38,8 +39,9 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
     plan.prepare()
     if steps:
         side_of = {id(cmd): side for side, cmd in steps}
-        result = recorded_run(cfg, "cache", [cmd for _, cmd in steps], child_env(ws),
-                              on_success=lambda cmd: plan.commit(side_of[id(cmd)]))
+        result = recorded_run(
+            cfg, "cache", [cmd for _, cmd in steps], child_env(ws), on_success=lambda cmd: plan.commit(side_of[id(cmd)])
+        )
         _raise_unless_ok(result)
     plan.finish()
 
@@ -47,7 +49,7 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
 def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "") -> None:
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)  # AUTO_STOP=banana is refused in a dry run too
-    preflight(cfg, target="train", dry_run=dry_run, strict=strict)
+    preflight(cfg, target="train", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_state.require_fresh(cfg, dry_run)
     env = child_env(ws)
     env.update(compile_env(cfg, env))
@@ -57,7 +59,9 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_
     train_run(cfg, "train", cmd, env, auto_stop, estimate=run_estimate(cfg, env))
 
 
-def generate(ws: Workspace, config: str, dry_run: bool, lora: str = "", multiplier: str = "", strict: bool = False) -> None:
+def generate(
+    ws: Workspace, config: str, dry_run: bool, lora: str = "", multiplier: str = "", strict: bool = False
+) -> None:
     cfg = load_config(ws, config)
     preflight(cfg, target="generate", dry_run=dry_run, strict=strict)
     if not lora:
@@ -87,7 +91,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
 
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
-    preflight(cfg, target="resume", dry_run=dry_run, strict=strict)
+    preflight(cfg, target="resume", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_state.require_fresh(cfg, dry_run, target="resume")
     env = child_env(ws)
     env.update(compile_env(cfg, env))
@@ -102,12 +106,13 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
 
 def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
     """The time and cost estimate the preflight printed (estimate.py), for run.json, beside the actual."""
-    from musubi_workspace.tune.estimate import estimate, visible_gpu_name
+    from musubi_workspace.runs.estimate import estimate, visible_gpu_name
 
     try:
         return estimate(cfg, visible_gpu_name(env)).data
     except WorkspaceError as e:
         return {"note": e.message}
+
 
 def lora_problem(ws: Workspace, lora: str) -> None:
     """LORA=: a file that exists and, as a .safetensors, reads as one (a saved error page does not)."""
@@ -115,27 +120,52 @@ def lora_problem(ws: Workspace, lora: str) -> None:
 
     path = ws.resolve(lora)
     if path.is_dir():
-        raise WorkspaceError(f"LORA={lora}: is a folder; give the LoRA file, e.g. LORA={ws.rel(path)}/<name>.safetensors")
+        raise WorkspaceError(
+            f"LORA={lora}: is a folder; give the LoRA file, e.g. LORA={ws.rel(path)}/<name>.safetensors"
+        )
     if not path.is_file():
-        raise WorkspaceError(f"LORA={lora}: file not found; give the path of a LoRA file (relative to the workspace root)")
+        raise WorkspaceError(
+            f"LORA={lora}: file not found; give the path of a LoRA file (relative to the workspace root)"
+        )
     if path.suffix == ".safetensors" and (problem := safetensors_problem(path)):
         raise WorkspaceError(f"LORA={lora}: {problem}")
 
 
-def recorded_run(cfg: Config, target: str, cmds, env: dict[str, str], offset: int = 0, hang_timeout: int = 0,
-                 on_success=None, **extra) -> tuple[RunRecord, runner.Outcome]:
+def recorded_run(
+    cfg: Config,
+    target: str,
+    cmds,
+    env: dict[str, str],
+    offset: int = 0,
+    hang_timeout: int = 0,
+    on_success=None,
+    **extra,
+) -> tuple[RunRecord, runner.Outcome]:
     """Run with a record in runs/<version>/: written at the start, completed at the end, log tee'd."""
     rec = RunRecord.start(cfg, target, cmds, env, secret_values(env), **extra)
     say(f"==> run record: {cfg.ws.rel(rec.folder)} (`make runs` lists runs, `make logs` follows this one)")
     outcome = runner.Outcome("failed", note="the workspace tool failed")
     try:
-        outcome = runner.execute(cfg.ws, cmds, env, record=rec, progress=Progress(offset=offset),
-                                   hang_timeout=hang_timeout, on_success=on_success)
+        outcome = runner.execute(
+            cfg.ws,
+            cmds,
+            env,
+            record=rec,
+            progress=Progress(offset=offset),
+            hang_timeout=hang_timeout,
+            on_success=on_success,
+        )
     finally:
         rec.finish(outcome.status, outcome.exit_code, outcome.progress)
     p = outcome.progress
-    at = f" at step {p.step}/{p.total}" + (f", loss {p.loss:.4g}" if p.loss is not None else "") if p.step is not None else ""
-    say(f"==> {target} {outcome.status} after {duration(rec.data['duration_s'])}{at}; est. cost ${rec.data['cost_usd']:.2f}; record: {cfg.ws.rel(rec.folder)}")
+    at = (
+        f" at step {p.step}/{p.total}" + (f", loss {p.loss:.4g}" if p.loss is not None else "")
+        if p.step is not None
+        else ""
+    )
+    say(
+        f"==> {target} {outcome.status} after {duration(rec.data['duration_s'])}{at}; est. cost ${rec.data['cost_usd']:.2f}; record: {cfg.ws.rel(rec.folder)}"
+    )
     return rec, outcome
 
 
@@ -144,7 +174,9 @@ def _raise_unless_ok(result: tuple[RunRecord, runner.Outcome]) -> None:
         raise result[1].error()
 
 
-def train_run(cfg: Config, target: str, cmd, env: dict[str, str], auto_stop: str = "", offset: int = 0, **extra) -> None:
+def train_run(
+    cfg: Config, target: str, cmd, env: dict[str, str], auto_stop: str = "", offset: int = 0, **extra
+) -> None:
     """A training run: the record, the hang watchdog, the run record on Hugging Face, then the pod's stop,
     whatever happened before (a failure, a kill, Ctrl-C, even a bug here)."""
     stop = AutoStop.arm(cfg.ws, env, auto_stop, cfg.settings.auto_stop)
@@ -152,8 +184,17 @@ def train_run(cfg: Config, target: str, cmd, env: dict[str, str], auto_stop: str
     rec, outcome = None, None
     try:
         output_name = (extra.get("resume") or {}).get("output_name") or cfg.get("output_name")
-        rec, outcome = recorded_run(cfg, target, [cmd], env, offset=offset, hang_timeout=cfg.settings.hang_timeout_seconds,
-                                    output_name=output_name, auto_stop=stop.record(), **extra)
+        rec, outcome = recorded_run(
+            cfg,
+            target,
+            [cmd],
+            env,
+            offset=offset,
+            hang_timeout=cfg.settings.hang_timeout_seconds,
+            output_name=output_name,
+            auto_stop=stop.record(),
+            **extra,
+        )
         upload_record(cfg, rec, env)
     finally:
         result = stop.finish(say=say)
@@ -175,11 +216,15 @@ def upload_record(cfg: Config, rec: RunRecord, env: dict[str, str]) -> None:
     prefix = str(cfg.get("huggingface_path_in_repo") or "").strip("/")
     path = f"{prefix}/runs/{rec.id}" if prefix else f"runs/{rec.id}"
     try:
-        hub.upload_folder(rec.folder, repo, cfg.get("huggingface_repo_type") or "model", path, env.get("HF_TOKEN") or None)
+        hub.upload_folder(
+            rec.folder, repo, cfg.get("huggingface_repo_type") or "model", path, env.get("HF_TOKEN") or None
+        )
     except Exception as e:  # network, auth, quota: warn, never fail the run
         from musubi_workspace.environment import redact
 
-        say(f"warning: run record not uploaded to {repo}/{path} ({redact(f'{e.__class__.__name__}: {e}', secret_values(env))}); it is in {cfg.ws.rel(rec.folder)}")
+        say(
+            f"warning: run record not uploaded to {repo}/{path} ({redact(f'{e.__class__.__name__}: {e}', secret_values(env))}); it is in {cfg.ws.rel(rec.folder)}"
+        )
         rec.data["hf_upload"] = {"repo": repo, "path": path, "ok": False}
     else:
         say(f"==> run record uploaded to {repo}/{path}")

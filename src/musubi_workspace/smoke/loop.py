@@ -129,14 +129,23 @@ class Smoke:
         stand-in runpodctl first on PATH, no secrets."""
         from musubi_workspace.environment import child_env
 
-        env = {k: v for k, v in child_env(self.ws).items()
-               if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY", "RUNPOD_POD_ID")
-               and not k.startswith(("MAKEFLAGS", "MFLAGS", "MAKELEVEL"))}
+        env = {
+            k: v
+            for k, v in child_env(self.ws).items()
+            if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "RUNPOD_API_KEY", "RUNPOD_POD_ID")
+            and not k.startswith(("MAKEFLAGS", "MFLAGS", "MAKELEVEL"))
+        }
         env.update(
             PATH=os.pathsep.join([str(self.base / "bin"), env.get("PATH", "")]),
-            HF_HUB_CACHE=str(self.hub_cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-            WANDB_MODE="offline", RUNPOD_POD_ID=POD, WS_RP_ENVIRONMENT=str(self.base / "no-rp_environment"),
-            WS_STOP_RETRY_SECONDS="0", WS_ROOT=str(self.scratch),
+            HF_HUB_CACHE=str(self.hub_cache),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            WANDB_MODE="offline",
+            RUNPOD_POD_ID=POD,
+            WS_RP_ENVIRONMENT=str(self.base / "no-rp_environment"),
+            WS_STOP_RETRY_SECONDS="0",
+            WS_ROOT=str(self.scratch),
         )
         return env
 
@@ -153,8 +162,15 @@ class Smoke:
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {' '.join(argv)}\n")
             f.flush()
-            r = subprocess.run(argv, cwd=cwd or self.scratch, env={**self.env(), **(extra_env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+            r = subprocess.run(
+                argv,
+                cwd=cwd or self.scratch,
+                env={**self.env(), **(extra_env or {})},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
             f.write(r.stdout)
         if r.returncode != 0:
             shown = " ".join(a for a in argv if a != "--no-print-directory")
@@ -169,8 +185,17 @@ class Smoke:
     # -----------------------------------------------------------------------------------------------------
 
     def step_models(self, log: Path) -> str:
-        argv = ["python", "-m", "musubi_workspace.smoke.random_models", "--folder", str(self.models),
-                "--hub-cache", str(self.hub_cache), "--dit-folder", str(self.dit_folder)]
+        argv = [
+            "python",
+            "-m",
+            "musubi_workspace.smoke.random_models",
+            "--folder",
+            str(self.models),
+            "--hub-cache",
+            str(self.hub_cache),
+            "--dit-folder",
+            str(self.dit_folder),
+        ]
         self.run(argv, log, cwd=self.ws.root)
         missing = [p for p in self.model_paths().values() if not p.is_file()]
         if missing:
@@ -179,7 +204,7 @@ class Smoke:
         return f"{sizes / 1e9:.1f} GB in {self.rel(self.models)} and {self.rel(self.dit_folder)}"
 
     def model_paths(self) -> dict[str, Path]:
-        from musubi_workspace.tune.synthetic import Plan, CacheLayout
+        from musubi_workspace.tune.synthetic import CacheLayout, Plan
 
         dit = Plan(folder=self.dit_folder, layout=CacheLayout(width=512, height=512), items=0).dit
         return {"dit": dit, **{k: self.models / f for k, f in MODEL_FILES.items()}}
@@ -187,8 +212,11 @@ class Smoke:
     def step_workspace(self, log: Path) -> str:
         src = self.ws.configs / "v1"
         if not (src / "config.toml").is_file():
-            raise StepFailed(f"{self.ws.rel(src / 'config.toml')}: not found; the smoke's version is made from "
-                             f"configs/v1: restore it from git", 2)
+            raise StepFailed(
+                f"{self.ws.rel(src / 'config.toml')}: not found; the smoke's version is made from "
+                f"configs/v1: restore it from git",
+                2,
+            )
         if self.scratch.exists():
             shutil.rmtree(self.scratch)
         self.scratch.mkdir(parents=True)
@@ -198,7 +226,7 @@ class Smoke:
         (self.scratch / ".venv").symlink_to(self.ws.root / ".venv")
         models = self.scratch / "models"
         models.mkdir()
-        for key, path in self.model_paths().items():
+        for path in self.model_paths().values():
             (models / path.name).symlink_to(path)
         version = self.scratch / "configs" / "v1"
         version.mkdir(parents=True)
@@ -222,14 +250,35 @@ class Smoke:
         doc = tomlkit.parse(text)
         for key, path in self.model_paths().items():
             doc[key] = f"models/{path.name}"
-        for key in [k for k in doc if k.startswith("huggingface_") or k in
-                    ("save_state_to_huggingface", "async_upload", "resume", "network_weights", "max_train_epochs",
-                     "save_every_n_epochs", "sample_every_n_epochs", "sample_every_n_steps")]:
+        for key in [
+            k
+            for k in doc
+            if k.startswith("huggingface_")
+            or k
+            in (
+                "save_state_to_huggingface",
+                "async_upload",
+                "resume",
+                "network_weights",
+                "max_train_epochs",
+                "save_every_n_epochs",
+                "sample_every_n_epochs",
+                "sample_every_n_steps",
+            )
+        ]:
             del doc[key]
-        doc.update(dataset_config="configs/v1/dataset.toml", sample_prompts="configs/v1/prompts.txt",
-                   output_dir="outputs/v1", logging_dir="outputs/v1/logs", max_train_steps=TRAIN_STEPS,
-                   save_every_n_steps=TRAIN_STEPS, sample_every_n_epochs=TRAIN_STEPS, sample_at_first=False,
-                   save_state=True, one_frame=True)
+        doc.update(
+            dataset_config="configs/v1/dataset.toml",
+            sample_prompts="configs/v1/prompts.txt",
+            output_dir="outputs/v1",
+            logging_dir="outputs/v1/logs",
+            max_train_steps=TRAIN_STEPS,
+            save_every_n_steps=TRAIN_STEPS,
+            sample_every_n_epochs=TRAIN_STEPS,
+            sample_at_first=False,
+            save_state=True,
+            one_frame=True,
+        )
         doc.setdefault("output_name", "smoke")
         table = doc.setdefault("workspace", tomlkit.table())
         if str(table.get("generate_attn_mode", "sdpa")).startswith("sage") and find_spec("sageattention") is None:
@@ -250,10 +299,14 @@ class Smoke:
     def step_cache(self, log: Path) -> str:
         self.make(log, "cache")
         latents, te = self.cache_files()
-        stems = sorted(Path(json.loads(l)["image_path"]).stem for l in self.jsonl().read_text().splitlines() if l.strip())
+        stems = sorted(
+            Path(json.loads(l)["image_path"]).stem for l in self.jsonl().read_text().splitlines() if l.strip()
+        )
         if len(latents) != ITEMS or len(te) != ITEMS:
-            raise StepFailed(f"{self.rel(self.scratch / CACHE_DIR)}: {len(latents)} latent and {len(te)} text-encoder "
-                             f"cache files, expected {ITEMS} of each")
+            raise StepFailed(
+                f"{self.rel(self.scratch / CACHE_DIR)}: {len(latents)} latent and {len(te)} text-encoder "
+                f"cache files, expected {ITEMS} of each"
+            )
         for files, suffix in ((latents, "_0512x0768_fp.safetensors"), (te, "_fp_te.safetensors")):
             names = sorted(p.name for p in files)
             if names != sorted(s + suffix for s in stems):
@@ -266,8 +319,15 @@ class Smoke:
         from musubi_workspace.tune.synthetic import CacheLayout
 
         s = self.config().get("workspace", {})
-        layout = CacheLayout(width=512, height=768, clean_indices=(0, 10), target_index=1, no_post=True,
-                             no_2x=bool(s.get("one_frame_no_2x")), no_4x=bool(s.get("one_frame_no_4x")))
+        layout = CacheLayout(
+            width=512,
+            height=768,
+            clean_indices=(0, 10),
+            target_index=1,
+            no_post=True,
+            no_2x=bool(s.get("one_frame_no_2x")),
+            no_4x=bool(s.get("one_frame_no_4x")),
+        )
         want = {k: shape for k, (shape, _) in layout.latent_tensors().items()}
         for p in latents:
             got = {k: tuple(v["shape"]) for k, v in safetensors_header(p).items()}
@@ -295,7 +355,7 @@ class Smoke:
         records = self.records()
         out = self.make(log, "cache")
         if "up to date" not in out:
-            raise StepFailed("the second `make cache` did not say \"up to date\"")
+            raise StepFailed('the second `make cache` did not say "up to date"')
         if self.records() != records:
             raise StepFailed("the second `make cache` ran a script (a new run record)")
         if self.snapshot() != before:
@@ -357,13 +417,17 @@ class Smoke:
         wandb = self.check_wandb()
         calls = self.pod_calls()
         if len(calls) != 1 or calls[0]["argv"][:3] != ["pod", "stop", POD]:
-            raise StepFailed(f"the pod stop after training: expected one `runpodctl pod stop {POD}`, got "
-                             f"{[' '.join(c['argv']) for c in calls]}")
+            raise StepFailed(
+                f"the pod stop after training: expected one `runpodctl pod stop {POD}`, got "
+                f"{[' '.join(c['argv']) for c in calls]}"
+            )
         last = max(p.stat().st_mtime for p in loras)
         if calls[0]["time"] < last:
             raise StepFailed("the pod stop was called before the last LoRA was saved")
-        return (f"{len(loras)} LoRAs (lora_unet_ keys), 2 states, {samples} sample(s), tensorboard logs, {wandb}, "
-                f"pod stopped once after training ({self.processes()})")
+        return (
+            f"{len(loras)} LoRAs (lora_unet_ keys), 2 states, {samples} sample(s), tensorboard logs, {wandb}, "
+            f"pod stopped once after training ({self.processes()})"
+        )
 
     def processes(self) -> str:
         from musubi_workspace.commands import process_count
@@ -376,8 +440,11 @@ class Smoke:
 
     def check_run(self, path: Path, steps: int | None) -> dict:
         data = read_json(path)
-        missing = [k for k in ("status", "exit_code", "start", "end", "duration_s", "commands", "files", "gpus")
-                   if data.get(k) in (None, [], {})]
+        missing = [
+            k
+            for k in ("status", "exit_code", "start", "end", "duration_s", "commands", "files", "gpus")
+            if data.get(k) in (None, [], {})
+        ]
         if data.get("exit_code") == 0:
             missing = [k for k in missing if k != "exit_code"]
         if missing or data.get("status") != "succeeded":
@@ -395,7 +462,9 @@ class Smoke:
         bad = [k for k in keys if not k.startswith("lora_unet_")]
         if not keys or bad:
             raise StepFailed(f"{self.rel(path)}: expected only `lora_unet_` keys, got {bad[:3] or 'none'}")
-        if not any(k.endswith(".lora_down.weight") for k in keys) or not any(k.endswith(".lora_up.weight") for k in keys):
+        if not any(k.endswith(".lora_down.weight") for k in keys) or not any(
+            k.endswith(".lora_up.weight") for k in keys
+        ):
             raise StepFailed(f"{self.rel(path)}: no lora_down/lora_up weights")
 
     def check_saved_once(self, run: dict, expected: int) -> None:
@@ -403,7 +472,7 @@ class Smoke:
         log = self.scratch / "runs" / "v1" / run["id"] / run.get("log", "log.txt")
         saves = len(re.findall(r"saving checkpoint: ", log.read_text(errors="replace"))) if log.exists() else 0
         if saves != expected:
-            raise StepFailed(f"{self.rel(log)}: {saves} \"saving checkpoint\" lines, expected {expected} (one per LoRA)")
+            raise StepFailed(f'{self.rel(log)}: {saves} "saving checkpoint" lines, expected {expected} (one per LoRA)')
 
     def check_state(self, path: Path) -> None:
         files = [p.name for p in path.iterdir()] if path.is_dir() else []
@@ -446,14 +515,24 @@ class Smoke:
         with log.open("a", encoding="utf-8") as f:
             f.write("$ make resume AUTO_STOP=10m  (and `make cancel-stop` once its stop is pending)\n")
             f.flush()
-            proc = subprocess.Popen(["make", "--no-print-directory", "resume", "AUTO_STOP=10m"], cwd=self.scratch,
-                                    env=self.env(), stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                ["make", "--no-print-directory", "resume", "AUTO_STOP=10m"],
+                cwd=self.scratch,
+                env=self.env(),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
             runs = self.scratch / "runs"
             cancelled = False
             while proc.poll() is None:
                 if not cancelled and list(runs.glob(".stop-pending-*")):
-                    r = subprocess.run(["make", "--no-print-directory", "cancel-stop"], cwd=self.scratch,
-                                       env=self.env(), capture_output=True, text=True)
+                    r = subprocess.run(
+                        ["make", "--no-print-directory", "cancel-stop"],
+                        cwd=self.scratch,
+                        env=self.env(),
+                        capture_output=True,
+                        text=True,
+                    )
                     f.write(f"$ make cancel-stop\n{r.stdout}{r.stderr}")
                     f.flush()
                     cancelled = "cancelled" in r.stdout
@@ -466,8 +545,10 @@ class Smoke:
         if f"trains the {left} steps left" not in text:
             raise StepFailed(f"`make resume` did not say it trains the {left} steps left")
         self.check_run(self.records("resume")[-1], RESUME_TOTAL)  # the record counts from the state's step
-        loras = [self.out / f"{name}-resume{TRAIN_STEPS}-step{left:08d}.safetensors",
-                 self.out / f"{name}-resume{TRAIN_STEPS}.safetensors"]
+        loras = [
+            self.out / f"{name}-resume{TRAIN_STEPS}-step{left:08d}.safetensors",
+            self.out / f"{name}-resume{TRAIN_STEPS}.safetensors",
+        ]
         for p in loras:
             self.check_lora(p)
         self.check_saved_once(read_json(self.records("resume")[-1]), len(loras))
@@ -483,7 +564,9 @@ class Smoke:
         lora = argv[argv.index("--lora_weight") + 1] if "--lora_weight" in argv else None
         name = self.config()["output_name"]
         if lora is None or Path(lora).name != f"{name}-resume{TRAIN_STEPS}.safetensors":
-            raise StepFailed(f"`make generate` used LoRA {lora}, expected the newest, {name}-resume{TRAIN_STEPS}.safetensors")
+            raise StepFailed(
+                f"`make generate` used LoRA {lora}, expected the newest, {name}-resume{TRAIN_STEPS}.safetensors"
+            )
         n = self.check_images(self.out / "generate", "generated")
         return f"{n} image(s) with {Path(lora).name}"
 
@@ -520,7 +603,9 @@ class Smoke:
         want = sorted(["cache", "cache", "train", "resume", "generate"])
         if targets != want:
             raise StepFailed(f"run records for {targets}, expected {want}")
-        return f"{len(ok)} run records complete and listed" + (f" (and {earlier} earlier run(s) that a later one redid)" if earlier else "")
+        return f"{len(ok)} run records complete and listed" + (
+            f" (and {earlier} earlier run(s) that a later one redid)" if earlier else ""
+        )
 
     def rel(self, path: Path) -> str:
         return self.ws.rel(path)
@@ -577,11 +662,15 @@ def first_step(value: str, passed: list[str]) -> int:
     elif value in names:
         start = names.index(value) + 1
     else:
-        raise WorkspaceError(f"SMOKE_FROM={value}: not a step of the smoke; give one of {', '.join(names)} (or 1-{len(STEPS)})")
+        raise WorkspaceError(
+            f"SMOKE_FROM={value}: not a step of the smoke; give one of {', '.join(names)} (or 1-{len(STEPS)})"
+        )
     missing = [n for n in names[: start - 1] if n not in passed]
     if missing:
-        raise WorkspaceError(f"SMOKE_FROM={value}: the last smoke here did not pass {', '.join(missing)}; run `make smoke` "
-                             f"from the start (or from the first of those)")
+        raise WorkspaceError(
+            f"SMOKE_FROM={value}: the last smoke here did not pass {', '.join(missing)}; run `make smoke` "
+            f"from the start (or from the first of those)"
+        )
     return start
 
 
@@ -613,7 +702,9 @@ def smoke(ws: Workspace, from_: str = "") -> None:
             if log.exists():
                 tail = log.read_text(errors="replace").splitlines()[-15:]
                 print("\n".join(f"    {line}" for line in tail), flush=True)
-            raise WorkspaceError(f"smoke: step {i}/{total} ({name}) failed: {e.message}; log: {ws.rel(log)}", e.code) from None
+            raise WorkspaceError(
+                f"smoke: step {i}/{total} ({name}) failed: {e.message}; log: {ws.rel(log)}", e.code
+            ) from None
         print(f"[{i}/{total}] {name} ✓ {_mmss(time.monotonic() - t)}: {what}", flush=True)
         passed.append(name)
         record.write_text(json.dumps(passed))
@@ -630,9 +721,11 @@ def load_caches(dataset_config: str) -> str:
 
     user = config_utils.load_user_config(dataset_config)
     blueprint = config_utils.BlueprintGenerator(config_utils.ConfigSanitizer()).generate(
-        user, argparse.Namespace(debug_dataset=False), architecture="fp")
-    group = config_utils.generate_dataset_group_by_blueprint(blueprint.dataset_group, training=True,
-                                                            shared_epoch=Value("i", 0))
+        user, argparse.Namespace(debug_dataset=False), architecture="fp"
+    )
+    group = config_utils.generate_dataset_group_by_blueprint(
+        blueprint.dataset_group, training=True, shared_epoch=Value("i", 0)
+    )
     parts = []
     for dataset in group.datasets:
         dataset.prepare_for_training()

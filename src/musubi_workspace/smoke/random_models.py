@@ -213,10 +213,12 @@ def llama_tokenizer_files(folder: Path) -> None:
     # ignore_merges: a piece that is in the vocabulary is one token (as in LLaMA 3's tokenizer.json), whatever
     # the merges would make of it.
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     data = json.loads(tok.to_str())
     # The special tokens in the model's vocabulary too, at their real ids: tokenizers numbers added tokens after
@@ -224,7 +226,15 @@ def llama_tokenizer_files(folder: Path) -> None:
     specials = {**LLAMA_SPECIAL, LLAMA_PAD[0]: LLAMA_PAD[1]}
     data["model"]["vocab"].update(specials)
     data["added_tokens"] = [
-        {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": s,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for s, i in sorted(specials.items(), key=lambda kv: kv[1])
     ]
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,8 +252,11 @@ def llama_tokenizer_files(folder: Path) -> None:
         "note": "musubi-workspace smoke: a stand-in, not the real LLaMA 3 tokenizer",
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "pad_token": LLAMA_PAD[0]}, indent=2))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "pad_token": LLAMA_PAD[0]}, indent=2
+        )
+    )
 
 
 def clip_tokenizer_files(folder: Path) -> None:
@@ -266,8 +279,12 @@ def clip_tokenizer_files(folder: Path) -> None:
         "note": "musubi-workspace smoke: a stand-in, not the real CLIP tokenizer",
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": CLIP_BOS[0], "eos_token": CLIP_EOS[0], "unk_token": CLIP_EOS[0], "pad_token": CLIP_EOS[0]}, indent=2))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": CLIP_BOS[0], "eos_token": CLIP_EOS[0], "unk_token": CLIP_EOS[0], "pad_token": CLIP_EOS[0]},
+            indent=2,
+        )
+    )
 
 
 def hub_snapshot(hub_cache: Path) -> Path:
@@ -326,7 +343,9 @@ def make(folder: Path, hub_cache: Path, dit_folder: Path, device: str = "cuda", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m musubi_workspace.smoke.random_models", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m musubi_workspace.smoke.random_models", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--folder", required=True, help="where the VAE, text encoders and image encoder go")
     p.add_argument("--hub-cache", required=True, help="the Hugging Face hub cache for the tokenizers (HF_HUB_CACHE)")
     p.add_argument("--dit-folder", required=True, help="make bench's folder (the random DiT is shared)")

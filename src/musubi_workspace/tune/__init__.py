@@ -25,12 +25,10 @@ TIE of it, the one with the least peak memory.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -40,13 +38,20 @@ from pathlib import Path
 
 import tomlkit
 
-from musubi_workspace.tune.bench_tables import append_session, describe_shape, locked, read_sessions, table_path, workload_of
 from musubi_workspace import dataset as dataset_model
 from musubi_workspace.commands import train_command
 from musubi_workspace.config import WORKSPACE_TABLE, Config
 from musubi_workspace.environment import child_env, redact, secret_values
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.paths import Workspace
+from musubi_workspace.tune.bench_tables import (
+    append_session,
+    describe_shape,
+    locked,
+    read_sessions,
+    table_path,
+    workload_of,
+)
 
 PROBE_MODULE = "musubi_workspace.tune.probe"
 # The probe's memory cap (probe.MEMORY_ENV; probe.py imports torch, so the name is repeated here).
@@ -65,8 +70,18 @@ ATTENTION_KEYS = ("sdpa", "flash_attn", "xformers", "flash3", "sage_attn")
 # Training attention backends and the package each needs (sage_attn is inference-only: never a candidate).
 TRAIN_ATTENTION = {"sdpa": None, "flash_attn": "flash_attn", "xformers": "xformers"}
 # musubi-tuner options a candidate sets (batch size lives in dataset.toml).
-TUNED_KEYS = (*ATTENTION_KEYS, "split_attn", "blocks_to_swap", "use_pinned_memory_for_block_swap", "fp8_base",
-              "fp8_scaled", "gradient_checkpointing", "gradient_checkpointing_cpu_offload", "compile", "compile_mode")
+TUNED_KEYS = (
+    *ATTENTION_KEYS,
+    "split_attn",
+    "blocks_to_swap",
+    "use_pinned_memory_for_block_swap",
+    "fp8_base",
+    "fp8_scaled",
+    "gradient_checkpointing",
+    "gradient_checkpointing_cpu_offload",
+    "compile",
+    "compile_mode",
+)
 # Options dropped from a measuring run: no sampling, saving, upload, logging, resume.
 DROPPED_PREFIXES = ("sample_", "save_", "huggingface_", "log_", "wandb_", "resume")
 DROPPED_KEYS = {"async_upload", "logging_dir", "max_train_epochs", "output_dir", "output_name", "network_weights"}
@@ -88,7 +103,7 @@ class Setting:
     compile_mode: str = ""  # musubi-tuner's --compile_mode; "": its default ("default")
 
     @classmethod
-    def of(cls, cfg: Config, batch_size: int) -> "Setting":
+    def of(cls, cfg: Config, batch_size: int) -> Setting:
         o = cfg.options
         attention = next((k for k in ATTENTION_KEYS if o.get(k) is True), "sdpa")
         weights = "bf16"
@@ -96,10 +111,15 @@ class Setting:
             weights = "fp8_scaled" if o.get("fp8_scaled") is True else "fp8"
         swap = o.get("blocks_to_swap") or 0
         return cls(
-            batch_size=batch_size, blocks_to_swap=int(swap), pinned=o.get("use_pinned_memory_for_block_swap") is True,
-            weights=weights, attention=attention, split_attn=o.get("split_attn") is True,
+            batch_size=batch_size,
+            blocks_to_swap=int(swap),
+            pinned=o.get("use_pinned_memory_for_block_swap") is True,
+            weights=weights,
+            attention=attention,
+            split_attn=o.get("split_attn") is True,
             checkpointing=o.get("gradient_checkpointing") is True,
-            offload=o.get("gradient_checkpointing_cpu_offload") is True, compile=o.get("compile") is True,
+            offload=o.get("gradient_checkpointing_cpu_offload") is True,
+            compile=o.get("compile") is True,
             compile_mode="" if o.get("compile_mode") in (None, "default") else str(o.get("compile_mode")),
         )
 
@@ -118,7 +138,7 @@ class Setting:
             "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
         }
 
-    def tokens(self, base: "Setting") -> list[str]:
+    def tokens(self, base: Setting) -> list[str]:
         t = []
         if self.batch_size != base.batch_size:
             t.append(f"batch{self.batch_size}")
@@ -142,10 +162,10 @@ class Setting:
             t.append(COMPILE_MODE_TOKENS.get(self.compile_mode, "defaultmode"))
         return t
 
-    def name(self, base: "Setting") -> str:
+    def name(self, base: Setting) -> str:
         return "+".join(self.tokens(base)) or "current"
 
-    def changes_numbers(self, base: "Setting") -> list[str]:
+    def changes_numbers(self, base: Setting) -> list[str]:
         """What makes this setting train differently from `base` (not only faster or slower)."""
         out = []
         if self.weights != base.weights:
@@ -159,15 +179,25 @@ class Setting:
         parts = [f"batch {self.batch_size}", f"blocks_to_swap {self.blocks_to_swap}"]
         parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
         parts += [self.weights, self.attention, "split_attn" if self.split_attn else ""]
-        parts += ["checkpointing" + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "") if self.checkpointing else "no checkpointing"]
+        parts += [
+            "checkpointing" + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "")
+            if self.checkpointing
+            else "no checkpointing"
+        ]
         parts += [("compile" + (f" ({self.compile_mode})" if self.compile_mode else "")) if self.compile else ""]
         return ", ".join(p for p in parts if p)
 
 
-TOKENS_HELP = ("current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
-               "ckpt, nockpt, offload, nooffload, compile, nocompile, autotune, autotunecg, overhead, defaultmode")
+TOKENS_HELP = (
+    "current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
+    "ckpt, nockpt, offload, nooffload, compile, nocompile, autotune, autotunecg, overhead, defaultmode"
+)
 # musubi-tuner's --compile_mode values and their names in a setting (`swap0+compile+autotune`).
-COMPILE_MODE_TOKENS = {"max-autotune-no-cudagraphs": "autotune", "max-autotune": "autotunecg", "reduce-overhead": "overhead"}
+COMPILE_MODE_TOKENS = {
+    "max-autotune-no-cudagraphs": "autotune",
+    "max-autotune": "autotunecg",
+    "reduce-overhead": "overhead",
+}
 
 
 def parse_name(name: str, base: Setting) -> Setting:
@@ -175,19 +205,33 @@ def parse_name(name: str, base: Setting) -> Setting:
     s = base
     if name.strip() == "current":
         return s
-    flags = {"pinned": ("pinned", True), "nopinned": ("pinned", False), "split": ("split_attn", True),
-             "nosplit": ("split_attn", False), "ckpt": ("checkpointing", True), "nockpt": ("checkpointing", False),
-             "offload": ("offload", True), "nooffload": ("offload", False), "compile": ("compile", True),
-             "nocompile": ("compile", False), "fp8": ("weights", "fp8_scaled"), "fp8base": ("weights", "fp8"),
-             "bf16": ("weights", "bf16"), **{a: ("attention", a) for a in TRAIN_ATTENTION},
-             "defaultmode": ("compile_mode", ""), **{t: ("compile_mode", m) for m, t in COMPILE_MODE_TOKENS.items()}}
+    flags = {
+        "pinned": ("pinned", True),
+        "nopinned": ("pinned", False),
+        "split": ("split_attn", True),
+        "nosplit": ("split_attn", False),
+        "ckpt": ("checkpointing", True),
+        "nockpt": ("checkpointing", False),
+        "offload": ("offload", True),
+        "nooffload": ("offload", False),
+        "compile": ("compile", True),
+        "nocompile": ("compile", False),
+        "fp8": ("weights", "fp8_scaled"),
+        "fp8base": ("weights", "fp8"),
+        "bf16": ("weights", "bf16"),
+        **{a: ("attention", a) for a in TRAIN_ATTENTION},
+        "defaultmode": ("compile_mode", ""),
+        **{t: ("compile_mode", m) for m, t in COMPILE_MODE_TOKENS.items()},
+    }
     for token in name.strip().split("+"):
         token = token.strip()
         if m := re.fullmatch(r"batch(\d+)", token):
             s = replace(s, batch_size=max(1, int(m.group(1))))
         elif m := re.fullmatch(r"swap(\d+)", token):
             if int(m.group(1)) > SWAP_MAX:
-                raise WorkspaceError(f"ONLY={name}: swap{m.group(1)}: musubi-tuner trains with at most {SWAP_MAX} swapped blocks")
+                raise WorkspaceError(
+                    f"ONLY={name}: swap{m.group(1)}: musubi-tuner trains with at most {SWAP_MAX} swapped blocks"
+                )
             s = replace(s, blocks_to_swap=int(m.group(1)))
         elif token in flags:
             s = replace(s, **{flags[token][0]: flags[token][1]})
@@ -224,12 +268,23 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     if base.blocks_to_swap > 0:
         out.append(Axis("pinned memory", [replace(base, pinned=not base.pinned)]))
     if base.weights == "bf16":
-        out.append(Axis("weights", [replace(base, weights="fp8_scaled"), replace(base, weights="fp8_scaled", blocks_to_swap=0)]))
+        out.append(
+            Axis(
+                "weights", [replace(base, weights="fp8_scaled"), replace(base, weights="fp8_scaled", blocks_to_swap=0)]
+            )
+        )
     else:
         out.append(Axis("weights", [replace(base, weights="bf16")]))
     # batch > 1 needs split_attn except with flash attention's varlen path.
-    att = [replace(base, attention=a, split_attn=(a != "flash_attn" and base.batch_size > 1) or (a != "flash_attn" and base.split_attn))
-           for a in attention if a != base.attention]
+    att = [
+        replace(
+            base,
+            attention=a,
+            split_attn=(a != "flash_attn" and base.batch_size > 1) or (a != "flash_attn" and base.split_attn),
+        )
+        for a in attention
+        if a != base.attention
+    ]
     if base.attention == "flash_attn" and base.split_attn:
         att.append(replace(base, split_attn=False))
     if att:
@@ -238,7 +293,12 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     modes = [replace(compiled, compile_mode="max-autotune-no-cudagraphs")] if not base.compile_mode else []
     out.append(Axis("compile", [replace(base, compile=not base.compile, compile_mode=""), *modes]))
     if base.checkpointing:
-        out.append(Axis("gradient checkpointing", [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)]))
+        out.append(
+            Axis(
+                "gradient checkpointing",
+                [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)],
+            )
+        )
     else:
         out.append(Axis("gradient checkpointing", [replace(base, checkpointing=True)]))
     batches = [b for b in (base.batch_size * 2, base.batch_size // 2) if b >= 1 and b != base.batch_size]
@@ -289,13 +349,19 @@ class Result:
 
     @property
     def usable_memory(self) -> int:
-        return min(self.total_memory, self.memory_cap) if self.memory_cap and self.total_memory else (self.memory_cap or self.total_memory)
+        return (
+            min(self.total_memory, self.memory_cap)
+            if self.memory_cap and self.total_memory
+            else (self.memory_cap or self.total_memory)
+        )
 
     def fits(self, margin: float = MARGIN) -> bool:
-        return self.status == "ok" and self.usable_memory > 0 and self.peak_allocated <= (1 - margin) * self.usable_memory
+        return (
+            self.status == "ok" and self.usable_memory > 0 and self.peak_allocated <= (1 - margin) * self.usable_memory
+        )
 
     @classmethod
-    def from_probe(cls, setting: Setting, name: str, record: dict, warmup: int, changes: list[str]) -> "Result":
+    def from_probe(cls, setting: Setting, name: str, record: dict, warmup: int, changes: list[str]) -> Result:
         steps = record.get("steps", [])
         times = [steps[i]["t"] - steps[i - 1]["t"] for i in range(max(1, warmup), len(steps))]
         losses = [s["loss"] for s in steps[warmup:] if "loss" in s]
@@ -303,15 +369,22 @@ class Result:
         if status == "ok" and len(times) == 0:
             status, record["message"] = "error", f"only {len(steps)} step(s) recorded; nothing after the warm-up"
         return cls(
-            setting=setting, name=name, status=status, step_times=times, losses=losses,
+            setting=setting,
+            name=name,
+            status=status,
+            step_times=times,
+            losses=losses,
             peak_reserved=max((s.get("max_reserved", 0) for s in steps), default=0),
             peak_allocated=max((s.get("max_allocated", 0) for s in steps), default=0),
-            total_memory=int(record.get("total_memory", 0)), device_name=record.get("device_name", ""),
-            message=record.get("message", ""), changes=changes, memory_cap=int(record.get("memory_cap") or 0),
+            total_memory=int(record.get("total_memory", 0)),
+            device_name=record.get("device_name", ""),
+            message=record.get("message", ""),
+            changes=changes,
+            memory_cap=int(record.get("memory_cap") or 0),
         )
 
     @classmethod
-    def from_json(cls, d: dict) -> "Result":
+    def from_json(cls, d: dict) -> Result:
         """A result as `to_json` wrote it (bench/*.runs.json): derived fields are recomputed, unknown ones ignored."""
         known = {f.name for f in fields(Setting)}
         setting = Setting(**{k: v for k, v in d["setting"].items() if k in known})
@@ -325,7 +398,9 @@ class Result:
         return d
 
 
-def select(results: list[Result], allow_changes: bool = False, margin: float = MARGIN, tie: float = TIE) -> Result | None:
+def select(
+    results: list[Result], allow_changes: bool = False, margin: float = MARGIN, tie: float = TIE
+) -> Result | None:
     """The fastest per sample among runs that fit with `margin` (and keep the numbers unless allowed);
     within `tie` of it, the one with the least peak memory."""
     ok = [r for r in results if r.fits(margin) and (allow_changes or not r.changes)]
@@ -341,8 +416,14 @@ def combined(base: Setting, results: list[Result], allow_changes: bool) -> Setti
     cur = next((r for r in results if r.setting == base and r.fits()), None)
     if cur is None:
         return None
-    better = sorted((r for r in results if r.fits() and r.s_per_sample < cur.s_per_sample * (1 - TIE)
-                     and (allow_changes or not r.changes)), key=lambda r: r.s_per_sample)
+    better = sorted(
+        (
+            r
+            for r in results
+            if r.fits() and r.s_per_sample < cur.s_per_sample * (1 - TIE) and (allow_changes or not r.changes)
+        ),
+        key=lambda r: r.s_per_sample,
+    )
     merged, taken = base, set()
     for r in better:
         diff = {f.name for f in fields(Setting) if getattr(r.setting, f.name) != getattr(base, f.name)}
@@ -406,13 +487,20 @@ class Session:
     workload: dict | None = None  # bench_tables.workload_of: the shape the results were measured on
 
     def options_for(self, s: Setting, out_dir: Path, dataset_path: Path) -> dict:
-        opts = {k: v for k, v in self.cfg.options.items()
-                if k not in DROPPED_KEYS and not k.startswith(DROPPED_PREFIXES) and k not in TUNED_KEYS}
+        opts = {
+            k: v
+            for k, v in self.cfg.options.items()
+            if k not in DROPPED_KEYS and not k.startswith(DROPPED_PREFIXES) and k not in TUNED_KEYS
+        }
         opts.update({k: v for k, v in s.options().items() if v is not False})
         if not opts.get("blocks_to_swap"):
             opts.pop("blocks_to_swap", None)
-        opts.update(dataset_config=str(dataset_path), output_dir=str(out_dir), output_name="probe",
-                    max_train_steps=WARMUP_STEPS + self.steps)
+        opts.update(
+            dataset_config=str(dataset_path),
+            output_dir=str(out_dir),
+            output_name="probe",
+            max_train_steps=WARMUP_STEPS + self.steps,
+        )
         opts.setdefault("seed", 42)
         if self.dit:
             opts["dit"] = self.dit
@@ -444,12 +532,15 @@ class Session:
             f.write(f"$ {cmd.shell()}\n# config: {config_path}\n{config_path.read_text()}\n")
             f.flush()
             try:
-                proc = subprocess.run(cmd.argv, cwd=self.ws.root, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                      timeout=CANDIDATE_TIMEOUT_S)
+                proc = subprocess.run(
+                    cmd.argv, cwd=self.ws.root, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=CANDIDATE_TIMEOUT_S
+                )
                 code = proc.returncode
             except FileNotFoundError:
                 print()
-                raise WorkspaceError(f"{cmd.argv[0]}: not found; `make tune` needs the GPU stack (make setup-train)", EXIT_CHILD) from None
+                raise WorkspaceError(
+                    f"{cmd.argv[0]}: not found; `make tune` needs the GPU stack (make setup-train)", EXIT_CHILD
+                ) from None
             except subprocess.TimeoutExpired:
                 code, status = None, "timeout"
         record = json.loads(probe_out.read_text()) if probe_out.exists() else {}
@@ -526,14 +617,22 @@ def _gib(b: int) -> str:
 def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
     """One session as bench/*.runs.json and runs/vN/tune-*/tune.json keep it."""
     return {
-        "config": sess.cfg.shown, "command": command, "steps": sess.steps, "warmup": WARMUP_STEPS, "margin": MARGIN,
+        "config": sess.cfg.shown,
+        "command": command,
+        "steps": sess.steps,
+        "warmup": WARMUP_STEPS,
+        "margin": MARGIN,
         "gpu": next((r.device_name for r in sess.results if r.device_name), sess.gpu),
         "gpu_memory": next((r.total_memory for r in sess.results if r.total_memory), sess.gpu_memory),
-        "memory_cap": sess.memory_cap, "memory": sess.memory, "workload": sess.workload,
+        "memory_cap": sess.memory_cap,
+        "memory": sess.memory,
+        "workload": sess.workload,
         "base": {f.name: getattr(sess.base, f.name) for f in fields(Setting)},
-        "price_per_hour": sess.cfg.settings.price_per_hour, "allow_changes": allow_changes,
+        "price_per_hour": sess.cfg.settings.price_per_hour,
+        "allow_changes": allow_changes,
         "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commands": sess.commands, "results": [r.to_json() for r in sess.results],
+        "commands": sess.commands,
+        "results": [r.to_json() for r in sess.results],
     }
 
 
@@ -544,9 +643,15 @@ def _flops_of(workload: dict | None, s: Setting) -> float | None:
     if not workload or not workload.get("one_frame"):
         return None
     w, h = workload["resolution"]
-    tokens = one_frame_tokens(w, h, len(workload.get("clean_indices") or [0]), bool(workload.get("no_post")),
-                              bool(workload.get("no_2x")), bool(workload.get("no_4x")),
-                              int(workload.get("caption_tokens") or 77))
+    tokens = one_frame_tokens(
+        w,
+        h,
+        len(workload.get("clean_indices") or [0]),
+        bool(workload.get("no_post")),
+        bool(workload.get("no_2x")),
+        bool(workload.get("no_4x")),
+        int(workload.get("caption_tokens") or 77),
+    )
     return step_flops(tokens, s.batch_size, s.checkpointing, int(workload.get("network_dim") or 0)).total
 
 
@@ -565,24 +670,32 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
     rs = [r for _, r in rows]
     last = sessions[-1] if sessions else {}
     gpu = next((g for g in (s.get("gpu") for s in reversed(sessions)) if g), "") or next(
-        (r.device_name for r in rs if r.device_name), "unknown GPU")
+        (r.device_name for r in rs if r.device_name), "unknown GPU"
+    )
     total = next((s.get("gpu_memory") for s in reversed(sessions) if s.get("gpu_memory")), 0) or next(
-        (r.total_memory for r in rs if r.total_memory), 0)
+        (r.total_memory for r in rs if r.total_memory), 0
+    )
     known = {f.name for f in fields(Setting)}
-    base = Setting(**{k: v for k, v in last["base"].items() if k in known}) if last.get("base") else next(
-        (r.setting for r in rs if r.name == "current"), rs[0].setting if rs else None)
+    base = (
+        Setting(**{k: v for k, v in last["base"].items() if k in known})
+        if last.get("base")
+        else next((r.setting for r in rs if r.name == "current"), rs[0].setting if rs else None)
+    )
     current = next((r for r in rs if r.setting == base), None)
     caps = sorted({s.get("memory") or "" for s in sessions} - {""})
     workload = last.get("workload")
     steps = sorted({s.get("steps") for s in sessions if s.get("steps")})
     lines = [
-        f"# {title}", "",
+        f"# {title}",
+        "",
         f"- GPU: {gpu}" + (f" ({total / 2**30:.1f} GiB)" if total else ""),
     ]
     if caps:
         cap = max(s.get("memory_cap") or 0 for s in sessions)
-        lines.append(f"- memory capped at MEMORY={', '.join(caps)} ({cap / 2**30:.1f} GiB, torch's per-process memory "
-                     f"fraction): \"fits\" is decided as on a card of that size; the speeds are those of the {gpu}")
+        lines.append(
+            f"- memory capped at MEMORY={', '.join(caps)} ({cap / 2**30:.1f} GiB, torch's per-process memory "
+            f'fraction): "fits" is decided as on a card of that size; the speeds are those of the {gpu}'
+        )
     lines += [
         f"- version: {last.get('config', '?')}; current setting: {base.describe() if base else '?'}",
         f"- workload: {describe_shape(workload) if workload else 'not recorded'}",
@@ -617,21 +730,32 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
     pick = select(rs, allow_changes)
     lines.append("")
     if pick is None:
-        lines.append(f"No run fitted with a {MARGIN:.0%} memory margin" + ("" if allow_changes else " and kept the numbers") + ".")
+        lines.append(
+            f"No run fitted with a {MARGIN:.0%} memory margin"
+            + ("" if allow_changes else " and kept the numbers")
+            + "."
+        )
     else:
         speed = ""
         if current is not None and current.s_per_sample and pick is not current:
             speed = f", {current.s_per_sample / pick.s_per_sample:.2f}x the speed of the current setting"
-        lines.append(f"**Pick: `{pick.name}`** ({pick.setting.describe()}): {pick.s_per_step:.2f} s/step, "
-                     f"{_gib(pick.peak_allocated)} GiB peak{speed}.")
+        lines.append(
+            f"**Pick: `{pick.name}`** ({pick.setting.describe()}): {pick.s_per_step:.2f} s/step, "
+            f"{_gib(pick.peak_allocated)} GiB peak{speed}."
+        )
         if not allow_changes:
             fastest = select(rs, allow_changes=True)
             if fastest is not None and fastest is not pick and fastest.changes:
-                lines.append(f"Faster but **changes numbers** ({', '.join(fastest.changes)}): `{fastest.name}`, "
-                             f"{fastest.s_per_sample:.3f} s/sample; ALLOW_CHANGES=1 lets tune pick it.")
-    lines += ["", f"Rule: a run fits when it finished every step with at most {1 - MARGIN:.0%} of the GPU's memory allocated; "
-              f"among those that keep the numbers (same weight precision and batch size; ALLOW_CHANGES=1 admits the others) "
-              f"the fastest per sample wins, and within {TIE:.0%} of it the one with the least memory."]
+                lines.append(
+                    f"Faster but **changes numbers** ({', '.join(fastest.changes)}): `{fastest.name}`, "
+                    f"{fastest.s_per_sample:.3f} s/sample; ALLOW_CHANGES=1 lets tune pick it."
+                )
+    lines += [
+        "",
+        f"Rule: a run fits when it finished every step with at most {1 - MARGIN:.0%} of the GPU's memory allocated; "
+        f"among those that keep the numbers (same weight precision and batch size; ALLOW_CHANGES=1 admits the others) "
+        f"the fastest per sample wins, and within {TIE:.0%} of it the one with the least memory.",
+    ]
     return "\n".join(lines) + "\n", pick
 
 
@@ -707,8 +831,10 @@ def parse_memory(value: str) -> int:
         return 0
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)", text)
     if not m or m.group(2).lower() not in MEMORY_UNITS or float(m.group(1)) <= 0:
-        raise WorkspaceError(f"MEMORY={value}: expected an amount of GPU memory with its unit, such as 80GB or 79.2GiB "
-                             f"(units: GB, GiB, MB, MiB, TB, TiB)")
+        raise WorkspaceError(
+            f"MEMORY={value}: expected an amount of GPU memory with its unit, such as 80GB or 79.2GiB "
+            f"(units: GB, GiB, MB, MiB, TB, TiB)"
+        )
     return int(float(m.group(1)) * MEMORY_UNITS[m.group(2).lower()])
 
 
@@ -730,17 +856,34 @@ def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = ""
     scratch = Path(tempfile.mkdtemp(prefix=f"ws-{kind}-"))
     # The GPU's name before any candidate runs: a session in which every candidate fails still names it.
     gpu = visible_gpu(env)
-    sess = Session(ws=ws, cfg=cfg, base=Setting.of(cfg, batch), dataset=data, steps=steps, folder=folder,
-                   scratch=scratch, env=env, gpu=gpu[0] if gpu else "", gpu_memory=gpu[1] * 2**20 if gpu else 0,
-                   memory_cap=cap, memory=memory.strip() if cap else "", workload=workload_of(cfg))
+    sess = Session(
+        ws=ws,
+        cfg=cfg,
+        base=Setting.of(cfg, batch),
+        dataset=data,
+        steps=steps,
+        folder=folder,
+        scratch=scratch,
+        env=env,
+        gpu=gpu[0] if gpu else "",
+        gpu_memory=gpu[1] * 2**20 if gpu else 0,
+        memory_cap=cap,
+        memory=memory.strip() if cap else "",
+        workload=workload_of(cfg),
+    )
     if cap:
         shown = sess.gpu or "this GPU"
-        print(f"MEMORY={sess.memory}: each run may use at most {cap / 2**30:.1f} GiB of {shown}'s memory: whether a "
-              f"setting fits is decided as on a card of that size; the speeds are {shown}'s", flush=True)
+        print(
+            f"MEMORY={sess.memory}: each run may use at most {cap / 2**30:.1f} GiB of {shown}'s memory: whether a "
+            f"setting fits is decided as on a card of that size; the speeds are {shown}'s",
+            flush=True,
+        )
     return sess
 
 
-def _finish(sess: Session, name: str, title: str, command: str, allow_changes: bool, table: Path | None = None) -> Result | None:
+def _finish(
+    sess: Session, name: str, title: str, command: str, allow_changes: bool, table: Path | None = None
+) -> Result | None:
     """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
     bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
     record = session_record(sess, command, allow_changes)
@@ -758,7 +901,9 @@ def _finish(sess: Session, name: str, title: str, command: str, allow_changes: b
             sessions = append_session(table, record)
             write_table(table, sessions, title, price, allow_changes)
         md = table.with_name(table.name.replace(".runs.json", ".md"))
-        where += f" and {sess.ws.rel(md)}" + (f" (every session of {sess.ws.rel(table)}: {len(sessions)})" if len(sessions) > 1 else "")
+        where += f" and {sess.ws.rel(md)}" + (
+            f" (every session of {sess.ws.rel(table)}: {len(sessions)})" if len(sessions) > 1 else ""
+        )
     print(f"Report: {where}")
     return pick
 
@@ -780,7 +925,9 @@ def bench_report(ws: Workspace, files: list[str], out: str = "", allow_changes: 
     records (e.g. of two GPUs, or of several device calls) as one table; with --out, also their merged record
     and its .md beside it (an existing --out file's sessions come first; nothing is lost)."""
     if not files:
-        raise WorkspaceError("bench-report: name the bench records to merge, e.g. bench/nvidia-h200_v1.runs.json runs/v1/bench-*/bench.json")
+        raise WorkspaceError(
+            "bench-report: name the bench records to merge, e.g. bench/nvidia-h200_v1.runs.json runs/v1/bench-*/bench.json"
+        )
     sessions: list[dict] = []
     for f in files:
         path = ws.resolve(f)
@@ -809,8 +956,15 @@ def bench_report(ws: Workspace, files: list[str], out: str = "", allow_changes: 
     print(f"{ws.rel(target)}: {len(merged)} session(s); table: {ws.rel(md)}")
 
 
-def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = "", allow_changes: bool = False,
-         memory: str = "") -> None:
+def tune(
+    ws: Workspace,
+    cfg: Config,
+    apply_: bool,
+    only: str = "",
+    steps: str = "",
+    allow_changes: bool = False,
+    memory: str = "",
+) -> None:
     """`make tune`: the candidates on the version's real models and caches."""
     from musubi_workspace.checks import preflight
 
@@ -821,9 +975,15 @@ def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = 
     for d in data.get("datasets", []):
         folder = d.get("cache_directory") or d.get("image_directory") or d.get("video_directory")
         if folder and not list(ws.resolve(folder).glob("*_fp.safetensors")):
-            raise WorkspaceError(f"{ws.rel(cfg.dataset_path)}: no caches in {folder}; `make tune` trains on them: run `make cache` first")
-    command = (f"make tune CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
-               + (f" MEMORY={sess.memory}" if sess.memory else ""))
+            raise WorkspaceError(
+                f"{ws.rel(cfg.dataset_path)}: no caches in {folder}; `make tune` trains on them: run `make cache` first"
+            )
+    command = (
+        f"make tune CONFIG_FILE={cfg.shown}"
+        + (f" ONLY={only}" if only else "")
+        + (f" STEPS={steps}" if steps else "")
+        + (f" MEMORY={sess.memory}" if sess.memory else "")
+    )
     run_all(sess, _only(only), available_attention(), allow_changes)
     pick = _finish(sess, "tune", f"make tune: {cfg.shown}", command, allow_changes)
     if apply_:
@@ -835,27 +995,35 @@ def tune(ws: Workspace, cfg: Config, apply_: bool, only: str = "", steps: str = 
         apply(ws, cfg, sess.base, pick.setting)
 
 
-def bench(ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_changes: bool = False, memory: str = "") -> None:
+def bench(
+    ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_changes: bool = False, memory: str = ""
+) -> None:
     """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
     from musubi_workspace.tune.synthetic import CacheLayout, Plan
 
     if cfg.get("one_frame") is not True:
-        raise WorkspaceError(f"{cfg.shown}: `make bench` makes one-frame caches only (one_frame = true); for video "
-                             f"sections run `make tune` on your real caches")
+        raise WorkspaceError(
+            f"{cfg.shown}: `make bench` makes one-frame caches only (one_frame = true); for video "
+            f"sections run `make tune` on your real caches"
+        )
     parse_memory(memory)
     sess = _session(ws, cfg, _steps(steps), "bench", memory)
     data, batch, (width, height) = dataset_values(cfg)
     first = (data.get("datasets") or [{}])[0]
     s = cfg.settings
     layout = CacheLayout(
-        width=width, height=height, clean_indices=tuple(first.get("fp_1f_clean_indices") or [0]),
-        target_index=int(first.get("fp_1f_target_index", 1)), no_post=bool(first.get("fp_1f_no_post", False)),
-        no_2x=s.one_frame_no_2x, no_4x=s.one_frame_no_4x, window=int(first.get("fp_latent_window_size", 9)),
+        width=width,
+        height=height,
+        clean_indices=tuple(first.get("fp_1f_clean_indices") or [0]),
+        target_index=int(first.get("fp_1f_target_index", 1)),
+        no_post=bool(first.get("fp_1f_no_post", False)),
+        no_2x=s.one_frame_no_2x,
+        no_4x=s.one_frame_no_4x,
+        window=int(first.get("fp_latent_window_size", 9)),
     )
     names = _only(only)
     batches = [parse_name(n, sess.base).batch_size for n in names] or [batch, batch * 2]
-    plan = Plan(folder=ws.root / "cache" / "bench", layout=layout,
-                items=max(batches) * (WARMUP_STEPS + sess.steps))
+    plan = Plan(folder=ws.root / "cache" / "bench", layout=layout, items=max(batches) * (WARMUP_STEPS + sess.steps))
     synth = plan.argv()
     print(f"==> synthetic inputs: {' '.join(synth)}", flush=True)
     code = subprocess.call(synth, cwd=ws.root, env=sess.env)
@@ -867,9 +1035,19 @@ def bench(ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_cha
     entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
     sess.dataset = {"general": general, "datasets": [entry]}
     sess.dit = str(plan.dit)
-    command = (f"make bench CONFIG_FILE={cfg.shown}" + (f" ONLY={only}" if only else "") + (f" STEPS={steps}" if steps else "")
-               + (f" MEMORY={sess.memory}" if sess.memory else ""))
+    command = (
+        f"make bench CONFIG_FILE={cfg.shown}"
+        + (f" ONLY={only}" if only else "")
+        + (f" STEPS={steps}" if steps else "")
+        + (f" MEMORY={sess.memory}" if sess.memory else "")
+    )
     run_all(sess, names, available_attention(), allow_changes)
     gpu = next((r.device_name for r in sess.results if r.device_name), "") or sess.gpu or "unknown GPU"
-    _finish(sess, "bench", f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)", command,
-            allow_changes, table=table_path(ws.root, gpu, cfg.name, sess.memory))
+    _finish(
+        sess,
+        "bench",
+        f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)",
+        command,
+        allow_changes,
+        table=table_path(ws.root, gpu, cfg.name, sess.memory),
+    )

@@ -38,8 +38,10 @@ def workload_of(cfg: Config) -> dict | None:
     shape = {"resolution": list(d.resolution), "batch_size": d.batch_size, "one_frame": one_frame}
     if one_frame:
         shape.update(
-            clean_indices=list(raw.get("fp_1f_clean_indices") or [0]), target_index=int(raw.get("fp_1f_target_index", 1)),
-            no_post=bool(raw.get("fp_1f_no_post", False)), no_2x=cfg.settings.one_frame_no_2x,
+            clean_indices=list(raw.get("fp_1f_clean_indices") or [0]),
+            target_index=int(raw.get("fp_1f_target_index", 1)),
+            no_post=bool(raw.get("fp_1f_no_post", False)),
+            no_2x=cfg.settings.one_frame_no_2x,
             no_4x=cfg.settings.one_frame_no_4x,
         )
     dim = cfg.get("network_dim")
@@ -107,7 +109,9 @@ def append_session(path: Path, session: dict) -> list[dict]:
 
 
 def session_gpu(session: dict) -> str:
-    return session.get("gpu") or next((r.get("device_name") for r in session.get("results", []) if r.get("device_name")), "")
+    return session.get("gpu") or next(
+        (r.get("device_name") for r in session.get("results", []) if r.get("device_name")), ""
+    )
 
 
 def tables_for(root: Path, gpu: str) -> list[tuple[Path, dict]]:

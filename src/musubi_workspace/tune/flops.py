@@ -74,8 +74,16 @@ class Tokens:
         return self.image + self.text_valid
 
 
-def one_frame_tokens(width: int, height: int, clean: int, no_post: bool, no_2x: bool, no_4x: bool,
-                     caption_tokens: int, padded_text: bool = True) -> Tokens:
+def one_frame_tokens(
+    width: int,
+    height: int,
+    clean: int,
+    no_post: bool,
+    no_2x: bool,
+    no_4x: bool,
+    caption_tokens: int,
+    padded_text: bool = True,
+) -> Tokens:
     """Token counts of a one-frame item at width x height with `clean` clean indices."""
     h, w = height // VAE_DOWNSCALE, width // VAE_DOWNSCALE
     frame = (h // PATCH) * (w // PATCH)
@@ -106,16 +114,27 @@ class StepFlops:
         return self.forward + recompute + backward
 
 
-def step_flops(tokens: Tokens, batch: int, checkpointing: bool, lora_rank: int = 0,
-               double: int = DOUBLE_BLOCKS, single: int = SINGLE_BLOCKS, d: int = HIDDEN) -> StepFlops:
+def step_flops(
+    tokens: Tokens,
+    batch: int,
+    checkpointing: bool,
+    lora_rank: int = 0,
+    double: int = DOUBLE_BLOCKS,
+    single: int = SINGLE_BLOCKS,
+    d: int = HIDDEN,
+) -> StepFlops:
     """FLOPs of one optimiser step at `batch` items of `tokens` (see the module's docstring)."""
     per_token = 24 * d * d
     blocks = double + single
     linear = blocks * per_token * (tokens.image + tokens.text)
-    attention = blocks * 4 * tokens.attended ** 2 * d
+    attention = blocks * 4 * tokens.attended**2 * d
     lora = 2 * lora_rank * (double * DOUBLE_LORA_IO + single * SINGLE_LORA_IO) * d * (tokens.image + tokens.text)
-    return StepFlops(forward_linear=batch * linear, forward_attention=batch * attention, forward_lora=batch * lora,
-                     checkpointing=checkpointing)
+    return StepFlops(
+        forward_linear=batch * linear,
+        forward_attention=batch * attention,
+        forward_lora=batch * lora,
+        checkpointing=checkpointing,
+    )
 
 
 def share_of_peak(flops: float, seconds: float, gpu: str) -> float | None:

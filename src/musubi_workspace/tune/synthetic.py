@@ -23,10 +23,25 @@ from pathlib import Path
 
 # The FramePack DiT as musubi-tuner builds it (`frame_pack/hunyuan_video_packed.load_packed_model`, 30c658c).
 FRAMEPACK_DIT = dict(
-    attention_head_dim=128, guidance_embeds=True, has_clean_x_embedder=True, has_image_proj=True, image_proj_dim=1152,
-    in_channels=16, mlp_ratio=4.0, num_attention_heads=24, num_layers=20, num_refiner_layers=2, num_single_layers=40,
-    out_channels=16, patch_size=2, patch_size_t=1, pooled_projection_dim=768, qk_norm="rms_norm",
-    rope_axes_dim=(16, 56, 56), rope_theta=256.0, text_embed_dim=4096,
+    attention_head_dim=128,
+    guidance_embeds=True,
+    has_clean_x_embedder=True,
+    has_image_proj=True,
+    image_proj_dim=1152,
+    in_channels=16,
+    mlp_ratio=4.0,
+    num_attention_heads=24,
+    num_layers=20,
+    num_refiner_layers=2,
+    num_single_layers=40,
+    out_channels=16,
+    patch_size=2,
+    patch_size_t=1,
+    pooled_projection_dim=768,
+    qk_norm="rms_norm",
+    rope_axes_dim=(16, 56, 56),
+    rope_theta=256.0,
+    text_embed_dim=4096,
 )
 # Text-encoder cache shapes (LLaMA hidden states cropped/padded to 512 tokens; CLIP-L pooled output).
 LLAMA_TOKENS, LLAMA_DIM, CLIP_DIM = 512, 4096, 768
@@ -134,10 +149,25 @@ class Plan:
         """The child command that makes what is missing."""
         lo = self.layout
         argv = [
-            "python", "-m", "musubi_workspace.tune.synthetic", "--folder", str(self.folder), "--items", str(self.items),
-            "--width", str(lo.width), "--height", str(lo.height), "--window", str(lo.window),
-            "--clean-indices", ",".join(str(i) for i in lo.clean_indices), "--target-index", str(lo.target_index),
-            "--seed", str(self.seed),
+            "python",
+            "-m",
+            "musubi_workspace.tune.synthetic",
+            "--folder",
+            str(self.folder),
+            "--items",
+            str(self.items),
+            "--width",
+            str(lo.width),
+            "--height",
+            str(lo.height),
+            "--window",
+            str(lo.window),
+            "--clean-indices",
+            ",".join(str(i) for i in lo.clean_indices),
+            "--target-index",
+            str(lo.target_index),
+            "--seed",
+            str(self.seed),
         ]
         argv += ["--no-post"] if lo.no_post else []
         argv += ["--no-2x"] if lo.no_2x else []
@@ -197,8 +227,12 @@ def write_caches(folder: Path, layout: CacheLayout, items: int, seed: int = 0) -
     folder.mkdir(parents=True, exist_ok=True)
     dtypes = {"float16": torch.float16, "int64": torch.int64, "bool": torch.bool}
     indices = layout.indices()
-    meta = {"architecture": "framepack", "width": str(layout.width), "height": str(layout.height),
-            "format_version": FORMAT_VERSION}
+    meta = {
+        "architecture": "framepack",
+        "width": str(layout.width),
+        "height": str(layout.height),
+        "format_version": FORMAT_VERSION,
+    }
     written = []
     for i in range(items):
         latent_name, te_name = layout.file_names(i)
@@ -218,8 +252,11 @@ def write_caches(folder: Path, layout: CacheLayout, items: int, seed: int = 0) -
             else:
                 te[key] = torch.randn(shape, generator=gen).to(dtypes[dtype])
         te["llama_vec_float16"][CAPTION_TOKENS:] = 0  # zero padding, as the caching script writes
-        save_file(te, str(folder / te_name), metadata={"architecture": "framepack", "caption1": f"synthetic {i}",
-                                                         "format_version": FORMAT_VERSION})
+        save_file(
+            te,
+            str(folder / te_name),
+            metadata={"architecture": "framepack", "caption1": f"synthetic {i}", "format_version": FORMAT_VERSION},
+        )
         written += [folder / latent_name, folder / te_name]
     return written
 
@@ -233,15 +270,21 @@ def make(plan: Plan, device: str = "cuda") -> None:
         t = time.time()
         n = write_dit(plan.dit, plan.dit_config, device=device, seed=plan.seed)
         plan.marker(False).write_text(plan.fingerprint(False))
-        print(f"[bench] random DiT: {n / 1e9:.2f}B parameters written to {plan.dit} in {time.time() - t:.0f} s", flush=True)
+        print(
+            f"[bench] random DiT: {n / 1e9:.2f}B parameters written to {plan.dit} in {time.time() - t:.0f} s",
+            flush=True,
+        )
     if plan.is_ready(caches=True):
         print(f"[bench] caches: reusing {plan.cache_dir}", flush=True)
     else:
         t = time.time()
         write_caches(plan.cache_dir, plan.layout, plan.items, seed=plan.seed)
         plan.marker(True).write_text(plan.fingerprint(True))
-        print(f"[bench] caches: {plan.items} items of {plan.layout.width}x{plan.layout.height} written to "
-              f"{plan.cache_dir} in {time.time() - t:.1f} s", flush=True)
+        print(
+            f"[bench] caches: {plan.items} items of {plan.layout.width}x{plan.layout.height} written to "
+            f"{plan.cache_dir} in {time.time() - t:.1f} s",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,8 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
     layout = CacheLayout(
-        width=a.width, height=a.height, clean_indices=tuple(int(i) for i in a.clean_indices.split(",") if i != ""),
-        target_index=a.target_index, no_post=a.no_post, no_2x=a.no_2x, no_4x=a.no_4x, window=a.window,
+        width=a.width,
+        height=a.height,
+        clean_indices=tuple(int(i) for i in a.clean_indices.split(",") if i != ""),
+        target_index=a.target_index,
+        no_post=a.no_post,
+        no_2x=a.no_2x,
+        no_4x=a.no_4x,
+        window=a.window,
     )
     import fcntl
 

@@ -19,10 +19,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from musubi_workspace.tune.bench_tables import same_shape, tables_for, workload_of
 from musubi_workspace.config import Config
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.runs.progress import duration
+from musubi_workspace.tune.bench_tables import same_shape, tables_for, workload_of
 
 # A measured setting must be this much faster (per sample) than the version's to be recommended.
 RECOMMEND_ABOVE = 1.10
@@ -104,8 +104,16 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
         run = earlier[0]
         sps = float(run["progress"]["seconds_per_step"])
         source = f"this version's run {run.get('id')} ({gpu}, same config.toml and dataset.toml)"
-        done = next((r for r in earlier if r.get("status") == "succeeded" and r.get("duration_s") is not None
-                     and (r.get("progress") or {}).get("last_step")), None)
+        done = next(
+            (
+                r
+                for r in earlier
+                if r.get("status") == "succeeded"
+                and r.get("duration_s") is not None
+                and (r.get("progress") or {}).get("last_step")
+            ),
+            None,
+        )
         if done is not None:
             p = done["progress"]
             extra = max(0.0, done["duration_s"] - p["last_step"] * float(p["seconds_per_step"]))
@@ -115,8 +123,10 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
         setting = current_setting(cfg)
         rows = [(path, s, r) for path, s, r in bench_rows(cfg, gpu) if r.setting == setting and r.s_per_step]
         if not rows:
-            est.lines.append(f"no measurement for this GPU ({gpu}) and these settings (no earlier run of this version, "
-                             f"no bench/ row): no time or cost estimate; `make bench` measures them")
+            est.lines.append(
+                f"no measurement for this GPU ({gpu}) and these settings (no earlier run of this version, "
+                f"no bench/ row): no time or cost estimate; `make bench` measures them"
+            )
             est.data["note"] = "no measurement for this GPU"
             return est
         sps = statistics.median(r.s_per_step for _, _, r in rows)
@@ -129,12 +139,22 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
     if overhead is not None:
         est.lines.append(f"sampling, saving and start-up: {duration(overhead)} ({overhead_src})")
     else:
-        est.lines.append("sampling, saving and start-up: not included (no finished earlier run of this version on this GPU to take them from)")
-    est.lines.append(f"estimate: {duration(total)}, ${usd:.2f} at ${price:g}/h ([workspace] price_per_hour)"
-                     + ("" if overhead is not None else ", training steps only"))
-    est.data.update(seconds_per_step=round(sps, 3), source=source, train_s=round(train_s), overhead_s=
-                    None if overhead is None else round(overhead), overhead_source=overhead_src, total_s=round(total),
-                    usd=round(usd, 2))
+        est.lines.append(
+            "sampling, saving and start-up: not included (no finished earlier run of this version on this GPU to take them from)"
+        )
+    est.lines.append(
+        f"estimate: {duration(total)}, ${usd:.2f} at ${price:g}/h ([workspace] price_per_hour)"
+        + ("" if overhead is not None else ", training steps only")
+    )
+    est.data.update(
+        seconds_per_step=round(sps, 3),
+        source=source,
+        train_s=round(train_s),
+        overhead_s=None if overhead is None else round(overhead),
+        overhead_source=overhead_src,
+        total_s=round(total),
+        usd=round(usd, 2),
+    )
     return est
 
 
@@ -156,9 +176,11 @@ def recommendation(cfg: Config, gpu: str) -> str | None:
     path = next(p for p, r in same if r is best)
     old, new = setting.options(), best.setting.options()
     changes = [f"{k} = {_toml(new[k])}" for k in TUNED_KEYS if old[k] != new[k]]
-    return (f"{gpu}: `{best.name}` measured {mine / best.s_per_sample:.2f}x faster than this version's setting "
-            f"({best.s_per_step:.2f} against {statistics.median(r.s_per_step for r in own):.2f} s/step, same numbers) "
-            f"in {cfg.ws.rel(path)}: set {', '.join(changes)} in {cfg.shown}")
+    return (
+        f"{gpu}: `{best.name}` measured {mine / best.s_per_sample:.2f}x faster than this version's setting "
+        f"({best.s_per_step:.2f} against {statistics.median(r.s_per_step for r in own):.2f} s/step, same numbers) "
+        f"in {cfg.ws.rel(path)}: set {', '.join(changes)} in {cfg.shown}"
+    )
 
 
 def _toml(v) -> str:

@@ -7,40 +7,78 @@ import json
 from dataclasses import replace
 
 from checks.test_combinations import DATASET, edit
-from runs.test_ledger import records
 
 from musubi_workspace.tune import Result, Setting
+from runs.test_ledger import records
 
 H200 = {"STANDIN_GPU_NAME": "NVIDIA H200", "STANDIN_GPU_MEM_MIB": "143771"}
 GIB = 2**30
 # configs/v1 as shipped: batch 16, block swap 20, bf16, sdpa + split_attn, checkpointing.
 V1 = Setting(batch_size=16, blocks_to_swap=20, attention="sdpa", split_attn=True, checkpointing=True)
-WORKLOAD = {"resolution": [512, 768], "batch_size": 16, "one_frame": True, "clean_indices": [0, 10], "target_index": 1,
-            "no_post": True, "no_2x": True, "no_4x": True, "network_dim": 32, "caption_tokens": 77}
+WORKLOAD = {
+    "resolution": [512, 768],
+    "batch_size": 16,
+    "one_frame": True,
+    "clean_indices": [0, 10],
+    "target_index": 1,
+    "no_post": True,
+    "no_2x": True,
+    "no_4x": True,
+    "network_dim": 32,
+    "caption_tokens": 77,
+}
 
 
 def row(s: Setting, secs: float | None, gib: float, status: str = "ok", changes=()) -> dict:
-    r = Result(setting=s, name=s.name(V1), status=status, step_times=[secs] * 3 if secs else [], losses=[3.32, 3.36, 3.32],
-               peak_allocated=int(gib * GIB), peak_reserved=int(gib * 1.1 * GIB), total_memory=int(139.8 * GIB),
-               device_name="NVIDIA H200", changes=list(changes))
+    r = Result(
+        setting=s,
+        name=s.name(V1),
+        status=status,
+        step_times=[secs] * 3 if secs else [],
+        losses=[3.32, 3.36, 3.32],
+        peak_allocated=int(gib * GIB),
+        peak_reserved=int(gib * 1.1 * GIB),
+        total_memory=int(139.8 * GIB),
+        device_name="NVIDIA H200",
+        changes=list(changes),
+    )
     return r.to_json()
 
 
 def h200_table(workload=WORKLOAD) -> list[dict]:
     """The issue's H200 measurements as one `make bench` session."""
     swap0c = replace(V1, blocks_to_swap=0, compile=True)
-    return [{
-        "config": "configs/v1/config.toml", "command": "make bench CONFIG_FILE=configs/v1/config.toml", "steps": 3,
-        "gpu": "NVIDIA H200", "gpu_memory": int(139.8 * GIB), "memory_cap": 0, "memory": "", "workload": workload,
-        "base": {"batch_size": 16, "blocks_to_swap": 20, "pinned": False, "weights": "bf16", "attention": "sdpa",
-                 "split_attn": True, "checkpointing": True, "offload": False, "compile": False},
-        "measured": "2026-11-26 10:00 UTC",
-        "results": [
-            row(V1, 19.87, 64.3), row(replace(V1, compile=True), 15.80, 61.6), row(swap0c, 13.29, 71.8),
-            row(replace(swap0c, weights="fp8_scaled"), 13.24, 63.9, changes=["fp8 scaled weights"]),
-            row(replace(swap0c, checkpointing=False), None, 0, status="oom"),
-        ],
-    }]
+    return [
+        {
+            "config": "configs/v1/config.toml",
+            "command": "make bench CONFIG_FILE=configs/v1/config.toml",
+            "steps": 3,
+            "gpu": "NVIDIA H200",
+            "gpu_memory": int(139.8 * GIB),
+            "memory_cap": 0,
+            "memory": "",
+            "workload": workload,
+            "base": {
+                "batch_size": 16,
+                "blocks_to_swap": 20,
+                "pinned": False,
+                "weights": "bf16",
+                "attention": "sdpa",
+                "split_attn": True,
+                "checkpointing": True,
+                "offload": False,
+                "compile": False,
+            },
+            "measured": "2026-11-26 10:00 UTC",
+            "results": [
+                row(V1, 19.87, 64.3),
+                row(replace(V1, compile=True), 15.80, 61.6),
+                row(swap0c, 13.29, 71.8),
+                row(replace(swap0c, weights="fp8_scaled"), 13.24, 63.9, changes=["fp8 scaled weights"]),
+                row(replace(swap0c, checkpointing=False), None, 0, status="oom"),
+            ],
+        }
+    ]
 
 
 def with_table(w, sessions=None) -> None:
@@ -73,7 +111,8 @@ def test_no_measurement_for_this_gpu_is_said_plainly(ready):
     r = ready.tool("check")  # the stand-in's default GPU: an H100, which the fixture has no table for
     assert speed_lines(r) == [
         "time and cost on NVIDIA H100 80GB HBM3: no measurement for this GPU (NVIDIA H100 80GB HBM3) and these settings "
-        "(no earlier run of this version, no bench/ row): no time or cost estimate; `make bench` measures them"]
+        "(no earlier run of this version, no bench/ row): no time or cost estimate; `make bench` measures them"
+    ]
     none = ready.tool("check", env={"STANDIN_GPUS": "0"})
     assert speed_lines(none) == ["time and cost: no GPU visible (nvidia-smi): no time or cost estimate"]
 
@@ -110,14 +149,21 @@ def test_train_prints_the_estimate_keeps_it_in_run_json_and_make_runs_shows_both
 
 def test_this_versions_earlier_run_comes_before_the_bench_table(cached):
     with_table(cached)
-    assert cached.make("train", "AUTO_STOP=0", env={**H200, "STANDIN_STEPS": "4", "STANDIN_STEP_SECONDS": "0.05"}).returncode == 0
+    assert (
+        cached.make(
+            "train", "AUTO_STOP=0", env={**H200, "STANDIN_STEPS": "4", "STANDIN_STEP_SECONDS": "0.05"}
+        ).returncode
+        == 0
+    )
     (rec,) = records(cached, "train")
     sps = rec["progress"]["seconds_per_step"]
     r = cached.tool("check", env=H200)
     lines = speed_lines(r)
-    assert lines[0] == (f"time and cost on NVIDIA H200: training: 1000 steps x {sps:.2f} s/step = "
-                        f"{lines[0].split(' = ')[1].split(' ')[0]} (s/step from this version's run {rec['id']} "
-                        f"(NVIDIA H200, same config.toml and dataset.toml))")
+    assert lines[0] == (
+        f"time and cost on NVIDIA H200: training: 1000 steps x {sps:.2f} s/step = "
+        f"{lines[0].split(' = ')[1].split(' ')[0]} (s/step from this version's run {rec['id']} "
+        f"(NVIDIA H200, same config.toml and dataset.toml))"
+    )
     assert lines[1].startswith("  sampling, saving and start-up: ")
     assert lines[1].endswith(f"(run {rec['id']}: its wall time less its steps, scaled to 1000 steps)")
     assert "training steps only" not in lines[2]
