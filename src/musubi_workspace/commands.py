@@ -129,7 +129,7 @@ def train_command(
     musubi-tuner gives the command line precedence over the file. `env` supplies the per-machine values of a
     several-machine run (MACHINE_ENV). `module` is the trainer's module, or one that wraps it with the same
     arguments (`make tune`'s probe). A compiled run (`compiled`, default: the config's `compile`) carries the
-    compile environment (compile_fix.py), less what `env` already sets.
+    compile environment (compile_env.py), less what `env` already sets.
     """
     from musubi_workspace.compile_env import compile_run_env
 

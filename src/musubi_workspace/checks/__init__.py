@@ -2,9 +2,10 @@
 
 Each check is a function `(ctx) -> None | reason` that adds findings to a `Report` (findings.py); `run_checks`
 runs them all in order and keeps going, so one pass reports every problem. `preflight` is what cache, train and
-generate run first: it stops on errors. The larger checks live in their own modules: options.py (config keys),
-dataset_scan.py (dataset.toml, sources, data content), prompts.py, machine.py (disk, credentials, tokens),
-batch.py (batch size and learning rate); image_cache.py keeps the decoded-image facts between runs.
+generate run first: it stops on errors. The larger checks live in their own modules: keys.py (config keys) and
+values.py (their values), combinations.py (option combinations, GPU memory), data.py (dataset.toml, sources, data
+content), prompts.py, machine.py (disk, credentials, tokens), batch.py (batch size and learning rate); images.py
+keeps the decoded-image facts between runs. Model files are checked here (model_files.py reads their headers).
 """
 
 from __future__ import annotations

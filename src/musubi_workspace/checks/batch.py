@@ -1,4 +1,4 @@
-"""Check 8: batch size and learning rate (what the batch size asks of attention is combos.py's).
+"""Check 8: batch size and learning rate (what the batch size asks of attention is combinations.py's).
 
 A batch size changed against the previous version with the learning rate left alone changes the training (the
 usual rule for Adam-type optimisers scales the rate with the square root of the batch); several GPUs or gradient

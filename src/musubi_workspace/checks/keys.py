@@ -167,7 +167,7 @@ def _in_table(ctx: Context, entries, key: str, value: Any, table: str, where: st
 
 def check_required(ctx: Context) -> None:
     """Settings musubi-tuner accepts at start and fails on later (at the first save or log). Attention, fp8 and
-    block-swap combinations are combos.py's (data/known_issues.toml)."""
+    block-swap combinations are combinations.py's (data/known_issues.toml)."""
     cfg, report = ctx.cfg, ctx.report
     opt = cfg.options
     for key, why in REQUIRED.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 from musubi_workspace.checks import preflight
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.paths import Workspace
-from musubi_workspace.runs import cache_plan as cache_state
+from musubi_workspace.runs import cache_plan
 from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.pod import grace_seconds
 
@@ -30,7 +30,7 @@ def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, au
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
     preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict, speed=speed_lines)
-    cache_state.require_fresh(cfg, dry_run, target="train-bg")
+    cache_plan.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"
     ws_exe = str(Path(sys.executable).parent / "ws")
     inner = [ws_exe, "train", "--config", cfg.shown, "--strict", "1" if strict else "0", "--auto-stop", auto_stop]

@@ -14,8 +14,7 @@ from musubi_workspace.environment import child_env, secret_values
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.gpus import visible_gpu_count
 from musubi_workspace.paths import Workspace
-from musubi_workspace.runs import cache_plan as cache_state
-from musubi_workspace.runs import process as runner
+from musubi_workspace.runs import cache_plan, process
 from musubi_workspace.runs.console import say
 from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.ledger import RunRecord
@@ -31,11 +30,11 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
     """Only the scripts with stale or missing files run; each one's manifest entries are written after it."""
     cfg = load_config(ws, config)
     preflight(cfg, target="cache", dry_run=dry_run, strict=strict)
-    plan = cache_state.plan(cfg, force=force)
+    plan = cache_plan.plan(cfg, force=force)
     plan.report()
     steps = plan.steps()
     if dry_run:
-        return runner.show([cmd for _, cmd in steps])
+        return process.show([cmd for _, cmd in steps])
     plan.prepare()
     if steps:
         side_of = {id(cmd): side for side, cmd in steps}
@@ -50,12 +49,12 @@ def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)  # AUTO_STOP=banana is refused in a dry run too
     preflight(cfg, target="train", dry_run=dry_run, strict=strict, speed=speed_lines)
-    cache_state.require_fresh(cfg, dry_run)
+    cache_plan.require_fresh(cfg, dry_run)
     env = child_env(ws)
     env.update(compile_env(cfg, env))
     cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
-        return runner.show([cmd])
+        return process.show([cmd])
     train_run(cfg, "train", cmd, env, auto_stop, estimate=run_estimate(cfg, env))
 
 
@@ -81,7 +80,7 @@ def generate(
         raise WorkspaceError(f"MULTIPLIER={multiplier}: expected a number such as 0.8 or 1.0") from None
     cmd = generate_command(cfg, lora, mult)
     if dry_run:
-        return runner.show([cmd])
+        return process.show([cmd])
     _raise_unless_ok(recorded_run(cfg, "generate", [cmd], child_env(ws)))
 
 
@@ -92,7 +91,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
     preflight(cfg, target="resume", dry_run=dry_run, strict=strict, speed=speed_lines)
-    cache_state.require_fresh(cfg, dry_run, target="resume")
+    cache_plan.require_fresh(cfg, dry_run, target="resume")
     env = child_env(ws)
     env.update(compile_env(cfg, env))
     point = resuming.find(cfg, env, warn=lambda m: print(m, file=sys.stderr))
@@ -100,12 +99,12 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
         print(line, flush=True)
     cmd = train_command(cfg, visible_gpu_count(env), extra=point.args(), env=env)
     if dry_run:
-        return runner.show([cmd])
+        return process.show([cmd])
     train_run(cfg, "resume", cmd, env, auto_stop, offset=point.state.step, resume=point.record())
 
 
 def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
-    """The time and cost estimate the preflight printed (estimate.py), for run.json, beside the actual."""
+    """The time and cost estimate the preflight printed (estimate.py beside this file), for run.json, beside the actual."""
     from musubi_workspace.runs.estimate import estimate, visible_gpu_name
 
     try:
@@ -140,13 +139,13 @@ def recorded_run(
     hang_timeout: int = 0,
     on_success=None,
     **extra,
-) -> tuple[RunRecord, runner.Outcome]:
+) -> tuple[RunRecord, process.Outcome]:
     """Run with a record in runs/<version>/: written at the start, completed at the end, log tee'd."""
     rec = RunRecord.start(cfg, target, cmds, env, secret_values(env), **extra)
     say(f"==> run record: {cfg.ws.rel(rec.folder)} (`make runs` lists runs, `make logs` follows this one)")
-    outcome = runner.Outcome("failed", note="the workspace tool failed")
+    outcome = process.Outcome("failed", note="the workspace tool failed")
     try:
-        outcome = runner.execute(
+        outcome = process.execute(
             cfg.ws,
             cmds,
             env,
@@ -169,7 +168,7 @@ def recorded_run(
     return rec, outcome
 
 
-def _raise_unless_ok(result: tuple[RunRecord, runner.Outcome]) -> None:
+def _raise_unless_ok(result: tuple[RunRecord, process.Outcome]) -> None:
     if not result[1].ok:
         raise result[1].error()
 

@@ -1,6 +1,6 @@
 """`make smoke`: the user's whole loop on this machine's GPU, with the real musubi-tuner and no downloads.
 
-It makes (or reuses) random-weight models of the exact shapes and stand-in tokenizers (smoke_models.py; the DiT
+It makes (or reuses) random-weight models of the exact shapes and stand-in tokenizers (random_models.py; the DiT
 is `make bench`'s), writes a throw-away workspace `.cache/smoke/ws/` beside the real one (the same Makefile and
 environment, the tiny one-frame example, a version v1 made from this workspace's configs/v1 with a few steps
 and the smoke's models), and runs the real make targets there, one after another:

@@ -3,7 +3,7 @@
 processes on two GPUs of one machine add to the same file), and the workload shape they were measured on.
 
 A session record (tune.session_record) holds the GPU, the memory cap, the command, the workload shape (below),
-the version's setting (`base`) and every candidate's result. `make check` (estimate.py) reads these to estimate
+the version's setting (`base`) and every candidate's result. `make check` (runs/estimate.py) reads these to estimate
 a run's time and to recommend a faster setting for the same GPU and workload shape.
 """
 
