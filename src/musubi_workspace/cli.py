@@ -29,8 +29,8 @@ def _flag(value: str, var: str) -> bool:
 
 def cmd_check(ws, a):
     from musubi_workspace.checks import check
+    from musubi_workspace.config import load_config
     from musubi_workspace.runs.estimate import speed_lines
-    from musubi_workspace.runs.targets import load_config
 
     check(
         load_config(ws, a.config),
@@ -103,7 +103,7 @@ def cmd_generate(ws, a):
 
 
 def cmd_tune(ws, a):
-    from musubi_workspace.runs.targets import load_config
+    from musubi_workspace.config import load_config
     from musubi_workspace.tune import tune
 
     tune(
@@ -118,7 +118,7 @@ def cmd_tune(ws, a):
 
 
 def cmd_bench(ws, a):
-    from musubi_workspace.runs.targets import load_config
+    from musubi_workspace.config import load_config
     from musubi_workspace.tune import bench
 
     bench(
@@ -156,8 +156,8 @@ def cmd_diff(ws, a):
 
 
 def cmd_models(ws, a):
+    from musubi_workspace.config import load_config
     from musubi_workspace.downloads import download
-    from musubi_workspace.runs.targets import load_config
 
     download(load_config(ws, a.config), dry_run=_flag(a.dry_run, "DRY_RUN"))
 

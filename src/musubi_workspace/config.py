@@ -187,10 +187,6 @@ class WorkspaceSettings:
         return s
 
     @property
-    def auto_stop_seconds(self) -> int:
-        return parse_duration(self.auto_stop, "[workspace] auto_stop")
-
-    @property
     def hang_timeout_seconds(self) -> int:
         return parse_duration(self.hang_timeout, "[workspace] hang_timeout")
 
@@ -322,3 +318,8 @@ def resolve_config_file(ws: Workspace, value: str, announce=None) -> Path:
             f"CONFIG_FILE={value}: {ws.rel(path)} not found; versions here: {have}; `make new` creates the next one"
         )
     return path
+
+
+def load_config(ws: Workspace, value: str) -> Config:
+    """The version CONFIG_FILE names (a path or just `v3`; empty: the newest, announced), read and validated."""
+    return Config.load(ws, resolve_config_file(ws, value))

@@ -420,19 +420,6 @@ def load_schema(path=DATA) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def musubi_importable() -> bool:
-    try:
-        import_musubi()
-    except ImportError:
-        return False
-    return True
-
-
-def live_or_committed_schema() -> dict:
-    """Where musubi_tuner imports, the live parsers are used instead of the committed schema."""
-    return build_schema() if musubi_importable() else load_schema()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m musubi_workspace.schema", description="write the musubi-tuner schema")
     p.add_argument("--out", default=str(DATA), help=f"where to write it (default: {DATA})")

@@ -14,7 +14,6 @@ from musubi_workspace.config import WORKSPACE_TABLE, load_toml
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.paths import Workspace
 
-VERSION_FILES = ("config.toml", "dataset.toml", "prompts.txt")
 # Values that point at inputs shared between versions: never rewritten by `make new`, even if they name a version.
 SHARED_INPUT_KEYS = {
     "dit",

@@ -25,7 +25,7 @@ SOCKET = "musubi-workspace"
 
 
 def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "") -> None:
-    from musubi_workspace.runs.targets import load_config
+    from musubi_workspace.config import load_config
 
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)

@@ -9,7 +9,7 @@ import sys
 from musubi_workspace.checks import preflight
 from musubi_workspace.checks.combinations import compile_env
 from musubi_workspace.commands import generate_command, newest_lora, train_command
-from musubi_workspace.config import Config, resolve_config_file
+from musubi_workspace.config import Config, load_config
 from musubi_workspace.environment import child_env, secret_values
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.gpus import visible_gpu_count
@@ -20,10 +20,6 @@ from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.ledger import RunRecord
 from musubi_workspace.runs.pod import AutoStop, grace_seconds
 from musubi_workspace.runs.progress import Progress, duration
-
-
-def load_config(ws: Workspace, value: str) -> Config:
-    return Config.load(ws, resolve_config_file(ws, value))
 
 
 def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force: bool = False) -> None:
