@@ -195,6 +195,15 @@ class _Outputs:
                     break
                 time.sleep(0.2)
             self.writer = EventFileWriter(str(run / str(cfg.get("log_tracker_name") or "network_train")))
+        if (
+            cfg.get("log_with") in ("wandb", "all")
+            and cfg.get("logging_dir")
+            and os.environ.get("WANDB_MODE") == "offline"
+        ):
+            # wandb's offline run folder, where musubi-tuner points WANDB_DIR (the logging_dir)
+            run = Path(cfg["logging_dir"]) / "wandb" / f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-standin"
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "run-standin.wandb").write_bytes(b"")
         prompts = Path(cfg["sample_prompts"]) if cfg.get("sample_prompts") else None
         self.prompts = (
             [l for l in prompts.read_text().splitlines() if l.strip() and not l.startswith("#")]
