@@ -185,25 +185,23 @@ class _Outputs:
     def __init__(self, cfg: dict, name: str):
         self.cfg, self.name = cfg, name
         self.writer = None
-        if cfg.get("log_with") in ("tensorboard", "all") and cfg.get("logging_dir"):
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
+        log_with = cfg.get("log_with") or ("tensorboard" if cfg.get("logging_dir") else None)
+        if log_with in ("tensorboard", "wandb", "all") and cfg.get("logging_dir"):
             base = Path(cfg["logging_dir"])
             while True:  # musubi-tuner's folder is the local time in seconds; a real run takes minutes to get here
                 run = base / (str(cfg.get("log_prefix") or "") + time.strftime("%Y%m%d%H%M%S", time.localtime()))
                 if not run.exists():
                     break
                 time.sleep(0.2)
-            self.writer = EventFileWriter(str(run / str(cfg.get("log_tracker_name") or "network_train")))
-        if (
-            cfg.get("log_with") in ("wandb", "all")
-            and cfg.get("logging_dir")
-            and os.environ.get("WANDB_MODE") == "offline"
-        ):
-            # wandb's offline run folder, where musubi-tuner points WANDB_DIR (the logging_dir)
-            run = Path(cfg["logging_dir"]) / "wandb" / f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-standin"
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "run-standin.wandb").write_bytes(b"")
+            if log_with in ("tensorboard", "all"):
+                from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+                self.writer = EventFileWriter(str(run / str(cfg.get("log_tracker_name") or "network_train")))
+            if log_with in ("wandb", "all") and os.environ.get("WANDB_MODE") == "offline":
+                # musubi-tuner sets WANDB_DIR to the run's logging folder; wandb writes its offline run below it
+                offline = run / "wandb" / f"offline-run-{time.strftime('%Y%m%d_%H%M%S')}-standin"
+                offline.mkdir(parents=True, exist_ok=True)
+                (offline / "run-standin.wandb").write_bytes(b"")
         prompts = Path(cfg["sample_prompts"]) if cfg.get("sample_prompts") else None
         self.prompts = (
             [l for l in prompts.read_text().splitlines() if l.strip() and not l.startswith("#")]
