@@ -195,10 +195,24 @@ def example_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ws(tmp_path, example_template) -> TmpWorkspace:
-    """A fresh workspace copy with the example datasets written."""
+    """A fresh workspace copy with the one-frame example dataset (datasets/example-1f) written; the video example's
+    116 frames only where a test asks for them (`video_ws`): copying them took most of each test's set-up."""
     root = tmp_path / "workspace"
-    shutil.copytree(example_template, root, symlinks=True)
+    video = example_template / "datasets" / "example-video"
+    shutil.copytree(
+        example_template,
+        root,
+        symlinks=True,
+        ignore=lambda d, names: ["example-video"] if Path(d) == video.parent else [],
+    )
     return TmpWorkspace(root=root, env=isolated_env(tmp_path))
+
+
+@pytest.fixture
+def video_ws(ws, example_template) -> TmpWorkspace:
+    """`ws` with the video example's dataset too (datasets/example-video)."""
+    shutil.copytree(example_template / "datasets" / "example-video", ws.root / "datasets" / "example-video")
+    return ws
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def test_clean_example_passes_with_no_finding(ready):
     assert r.stdout.splitlines()[-1] == "check configs/v1/config.toml: OK: 0 error(s), 0 warning(s)"
 
 
-def test_clean_video_example_passes_with_no_finding(ready):
+def test_clean_video_example_passes_with_no_finding(video_ws, ready):
     r = ready.tool("check", "CONFIG_FILE=configs/example-video/config.toml")
     assert r.returncode == 0, r.stdout + r.stderr
     assert findings(r) == []
