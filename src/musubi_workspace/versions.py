@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from musubi_workspace.config import WORKSPACE_TABLE, load_toml
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.paths import Workspace
@@ -142,6 +140,8 @@ def new_version(ws: Workspace, source: str = "") -> str:
         text = _read_text(ws, src / f)
         if f.endswith(".toml"):
             load_toml(src / f, ws)  # one clear line if the source is malformed
+            import tomlkit  # only `make new` edits TOML; checks import this module for version_token
+
             doc = tomlkit.parse(text)
             for key in DROPPED_KEYS:
                 for table in [doc] + [v for v in doc.values() if isinstance(v, dict)]:
@@ -210,6 +210,8 @@ def flatten_keys(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _fmt(value: Any) -> str:
+    import tomlkit
+
     return tomlkit.item(value).as_string() if value is not None else "(unset)"
 
 

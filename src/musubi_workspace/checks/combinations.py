@@ -10,7 +10,6 @@ compiled run never picks up kernels compiled for other shapes or settings (which
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import re
 import sys
@@ -441,6 +440,8 @@ ENV_VAR = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def torch_version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:

@@ -12,11 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image
 
 from musubi_workspace.paths import Workspace
 
@@ -41,6 +38,8 @@ class ImageFacts:
 def read_facts(path: Path) -> ImageFacts:
     """Decode one image fully (a truncated file fails here, not only at caching) and hash its RGB pixels."""
     try:
+        from PIL import Image  # imported where images are read: every `ws` call loads this module
+
         with Image.open(path) as im:
             im.load()
             rgb = im if im.mode == "RGB" else im.convert("RGB")
@@ -80,6 +79,8 @@ class ImageCache:
             else:
                 todo.append((p, key, st.st_size, st.st_mtime_ns))
         if todo:
+            from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
             workers = max(1, min(32, os.cpu_count() or 1, len(todo)))
             files = [t[0] for t in todo]
             if len(todo) >= PROCESSES_FROM and workers > 1:

@@ -36,8 +36,6 @@ from datetime import datetime, timezone
 from importlib.util import find_spec
 from pathlib import Path
 
-import tomlkit
-
 from musubi_workspace import dataset as dataset_model
 from musubi_workspace.commands import train_command
 from musubi_workspace.config import WORKSPACE_TABLE, Config
@@ -507,6 +505,8 @@ class Session:
         return opts
 
     def run(self, s: Setting, index: int, total: int) -> Result:
+        import tomlkit  # the measuring runs and APPLY=1 write TOML; `make check` imports this package
+
         name = s.name(self.base)
         work = self.scratch / re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
         if work.exists():
@@ -766,6 +766,8 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
 
 def apply(ws: Workspace, cfg: Config, base: Setting, pick: Setting) -> str:
     """Create the next version through `make new`'s code and write the picked values into it (comments kept)."""
+    import tomlkit  # the measuring runs and APPLY=1 write TOML; `make check` imports this package
+
     from musubi_workspace.versions import new_version
 
     if cfg.version is None:
