@@ -5,36 +5,40 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+# nvidia-smi's answers within one `ws` command (the GPUs do not change while it runs), by query and environment:
+# the checks, the estimate and the run record each ask, and each call costs a process.
+_ANSWERS: dict[tuple, str | None] = {}
+
+
+def _smi(env: dict[str, str], *args: str) -> str | None:
+    """nvidia-smi's output for `args`, or None without nvidia-smi or on a failure."""
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if not smi:
+        return None
+    key = (smi, args, frozenset(env.items()))
+    if key not in _ANSWERS:
+        try:
+            _ANSWERS[key] = subprocess.run([smi, *args], capture_output=True, text=True, timeout=20, env=env).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            _ANSWERS[key] = None
+    return _ANSWERS[key]
+
 
 def visible_gpu_count(env: dict[str, str]) -> int:
     """GPUs a process started with `env` will see: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`."""
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         return len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"])
-    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
-    if not smi:
-        return 0
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, env=env).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    out = _smi(env, "-L")
+    if out is None:
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 def gpu_memory(env: dict[str, str]) -> list[tuple[str, int]]:
     """(name, total memory in MiB) of each GPU `nvidia-smi` lists; empty without nvidia-smi or on any failure."""
-    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
-    if not smi:
-        return []
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            env=env,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    out = _smi(env, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
+    if out is None:
         return []
     found = []
     for line in out.splitlines():
@@ -58,12 +62,8 @@ def visible_gpu(env: dict[str, str]) -> tuple[str, int] | None:
 
 def gpu_names(env: dict[str, str]) -> list[str]:
     """Names of the GPUs `nvidia-smi -L` lists, in its order; empty without nvidia-smi."""
-    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
-    if not smi:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, env=env).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    out = _smi(env, "-L")
+    if out is None:
         return []
     names = []
     for line in out.splitlines():
