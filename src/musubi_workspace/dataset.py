@@ -584,13 +584,13 @@ def _folder_ok(ws: Workspace, listing: Listing, key: str, written: str) -> bool:
     return True
 
 
-def _image_directory(ws: Workspace, listing: Listing, directory: str) -> None:
-    d, root = listing.dataset, ws.root
-    if not _folder_ok(ws, listing, "image_directory", directory):
-        return
+def _source_folder(ws: Workspace, listing: Listing, key: str, directory: str) -> str | None:
+    """The caption extension of an image or video folder that exists, or None (the problem is recorded)."""
+    d = listing.dataset
+    if not _folder_ok(ws, listing, key, directory):
+        return None
     listing.folder = ws.rel(ws.resolve(directory))
     ext = d.get("caption_extension")
-    images = glob_media(root, directory, IMAGE_EXTENSIONS)
     if not ext:
         listing.error(
             d.where,
@@ -598,7 +598,16 @@ def _image_directory(ws: Workspace, listing: Listing, directory: str) -> None:
             'add `caption_extension = ".txt"`',
             "caption",
         )
+        return None
+    return ext
+
+
+def _image_directory(ws: Workspace, listing: Listing, directory: str) -> None:
+    d, root = listing.dataset, ws.root
+    ext = _source_folder(ws, listing, "image_directory", directory)
+    if ext is None:
         return
+    images = glob_media(root, directory, IMAGE_EXTENSIONS)
     bases = caption_bases(root, directory, ext)
     captioned = []
     for image in images:
@@ -799,17 +808,8 @@ def video_control(root: Path, control_dir: str, video: str) -> str | None:
 
 def _video_directory(ws: Workspace, listing: Listing, directory: str) -> None:
     d, root = listing.dataset, ws.root
-    if not _folder_ok(ws, listing, "video_directory", directory):
-        return
-    listing.folder = ws.rel(ws.resolve(directory))
-    ext = d.get("caption_extension")
-    if not ext:
-        listing.error(
-            d.where,
-            f"dataset {d.index}: caption_extension is not set, so caching fails (FileNotFoundError); "
-            'add `caption_extension = ".txt"`',
-            "caption",
-        )
+    ext = _source_folder(ws, listing, "video_directory", directory)
+    if ext is None:
         return
     control_dir = d.get("control_directory")
     has_controls = isinstance(control_dir, str) and _folder_ok(ws, listing, "control_directory", control_dir)
