@@ -11,6 +11,9 @@ settings that fit, do not fit, and differ in speed:
   STANDIN_GPU_NAME=<name>      the GPU's name the probe records (default NVIDIA H100 80GB HBM3)
   WS_PROBE_MEMORY=<bytes>      the memory cap (MEMORY=): the GPU's memory counts as at most this much, as with
                                torch.cuda.set_per_process_memory_fraction in the real probe
+  --num_processes N            N processes: each writes its record (rank 0 $WS_PROBE_OUT, rank k
+                               $WS_PROBE_OUT.rankk), steps 5 % slower (the gradients' all-reduce)
+  host memory (max_rss) GiB = 4 + 0.6 x blocks_to_swap, per process
   STANDIN_PROBE_CRASH=<name>   a run whose config's blocks_to_swap/compile match `swapN+compile` dies without a
                                record (a segfault in the trainer), e.g. STANDIN_PROBE_CRASH=swap8+compile
 Losses are 0.1 + step/100 (+0.001 with fp8), so fp8 rows differ from bf16 ones.
@@ -44,7 +47,15 @@ def behave(argv: list[str]) -> int:
     usable = min(total, cap) if cap else total
     mem = ((14 if fp8 else 26) * (1 - swap / 60) + batch * (2.5 if ckpt else 6) - (2 if compiled else 0)) * 2**30
     step = batch * 1.4 * (1 + 0.005 * swap) * (0.8 if compiled else 1) * (0.95 if fp8 else 1) * (1.3 if ckpt else 1)
-    out = os.environ["WS_PROBE_OUT"]
+    processes = int(argv[argv.index("--num_processes") + 1]) if "--num_processes" in argv else 1
+    step *= 1.05 if processes > 1 else 1
+    for rank in range(processes):
+        out = os.environ["WS_PROBE_OUT"] + (f".rank{rank}" if rank else "")
+        code = write_record(out, cfg, fp8, mem, usable, step, cap, total, (4 + 0.6 * swap) * 2**30)
+    return code
+
+
+def write_record(out, cfg, fp8, mem, usable, step, cap, total, rss) -> int:
     record = {
         "status": "running",
         "steps": [],
@@ -63,6 +74,7 @@ def behave(argv: list[str]) -> int:
                 "t": 100 + i * step + 0.01 * (i % 2),
                 "max_allocated": mem,
                 "max_reserved": mem * 1.1,
+                "max_rss": rss,
                 "loss": 0.1 + i / 100 + (0.001 if fp8 else 0),
             }
         )

@@ -117,6 +117,26 @@ def test_no_measurement_for_this_gpu_is_said_plainly(ready):
     assert speed_lines(none) == ["time and cost: no GPU visible (nvidia-smi): no time or cost estimate"]
 
 
+def test_a_table_of_one_gpu_does_not_estimate_a_run_on_two_and_one_of_two_does(ready):
+    with_table(ready)
+    two = {**H200, "STANDIN_GPUS": "2"}
+    r = ready.tool("check", env=two)
+    assert speed_lines(r)[0].startswith(
+        "time and cost on NVIDIA H200: no measurement for this GPU (NVIDIA H200 x2) and these settings"
+    )
+    assert not any(l.startswith("faster:") for l in r.stdout.splitlines())
+    sessions = h200_table()
+    sessions[0].update(processes=2, results=[{**row(V1, 20.9, 64.3), "processes": 2}])
+    ready.write("bench/nvidia-h200_v1_2gpus.runs.json", json.dumps(sessions))
+    r = ready.tool("check", env=two)
+    assert speed_lines(r)[0] == (
+        "time and cost on NVIDIA H200: training: 1000 steps x 20.90 s/step = 5h48m (s/step from "
+        "bench/nvidia-h200_v1_2gpus.runs.json (`current`, 1 measurement(s), random weights, no sampling or saving))"
+    )
+    one = ready.tool("check", env=H200)  # one GPU: still the one-GPU row
+    assert "19.87 s/step" in speed_lines(one)[0]
+
+
 def test_another_workload_shape_is_not_compared(ready):
     with_table(ready)
     edit(ready, DATASET, "general", batch_size=8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import error_line
@@ -336,7 +337,7 @@ def test_two_bench_sessions_add_to_one_table_with_the_share_of_peak(ws):
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == ["current", "compile"]
     # 5.27 PFLOP per step (flops.py) over the stand-in's 16 x 1.4 x 1.1 x 1.3 = 32.03 s/step on 989.5 TFLOP/s: 17%.
-    assert rows[0].split(" | ")[8] == "17%"
+    assert rows[0].split(" | ")[10] == "17%"
     assert "**Pick: `compile`**" in table and "1.25x the speed of the current setting" in table
     assert "(every session of bench/nvidia-h100-80gb-hbm3_v1.runs.json: 2)" in r.stdout
 
@@ -362,6 +363,47 @@ def test_bench_report_merges_records_of_several_calls_into_one_table(ws):
         and bad.stderr
         == "error: bench-report: --out bench/merged.md: name a .runs.json file (its .md is written beside it)\n"
     )
+
+
+def test_bench_on_two_gpus_runs_two_processes_and_reports_their_scaling_against_one(ws):
+    assert ws.make("bench", "ONLY=current", env={"CUDA_VISIBLE_DEVICES": "0", "STANDIN_GPUS": "2"}).returncode == 0
+    r = ws.make("bench", "ONLY=current", env={"STANDIN_GPUS": "2"})
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "2 processes (one per GPU, as `make train` starts them here)" in r.stdout
+    one, two = probe_calls(ws)
+    assert "--multi_gpu" not in one["argv"] and one["argv"][one["argv"].index("--num_processes") + 1] == "1"
+    assert two["argv"][two["argv"].index("--num_processes") + 1] == "2" and "--multi_gpu" in two["argv"]
+    synth = ws.calls("synthetic")[-1]["argv"]
+    assert synth[synth.index("--items") + 1] == "128"  # 16 x 2 processes x 4 steps: a new batch for each
+    table = ws.read("bench/nvidia-h100-80gb-hbm3_v1_2gpus.md")
+    (row,) = [line.split(" | ") for line in table.splitlines() if line.startswith("| `")]
+    # The stand-in's model: s/step 16 x 1.4 x 1.1 x 1.3 x 1.05 (+0.01 in the median); samples/s 2 x 16 over it;
+    # peak per GPU 26 x (1 - 20/60) + 16 x 2.5 GiB; host RAM 2 processes x (4 + 0.6 x 20) GiB.
+    assert row[2:7] == ["2", "33.64", "0.951", "57.3 (63.1)", "32.0"]
+    assert json.loads(ws.read("bench/nvidia-h100-80gb-hbm3_v1_2gpus.runs.json"))[0]["processes"] == 2
+    r = ws.ws(
+        "bench-report",
+        "bench/nvidia-h100-80gb-hbm3_v1.runs.json",
+        "bench/nvidia-h100-80gb-hbm3_v1_2gpus.runs.json",
+        "--out",
+        "bench/gpus_v1.runs.json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "- `current` on 2 GPUs: 0.951 samples/s, 1.90x one GPU's 0.499 (95% scaling efficiency)" in ws.read(
+        "bench/gpus_v1.md"
+    )
+
+
+def test_the_probe_of_each_process_writes_its_own_record(tmp_path):
+    from musubi_workspace.tune.probe import Probe, host_peak_bytes, rank_paths
+
+    out = str(tmp_path / "probe.json")
+    assert rank_paths(out, 3) == [out, out + ".rank1", out + ".rank2"]
+    Probe(out, rank=1, device=1).write()
+    Probe(out).write()
+    assert json.loads(Path(out + ".rank1").read_text())["rank"] == 1
+    assert json.loads(Path(out).read_text())["rank"] == 0
+    assert host_peak_bytes() > 10 * 2**20  # this Python process's resident set, in bytes (Linux: KiB x 1024)
 
 
 @pytest.mark.parametrize(

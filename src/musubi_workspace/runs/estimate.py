@@ -44,9 +44,9 @@ def _sha(path: Path | None) -> str | None:
         return None
 
 
-def earlier_runs(cfg: Config, gpu: str) -> list[dict]:
-    """This version's finished or running training runs on `gpu` with today's config.toml and dataset.toml
-    (same sha256), newest first, that recorded a speed."""
+def earlier_runs(cfg: Config, gpu: str, gpus: int = 1) -> list[dict]:
+    """This version's finished or running training runs on `gpus` GPUs named `gpu` with today's config.toml and
+    dataset.toml (same sha256), newest first, that recorded a speed."""
     from musubi_workspace.runs.ledger import load_runs
 
     want = (_sha(cfg.path), _sha(cfg.path_of("dataset_config")))
@@ -56,20 +56,23 @@ def earlier_runs(cfg: Config, gpu: str) -> list[dict]:
             continue
         files = r.get("files") or {}
         have = ((files.get("config") or {}).get("sha256"), (files.get("dataset") or {}).get("sha256"))
-        if have != want or ((r.get("gpus") or {}).get("model") or "") != gpu:
+        seen = r.get("gpus") or {}
+        if have != want or (seen.get("model") or "") != gpu or max(1, seen.get("count") or 1) != max(1, gpus):
             continue
         if (r.get("progress") or {}).get("seconds_per_step"):
             out.append(r)
     return out
 
 
-def bench_rows(cfg: Config, gpu: str):
-    """(file, session, Result) of every bench row for `gpu` measured on this version's workload shape."""
+def bench_rows(cfg: Config, gpu: str, gpus: int = 1):
+    """(file, session, Result) of every bench row for `gpu` measured on this version's workload shape with the
+    processes a run on `gpus` GPUs starts."""
+    from musubi_workspace.commands import process_count
     from musubi_workspace.tune import Result
 
     shape = workload_of(cfg)
     rows = []
-    for path, session in tables_for(cfg.ws.root, gpu):
+    for path, session in tables_for(cfg.ws.root, gpu, process_count(cfg, gpus)):
         if not same_shape(session.get("workload"), shape):
             continue
         for d in session.get("results", []):
@@ -84,7 +87,8 @@ def current_setting(cfg: Config):
     return Setting.of(cfg, batch)
 
 
-def estimate(cfg: Config, gpu: str | None) -> Estimate:
+def estimate(cfg: Config, gpu: str | None, gpus: int = 1) -> Estimate:
+    """The run's time and cost on `gpus` GPUs named `gpu` (None: no GPU visible)."""
     steps = cfg.get("max_train_steps")
     steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
     est = Estimate(gpu=gpu, steps=steps)
@@ -98,7 +102,7 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
         est.lines.append(f"{gpu}: no time estimate: max_train_steps is not set (epochs are not counted)")
         est.data["note"] = "no max_train_steps"
         return est
-    earlier = earlier_runs(cfg, gpu)
+    earlier = earlier_runs(cfg, gpu, gpus)
     overhead, overhead_src = None, None
     if earlier:
         run = earlier[0]
@@ -121,10 +125,11 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
             overhead_src = f"run {done.get('id')}: its wall time less its steps, scaled to {steps} steps"
     else:
         setting = current_setting(cfg)
-        rows = [(path, s, r) for path, s, r in bench_rows(cfg, gpu) if r.setting == setting and r.s_per_step]
+        rows = [(path, s, r) for path, s, r in bench_rows(cfg, gpu, gpus) if r.setting == setting and r.s_per_step]
         if not rows:
             est.lines.append(
-                f"no measurement for this GPU ({gpu}) and these settings (no earlier run of this version, "
+                f"no measurement for this GPU ({gpu}{f' x{gpus}' if gpus > 1 else ''}) and these settings (no "
+                f"earlier run of this version, "
                 f"no bench/ row): no time or cost estimate; `make bench` measures them"
             )
             est.data["note"] = "no measurement for this GPU"
@@ -158,13 +163,13 @@ def estimate(cfg: Config, gpu: str | None) -> Estimate:
     return est
 
 
-def recommendation(cfg: Config, gpu: str) -> str | None:
+def recommendation(cfg: Config, gpu: str, gpus: int = 1) -> str | None:
     """One line when a bench row for `gpu` and this workload shape that fits and keeps the numbers is more than
     RECOMMEND_ABOVE faster per sample than the version's own row; None otherwise."""
     from musubi_workspace.tune import TUNED_KEYS, select
 
     setting = current_setting(cfg)
-    rows = bench_rows(cfg, gpu)
+    rows = bench_rows(cfg, gpu, gpus)
     own = [r for _, _, r in rows if r.setting == setting and r.s_per_sample]
     if not own:
         return None
@@ -203,11 +208,13 @@ def visible_gpu_name(env: dict) -> str | None:
 def speed_lines(cfg: Config, env: dict | None = None) -> list[str]:
     """What `make check` and `make train` print after the checks: the estimate, then a faster measured setting."""
     from musubi_workspace.environment import child_env
+    from musubi_workspace.gpus import visible_gpu_count
 
-    gpu = visible_gpu_name(env if env is not None else child_env(cfg.ws))
+    env = env if env is not None else child_env(cfg.ws)
+    gpu, gpus = visible_gpu_name(env), visible_gpu_count(env)
     try:
-        est = estimate(cfg, gpu)
-        rec = recommendation(cfg, gpu) if gpu else None
+        est = estimate(cfg, gpu, gpus)
+        rec = recommendation(cfg, gpu, gpus) if gpu else None
     except WorkspaceError as e:
         return [f"time and cost: no estimate ({e.message})"]
     head = f"time and cost on {gpu}" if gpu else "time and cost"

@@ -101,10 +101,11 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
 
 def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
     """The time and cost estimate the preflight printed (estimate.py beside this file), for run.json, beside the actual."""
+    from musubi_workspace.gpus import visible_gpu_count
     from musubi_workspace.runs.estimate import estimate, visible_gpu_name
 
     try:
-        return estimate(cfg, visible_gpu_name(env)).data
+        return estimate(cfg, visible_gpu_name(env), visible_gpu_count(env)).data
     except WorkspaceError as e:
         return {"note": e.message}
 

@@ -46,7 +46,7 @@ POD = "smoke-pod"
 # Steps of the training run, then the total after the edit that `make resume` trains up to.
 TRAIN_STEPS, RESUME_TOTAL = 2, 4
 # Sampling steps of the sample prompt (the shipped prompt has 25: fewer keep the smoke short).
-SAMPLE_STEPS = 8
+SAMPLE_STEPS = 4
 # Files copied from the workspace into the throw-away one (the Makefile and what its stamps depend on).
 COPIED = ("Makefile", "pyproject.toml", "uv.lock", ".python-version", ".gitignore")
 DATASET_TOML = """\
@@ -610,6 +610,29 @@ class Smoke:
     def rel(self, path: Path) -> str:
         return self.ws.rel(path)
 
+    def redo_training(self) -> list[str]:
+        """Before a smoke that starts at `train` in a workspace that trained already (another number of GPUs,
+        say): remove what train, resume, generate and report wrote there, so the steps check this run's files."""
+        removed = []
+        for path in [self.out, self.scratch / "runs" / "report", self.pod_record]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(self.rel(path))
+        for rec in self.records():
+            if read_json(rec).get("target") in ("train", "resume", "generate"):
+                shutil.rmtree(rec.parent)
+                removed.append(self.rel(rec.parent))
+        path = self.scratch / "configs" / "v1" / "config.toml"
+        doc = tomlkit.parse(path.read_text())
+        if doc.get("max_train_steps") != TRAIN_STEPS:  # `resume` raised it
+            doc["max_train_steps"] = TRAIN_STEPS
+            path.write_text(tomlkit.dumps(doc))
+        return removed
+
 
 STEPS = (
     ("models", Smoke.step_models),
@@ -686,6 +709,11 @@ def smoke(ws: Workspace, from_: str = "") -> None:
     total = len(STEPS)
     t0 = time.monotonic()
     print(f"smoke: {total} steps in a throw-away workspace, {ws.rel(s.scratch)}; logs in {ws.rel(s.logs)}", flush=True)
+    train = [n for n, _ in STEPS].index("train") + 1
+    if 1 < start <= train:
+        removed = s.redo_training()
+        if removed:
+            print(f"smoke: from {STEPS[start - 1][0]}: removed what training wrote before: {len(removed)} path(s)")
     for i, (name, func) in enumerate(STEPS, 1):
         if i < start:
             print(f"[{i}/{total}] {name} – passed in the last smoke (SMOKE_FROM={from_})", flush=True)

@@ -50,10 +50,9 @@ from musubi_workspace.tune.bench_tables import (
     table_path,
     workload_of,
 )
+from musubi_workspace.tune.probe import MEMORY_ENV, rank_paths
 
 PROBE_MODULE = "musubi_workspace.tune.probe"
-# The probe's memory cap (probe.MEMORY_ENV; probe.py imports torch, so the name is repeated here).
-MEMORY_ENV = "WS_PROBE_MEMORY"
 # Steps run before the measured ones (CUDA kernels, compile, allocator warm-up); excluded from the timing.
 WARMUP_STEPS = 1
 # Share of the GPU memory kept free when deciding "fits": other buckets, longer captions, fragmentation.
@@ -331,6 +330,9 @@ class Result:
     changes: list[str] = field(default_factory=list)
     # MEMORY=: the most memory the run could use (bytes); 0: the whole GPU. "fits" is decided against it.
     memory_cap: int = 0
+    # Processes (one per GPU) the run trained with; peak_* are the most of any one GPU, host_ram their sum.
+    processes: int = 1
+    host_ram: int = 0  # bytes: the peak resident set of every process together (block swap keeps blocks there)
 
     @property
     def s_per_step(self) -> float | None:
@@ -338,8 +340,14 @@ class Result:
 
     @property
     def s_per_sample(self) -> float | None:
+        """Seconds per training sample: each of the processes trains a batch per step."""
         s = self.s_per_step
-        return s / self.setting.batch_size if s is not None else None
+        return s / (self.setting.batch_size * self.processes) if s is not None else None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        s = self.s_per_sample
+        return 1 / s if s else None
 
     @property
     def mean_loss(self) -> float | None:
@@ -359,8 +367,12 @@ class Result:
         )
 
     @classmethod
-    def from_probe(cls, setting: Setting, name: str, record: dict, warmup: int, changes: list[str]) -> Result:
+    def from_probe(
+        cls, setting: Setting, name: str, record: dict, warmup: int, changes: list[str], others: list[dict] = ()
+    ) -> Result:
+        """From the probe's record of rank 0 (the times, the losses) and those of the other ranks (`others`)."""
         steps = record.get("steps", [])
+        every = [s for r in (record, *others) for s in r.get("steps", [])]
         times = [steps[i]["t"] - steps[i - 1]["t"] for i in range(max(1, warmup), len(steps))]
         losses = [s["loss"] for s in steps[warmup:] if "loss" in s]
         status = record.get("status", "error")
@@ -372,8 +384,10 @@ class Result:
             status=status,
             step_times=times,
             losses=losses,
-            peak_reserved=max((s.get("max_reserved", 0) for s in steps), default=0),
-            peak_allocated=max((s.get("max_allocated", 0) for s in steps), default=0),
+            peak_reserved=max((s.get("max_reserved", 0) for s in every), default=0),
+            peak_allocated=max((s.get("max_allocated", 0) for s in every), default=0),
+            processes=1 + len(others),
+            host_ram=sum(max((s.get("max_rss", 0) for s in r.get("steps", [])), default=0) for r in (record, *others)),
             total_memory=int(record.get("total_memory", 0)),
             device_name=record.get("device_name", ""),
             message=record.get("message", ""),
@@ -392,7 +406,12 @@ class Result:
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "setting"}
         d["setting"] = {f.name: getattr(self.setting, f.name) for f in fields(self.setting)}
-        d.update(s_per_step=self.s_per_step, s_per_sample=self.s_per_sample, fits=self.fits())
+        d.update(
+            s_per_step=self.s_per_step,
+            s_per_sample=self.s_per_sample,
+            samples_per_s=self.samples_per_s,
+            fits=self.fits(),
+        )
         return d
 
 
@@ -482,6 +501,7 @@ class Session:
     gpu_memory: int = 0  # its memory in bytes (nvidia-smi)
     memory_cap: int = 0  # MEMORY= in bytes; 0: the whole GPU
     memory: str = ""  # MEMORY= as given
+    processes: int = 1  # processes of each run: as `make train` would start them here (num_processes, the GPUs)
     workload: dict | None = None  # bench_tables.workload_of: the shape the results were measured on
 
     def options_for(self, s: Setting, out_dir: Path, dataset_path: Path) -> dict:
@@ -517,7 +537,7 @@ class Session:
         config_path = work / "config.toml"
         config_path.write_text(tomlkit.dumps(self.options_for(s, work / "output", dataset_path)), encoding="utf-8")
         cfg = Config.load(self.ws, config_path)
-        cmd = train_command(cfg, 1, module=PROBE_MODULE, env=self.env)
+        cmd = train_command(cfg, self.processes, module=PROBE_MODULE, env=self.env)
         probe_out = work / "probe.json"
         env = {**self.env, **cmd.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
         if self.memory_cap:
@@ -543,13 +563,15 @@ class Session:
                 ) from None
             except subprocess.TimeoutExpired:
                 code, status = None, "timeout"
-        record = json.loads(probe_out.read_text()) if probe_out.exists() else {}
+        first, *rest = [Path(p) for p in rank_paths(str(probe_out), self.processes)]
+        record = json.loads(first.read_text()) if first.exists() else {}
+        others = [json.loads(p.read_text()) for p in rest if p.exists()]
         if status == "timeout":
             record["status"], record["message"] = "timeout", f"stopped after {CANDIDATE_TIMEOUT_S} s"
         elif record.get("status") in ("running", None):
             record["status"] = "error"
             record.setdefault("message", f"trainer exited with code {code}: {last_line(log)}")
-        r = Result.from_probe(s, name, record, WARMUP_STEPS, s.changes_numbers(self.base))
+        r = Result.from_probe(s, name, record, WARMUP_STEPS, s.changes_numbers(self.base), others)
         r.wall_s = time.time() - t0
         if r.status == "error" and not r.message.strip():
             r.message = f"exit code {code}"
@@ -626,6 +648,7 @@ def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
         "gpu_memory": next((r.total_memory for r in sess.results if r.total_memory), sess.gpu_memory),
         "memory_cap": sess.memory_cap,
         "memory": sess.memory,
+        "processes": sess.processes,
         "workload": sess.workload,
         "base": {f.name: getattr(sess.base, f.name) for f in fields(Setting)},
         "price_per_hour": sess.cfg.settings.price_per_hour,
@@ -708,8 +731,8 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
     lines += [f"- command: `{s.get('command', '?')}`" for s in sessions]
     lines += [
         "",
-        "| setting | changes numbers | s/step | s/sample | peak GiB (reserved) | fits | steps/h | $ per 1,000 steps | % of dense bf16 peak | loss (measured steps) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | changes numbers | GPUs | s/step | samples/s | peak GiB per GPU (reserved) | host RAM GiB | fits | steps/h | $ per 1,000 steps | % of dense bf16 peak | loss (measured steps) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for sess, r in rows:
         s = r.s_per_step
@@ -723,10 +746,12 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         share = share_of_peak(r, sess.get("workload"), gpu)
         lines.append(
             f"| `{r.name}` ({r.setting.describe()}) | {'**changes numbers**: ' + ', '.join(r.changes) if r.changes else 'no'} | "
-            f"{f'{s:.2f}' if s else '–'} | {f'{r.s_per_sample:.3f}' if s else '–'} | {_gib(r.peak_allocated)} ({_gib(r.peak_reserved)}) | {fits} | "
+            f"{r.processes} | {f'{s:.2f}' if s else '–'} | {f'{r.samples_per_s:.3f}' if s else '–'} | "
+            f"{_gib(r.peak_allocated)} ({_gib(r.peak_reserved)}) | {_gib(r.host_ram)} | {fits} | "
             f"{f'{3600 / s:.0f}' if s else '–'} | {f'{s * 1000 / 3600 * price:.2f}' if s else '–'} | "
             f"{f'{share:.0%}' if share is not None else '–'} | {loss} |"
         )
+    lines += scaling_lines(rs)
     pick = select(rs, allow_changes)
     lines.append("")
     if pick is None:
@@ -757,6 +782,27 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         f"the fastest per sample wins, and within {TIE:.0%} of it the one with the least memory.",
     ]
     return "\n".join(lines) + "\n", pick
+
+
+def scaling_lines(results: list[Result]) -> list[str]:
+    """For each setting measured with one process and with several: samples/s against one GPU's (the median of
+    each), and the scaling efficiency (that ratio over the number of GPUs)."""
+    by: dict[tuple[Setting, int], list[float]] = {}
+    for r in results:
+        if r.samples_per_s:
+            by.setdefault((r.setting, r.processes), []).append(r.samples_per_s)
+    out = []
+    for (setting, n), rates in by.items():
+        one = by.get((setting, 1))
+        if n == 1 or not one:
+            continue
+        name = next(r.name for r in results if r.setting == setting)
+        ratio = statistics.median(rates) / statistics.median(one)
+        out.append(
+            f"- `{name}` on {n} GPUs: {statistics.median(rates):.3f} samples/s, {ratio:.2f}x one GPU's "
+            f"{statistics.median(one):.3f} ({ratio / n:.0%} scaling efficiency)"
+        )
+    return ["", "Scaling (samples/s against the same setting on one GPU):", *out] if out else []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -841,7 +887,8 @@ def parse_memory(value: str) -> int:
 
 
 def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = "") -> Session:
-    from musubi_workspace.gpus import visible_gpu
+    from musubi_workspace.commands import process_count
+    from musubi_workspace.gpus import visible_gpu, visible_gpu_count
 
     cap = parse_memory(memory)
     data, batch, _ = dataset_values(cfg)
@@ -872,7 +919,15 @@ def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = ""
         memory_cap=cap,
         memory=memory.strip() if cap else "",
         workload=workload_of(cfg),
+        processes=process_count(cfg, visible_gpu_count(env)),
     )
+    if sess.processes > 1:
+        print(
+            f"{sess.processes} processes (one per GPU, as `make train` starts them here): s/step is per step of every "
+            f"process together, samples/s counts the {sess.processes} batches of a step; CUDA_VISIBLE_DEVICES=0 "
+            f"measures one GPU",
+            flush=True,
+        )
     if cap:
         shown = sess.gpu or "this GPU"
         print(
@@ -1025,7 +1080,8 @@ def bench(
     )
     names = _only(only)
     batches = [parse_name(n, sess.base).batch_size for n in names] or [batch, batch * 2]
-    plan = Plan(folder=ws.root / "cache" / "bench", layout=layout, items=max(batches) * (WARMUP_STEPS + sess.steps))
+    items = max(batches) * sess.processes * (WARMUP_STEPS + sess.steps)  # every process a new batch at every step
+    plan = Plan(folder=ws.root / "cache" / "bench", layout=layout, items=items)
     synth = plan.argv()
     print(f"==> synthetic inputs: {' '.join(synth)}", flush=True)
     code = subprocess.call(synth, cwd=ws.root, env=sess.env)
@@ -1051,5 +1107,5 @@ def bench(
         f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)",
         command,
         allow_changes,
-        table=table_path(ws.root, gpu, cfg.name, sess.memory),
+        table=table_path(ws.root, gpu, cfg.name, sess.memory, sess.processes),
     )

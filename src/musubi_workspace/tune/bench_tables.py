@@ -66,10 +66,12 @@ def slug(gpu: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", (gpu or "").lower()).strip("-") or "gpu"
 
 
-def table_path(root: Path, gpu: str, version: str, memory: str = "") -> Path:
-    """bench/<gpu>_<version>.runs.json; with a memory cap bench/<gpu>_<version>_mem<cap>.runs.json."""
+def table_path(root: Path, gpu: str, version: str, memory: str = "", processes: int = 1) -> Path:
+    """bench/<gpu>_<version>.runs.json; with a memory cap bench/<gpu>_<version>_mem<cap>.runs.json; with several
+    processes (GPUs) bench/<gpu>_<version>_<n>gpus.runs.json."""
     cap = f"_mem{slug(memory)}" if memory else ""
-    return root / "bench" / f"{slug(gpu)}_{version}{cap}.runs.json"
+    gpus = f"_{processes}gpus" if processes > 1 else ""
+    return root / "bench" / f"{slug(gpu)}_{version}{cap}{gpus}.runs.json"
 
 
 @contextmanager
@@ -114,8 +116,9 @@ def session_gpu(session: dict) -> str:
     )
 
 
-def tables_for(root: Path, gpu: str) -> list[tuple[Path, dict]]:
-    """Every committed session measured on `gpu` (same name) without a memory cap, with its file."""
+def tables_for(root: Path, gpu: str, processes: int = 1) -> list[tuple[Path, dict]]:
+    """Every committed session measured on `gpu` (same name) without a memory cap with `processes` processes,
+    with its file."""
     out = []
     for path in sorted((root / "bench").glob("*.runs.json")):
         try:
@@ -123,6 +126,7 @@ def tables_for(root: Path, gpu: str) -> list[tuple[Path, dict]]:
         except WorkspaceError:
             continue
         for s in sessions:
-            if session_gpu(s).strip().lower() == gpu.strip().lower() and not s.get("memory_cap"):
+            same_gpu = session_gpu(s).strip().lower() == gpu.strip().lower()
+            if same_gpu and not s.get("memory_cap") and (s.get("processes") or 1) == processes:
                 out.append((path, s))
     return out

@@ -5,9 +5,11 @@ global optimizer step hook (fired by every torch optimizer, bitsandbytes' 8-bit 
 musubi-tuner's own `fpack_train_network.main()` with the same arguments, so the real trainer runs unchanged.
 
 After each optimizer step the hook synchronises the GPU and records the time, the peak GPU memory so far
-(allocated by tensors, and reserved by PyTorch's allocator: the figure that decides out-of-memory) and the
-step's loss. The record is rewritten to `$WS_PROBE_OUT` (JSON) after every step, so a run that is killed
-still leaves what it measured. Out of memory ends the run with status "oom" and exit code 3; any other error
+(allocated by tensors, and reserved by PyTorch's allocator: the figure that decides out-of-memory), the
+process's peak host memory (its resident set: block swap keeps the swapped blocks there) and the step's loss.
+The record is rewritten to `$WS_PROBE_OUT` (JSON) after every step, so a run that is killed still leaves what
+it measured. With several processes each writes its own: rank 0 `$WS_PROBE_OUT`, rank N `$WS_PROBE_OUT.rankN`
+(`rank_paths`). Out of memory ends the run with status "oom" and exit code 3; any other error
 with status "error", its last message line, and exit code 1.
 """
 
@@ -25,10 +27,27 @@ MEMORY_ENV = "WS_PROBE_MEMORY"
 EXIT_OOM = 3
 
 
+def rank_path(out: str, rank: int) -> str:
+    return out if rank == 0 else f"{out}.rank{rank}"
+
+
+def rank_paths(out: str, processes: int) -> list[str]:
+    """The records of a run of `processes` processes, rank 0 first."""
+    return [rank_path(out, r) for r in range(processes)]
+
+
+def host_peak_bytes() -> int:
+    """This process's peak resident set (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class Probe:
-    def __init__(self, out: str | None):
-        self.out = out
-        self.record: dict = {"status": "running", "steps": [], "started": time.time()}
+    def __init__(self, out: str | None, rank: int = 0, device: int = 0):
+        self.out = rank_path(out, rank) if out else None
+        self.device = device
+        self.record: dict = {"status": "running", "steps": [], "started": time.time(), "rank": rank}
         self._loss = None
 
     def write(self) -> None:
@@ -44,12 +63,12 @@ class Probe:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
+            props = torch.cuda.get_device_properties(self.device)
             self.record.update(device_name=props.name, total_memory=props.total_memory)
             cap = int(os.environ.get(MEMORY_ENV) or 0)
             if cap:
                 # The allocator raises out-of-memory beyond this share of the device, as on a card of `cap` bytes.
-                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / props.total_memory), 0)
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / props.total_memory), self.device)
                 self.record["memory_cap"] = min(cap, props.total_memory)
         self.record["torch"] = torch.__version__
 
@@ -68,10 +87,10 @@ class Probe:
             cuda = torch.cuda.is_available()
             if cuda:
                 torch.cuda.synchronize()
-            step = {"t": time.perf_counter()}
+            step = {"t": time.perf_counter(), "max_rss": host_peak_bytes()}
             if cuda:
-                step["max_allocated"] = torch.cuda.max_memory_allocated()
-                step["max_reserved"] = torch.cuda.max_memory_reserved()
+                step["max_allocated"] = torch.cuda.max_memory_allocated(self.device)
+                step["max_reserved"] = torch.cuda.max_memory_reserved(self.device)
             if self._loss is not None:
                 step["loss"] = float(self._loss.float().mean().item())
             self.record["steps"].append(step)
@@ -93,7 +112,9 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def main() -> int:
-    probe = Probe(os.environ.get(OUT_ENV))
+    # accelerate launch gives each process its rank and its GPU (LOCAL_RANK) in the environment.
+    rank, local = int(os.environ.get("RANK") or 0), int(os.environ.get("LOCAL_RANK") or 0)
+    probe = Probe(os.environ.get(OUT_ENV), rank, local)
     probe.write()
     probe.install()
     from musubi_tuner import fpack_train_network
