@@ -193,6 +193,10 @@ def generate_command(cfg: Config, lora: str | None, multiplier: float) -> Comman
         argv += ["--fp8", "--fp8_scaled"]
     if cfg.get("blocks_to_swap"):
         argv += ["--blocks_to_swap", str(cfg.get("blocks_to_swap"))]
+    if cfg.get("one_frame") is True:
+        # One-frame inference writes a one-frame .mp4 by default; an image (and its latent) is what the user wants,
+        # as musubi-tuner's one-frame guide runs it (a smoke on the GPU found no PNG).
+        argv += ["--output_type", "latent_images"]
     argv += ["--from_file", _p(cfg, "sample_prompts", "make generate")]
     argv += ["--save_path", generate_folder(cfg, lora, multiplier)]
     if lora:

@@ -120,6 +120,7 @@ def test_generate_uses_the_newest_lora_and_names_the_folder_after_it(ready):
     assert argv[argv.index("--save_path") + 1] == "outputs/v1/generate/example-1f_v1-step00000200_x0.8"
     assert argv[argv.index("--from_file") + 1] == "configs/v1/prompts.txt"
     assert argv[argv.index("--attn_mode") + 1] == "sageattn"
+    assert argv[argv.index("--output_type") + 1] == "latent_images"  # one-frame: an image, not a one-frame .mp4
     assert (
         "LORA not set: using outputs/v1/example-1f_v1-step00000200.safetensors (the newest of this version)" in r.stderr
     )
