@@ -71,7 +71,8 @@ def test_generate_command_parses_with_the_real_generate_parser(musubi, workspace
     args = musubi["fpack_generate_video"].parse_args()
     assert args.from_file == cfg.get("sample_prompts") and args.lora_multiplier == [0.8]
     assert args.attn_mode == cfg.settings.generate_attn_mode and os.path.basename(args.save_path) == "lora_x0.8"
-    assert args.output_type == "latent_images"  # one-frame (configs/v1): a PNG and its latent, not a .mp4
+    # one-frame: a PNG and its latent, not a one-frame .mp4; video: the .mp4
+    assert args.output_type == ("latent_images" if cfg.get("one_frame") is True else "video")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.parent.name)
