@@ -106,6 +106,13 @@ def test_check_estimates_from_the_bench_table_and_names_a_faster_setting(ready):
     assert r.stdout.splitlines()[-1] == "check configs/v1/config.toml: OK: 0 error(s), 0 warning(s)"
 
 
+def test_a_session_in_two_tables_counts_once(ready):
+    with_table(ready)
+    ready.write("bench/merged_v1.runs.json", json.dumps(h200_table()))  # as `ws bench-report --out` writes it
+    r = ready.tool("check", env=H200)
+    assert "(`current`, 1 measurement(s), random weights, no sampling or saving)" in speed_lines(r)[0]
+
+
 def test_no_measurement_for_this_gpu_is_said_plainly(ready):
     with_table(ready)
     r = ready.tool("check")  # the stand-in's default GPU: an H100, which the fixture has no table for

@@ -389,9 +389,10 @@ def test_bench_on_two_gpus_runs_two_processes_and_reports_their_scaling_against_
         "bench/gpus_v1.runs.json",
     )
     assert r.returncode == 0, r.stderr
-    assert "- `current` on 2 GPUs: 0.951 samples/s, 1.90x one GPU's 0.499 (95% scaling efficiency)" in ws.read(
-        "bench/gpus_v1.md"
-    )
+    merged = ws.read("bench/gpus_v1.md")
+    assert "- `current` on 2 GPUs: 0.951 samples/s, 1.90x one GPU's 0.499 (95% scaling efficiency)" in merged
+    # The pick is among the runs on one GPU, as the current row (the two-GPU row is faster per sample).
+    assert "**Pick: `current`**" in merged and "x the speed of the current setting" not in merged
 
 
 def test_the_probe_of_each_process_writes_its_own_record(tmp_path):

@@ -726,7 +726,7 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         f"(GPU synchronised at every optimiser step); peak = most GPU memory allocated by tensors (reserved: "
         f"held by PyTorch's allocator, cache included); % of peak: the step's FLOPs (README, \"How the FLOPs are "
         f"counted\") per second over the GPU's dense bf16 peak",
-        f"- price: ${price:g}/h; measured {', '.join(dict.fromkeys(s.get('measured', '?') for s in sessions))}",
+        f"- price: ${price:g}/h per GPU ([workspace] price_per_hour; a row on N GPUs costs N times it); measured {', '.join(dict.fromkeys(s.get('measured', '?') for s in sessions))}",
     ]
     lines += [f"- command: `{s.get('command', '?')}`" for s in sessions]
     lines += [
@@ -748,11 +748,13 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
             f"| `{r.name}` ({r.setting.describe()}) | {'**changes numbers**: ' + ', '.join(r.changes) if r.changes else 'no'} | "
             f"{r.processes} | {f'{s:.2f}' if s else '–'} | {f'{r.samples_per_s:.3f}' if s else '–'} | "
             f"{_gib(r.peak_allocated)} ({_gib(r.peak_reserved)}) | {_gib(r.host_ram)} | {fits} | "
-            f"{f'{3600 / s:.0f}' if s else '–'} | {f'{s * 1000 / 3600 * price:.2f}' if s else '–'} | "
+            f"{f'{3600 / s:.0f}' if s else '–'} | {f'{s * 1000 / 3600 * price * r.processes:.2f}' if s else '–'} | "
             f"{f'{share:.0%}' if share is not None else '–'} | {loss} |"
         )
     lines += scaling_lines(rs)
-    pick = select(rs, allow_changes)
+    # The pick is among runs of the current row's process count (a table may hold one and two GPUs side by side).
+    n = current.processes if current is not None else 1
+    pick = select([r for r in rs if r.processes == n], allow_changes)
     lines.append("")
     if pick is None:
         lines.append(
@@ -769,7 +771,7 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
             f"{_gib(pick.peak_allocated)} GiB peak{speed}."
         )
         if not allow_changes:
-            fastest = select(rs, allow_changes=True)
+            fastest = select([r for r in rs if r.processes == n], allow_changes=True)
             if fastest is not None and fastest is not pick and fastest.changes:
                 lines.append(
                     f"Faster but **changes numbers** ({', '.join(fastest.changes)}): `{fastest.name}`, "

@@ -118,8 +118,8 @@ def session_gpu(session: dict) -> str:
 
 def tables_for(root: Path, gpu: str, processes: int = 1) -> list[tuple[Path, dict]]:
     """Every committed session measured on `gpu` (same name) without a memory cap with `processes` processes,
-    with its file."""
-    out = []
+    with its file. A session that two files hold (a table merged by `ws bench-report`) counts once."""
+    out, seen = [], set()
     for path in sorted((root / "bench").glob("*.runs.json")):
         try:
             sessions = read_sessions(path)
@@ -127,6 +127,8 @@ def tables_for(root: Path, gpu: str, processes: int = 1) -> list[tuple[Path, dic
             continue
         for s in sessions:
             same_gpu = session_gpu(s).strip().lower() == gpu.strip().lower()
-            if same_gpu and not s.get("memory_cap") and (s.get("processes") or 1) == processes:
+            key = json.dumps(s, sort_keys=True)
+            if same_gpu and not s.get("memory_cap") and (s.get("processes") or 1) == processes and key not in seen:
+                seen.add(key)
                 out.append((path, s))
     return out
