@@ -164,6 +164,8 @@ def isolated_env(tmp_path: Path) -> dict:
     secrets or switches from the developer's environment."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       250000000 kB\n")
     env = {
         k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith(("STANDIN_", "WS_", "MAKE"))
     }
@@ -177,6 +179,8 @@ def isolated_env(tmp_path: Path) -> dict:
         # Never this machine's RunPod file: tests that want a pod write their own.
         WS_RP_ENVIRONMENT=str(tmp_path / "rp_environment"),
         WS_STOP_RETRY_SECONDS="0",
+        # A pod's host RAM (256 GB), not this machine's: tests that want a small machine write their own.
+        WS_MEMINFO=str(meminfo),
     )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("VIRTUAL_ENV", None)

@@ -205,6 +205,34 @@ def test_a_smaller_gpu_warns_where_an_80gb_one_ran_out_and_points_to_a_bigger_gp
     assert "on a bigger GPU these fitted:" in line and "on this one lower `batch_size`" in line
 
 
+def host_ram_warnings(lines):
+    return [l for l in lines if "of host RAM" in l]
+
+
+def test_two_gpus_with_block_swap_warn_when_the_host_ram_cannot_hold_a_dit_per_process(ready, tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       39062500 kB\nMemFree:        1000 kB\n")  # 40 GB
+    two = {**H100, "STANDIN_GPUS": "2", "WS_MEMINFO": str(meminfo)}
+    r, lines = check(ready, **two)
+    assert r.returncode == 0, r.stdout  # a warning
+    [line] = host_ram_warnings(lines)
+    assert line == (
+        f"warning: {CONFIG}:{line_of(ready, CONFIG, 'blocks_to_swap')}: 2 training processes need about 54 GB of host "
+        "RAM (with block swap each holds the DiT on the CPU: about 27 GB a process, measured in "
+        "bench/nvidia-h200_v1_1-and-2-gpus.md) and this machine has 40 GB: the system may kill the run; train on "
+        "fewer GPUs (`num_processes` in [workspace]), or rent a pod with more RAM"
+    )
+    _, one = check(ready, **{**two, "CUDA_VISIBLE_DEVICES": "0"})  # one process: 27 GB fits
+    assert host_ram_warnings(one) == []
+    edit(ready, CONFIG, blocks_to_swap=None)  # no swap: 8.9 GB a process
+    _, noswap = check(ready, **two)
+    assert host_ram_warnings(noswap) == []
+    meminfo.write_text("MemTotal:       15625000 kB\n")  # 16 GB
+    _, small = check(ready, **two)
+    [line] = host_ram_warnings(small)
+    assert "2 training processes need about 18 GB of host RAM (without block swap: about 9 GB a process" in line
+
+
 def test_without_nvidia_smi_the_memory_check_says_it_did_not_happen(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
     path = ready.env["PATH"].split(":", 1)[1]  # tests/bin (with the nvidia-smi stand-in) left out

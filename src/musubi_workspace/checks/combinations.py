@@ -319,16 +319,68 @@ def weights_of(cfg: Config) -> str:
     return "fp8" if cfg.get("fp8_base") is True else "bf16"
 
 
+# Host RAM of one training process at its peak (the probe's resident set, bench/nvidia-h200_v1_1-and-2-gpus.md):
+# with block swap the DiT is loaded on the CPU first (25.1 GiB a process for the 25.7 GB bf16 DiT: the file and
+# HOST_EXTRA), without it 8.3 GiB. A DiT file under 1 GB is a placeholder: the bf16 file's size counts.
+HOST_NO_SWAP = int(8.3 * 2**30)
+HOST_EXTRA = int(1.25e9)
+DIT_BF16_BYTES = 25_700_000_000
+MEMINFO = "/proc/meminfo"
+
+
+def host_ram_total(env: dict[str, str]) -> int | None:
+    """MemTotal in bytes (WS_MEMINFO: another meminfo file, for tests); None where it cannot be read."""
+    try:
+        text = Path(env.get("WS_MEMINFO") or MEMINFO).read_text()
+    except OSError:
+        return None
+    m = re.search(r"^MemTotal:\s+(\d+)\s*kB", text, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def check_host_memory(ctx, processes: int) -> None:
+    """Warn when the training processes' host RAM (block swap: a DiT each) is more than the machine has."""
+    cfg = ctx.cfg
+    total = host_ram_total(ctx.env)
+    if total is None:
+        return
+    swap = cfg.get("blocks_to_swap") or 0
+    if isinstance(swap, int) and not isinstance(swap, bool) and swap > 0:
+        dit = cfg.path_of("dit") if isinstance(cfg.get("dit"), str) else None
+        size = dit.stat().st_size if dit is not None and dit.is_file() else 0
+        per = (size if size >= 10**9 else DIT_BF16_BYTES) + HOST_EXTRA
+        why = "with block swap each holds the DiT on the CPU"
+    else:
+        per, why = HOST_NO_SWAP, "without block swap"
+    need = per * processes
+    if need <= total:
+        return
+    where = cfg.where("blocks_to_swap") if "blocks_to_swap" in cfg.options else cfg.shown
+    ctx.report.warn(
+        where,
+        f"{processes} training process{'es' if processes > 1 else ''} need about {need / 1e9:.0f} GB of host RAM "
+        f"({why}: about {per / 1e9:.0f} GB a process, measured in bench/nvidia-h200_v1_1-and-2-gpus.md) and this "
+        f"machine has {total / 1e9:.0f} GB: the system may kill the run; train on fewer GPUs (`num_processes` in "
+        f"[workspace]), or rent a pod with more RAM",
+        kind=MACHINE,
+    )
+
+
 def check_gpu_memory(ctx) -> str | None:
-    """Where nvidia-smi shows a GPU: warn when a run no easier than this one ran out of memory on a GPU as big.
-    Without a visible GPU, or in a dry run (which needs no GPU and asks none), nothing is checked and the step
-    says so (⊘) rather than claim a ✓."""
+    """Where nvidia-smi shows a GPU: warn when a run no easier than this one ran out of memory on a GPU as big,
+    and when the training processes need more host RAM than the machine has. Without a visible GPU, or in a dry
+    run (which needs no GPU and asks none), nothing is checked and the step says so (⊘) rather than claim a ✓."""
+    from musubi_workspace.commands import process_count
+    from musubi_workspace.gpus import visible_gpu_count
+
     cfg = ctx.cfg
     if ctx.dry_run:
         return "dry run: no GPU needed, not checked"
     gpus = gpu_memory(child_env(cfg.ws))
     if not gpus:
         return "no GPU visible: not checked"
+    if ctx.for_training() and not cfg.settings.accelerate_config:
+        check_host_memory(ctx, process_count(cfg, visible_gpu_count(ctx.env)))
     found = datasets(cfg)
     if not found:
         return None
