@@ -193,19 +193,24 @@ def example_template(tmp_path_factory) -> Path:
     return w.root
 
 
-@pytest.fixture
-def ws(tmp_path, example_template) -> TmpWorkspace:
-    """A fresh workspace copy with the one-frame example dataset (datasets/example-1f) written; the video example's
-    116 frames only where a test asks for them (`video_ws`): copying them took most of each test's set-up."""
+def copy_workspace(template: Path, tmp_path: Path) -> TmpWorkspace:
+    """A copy of `template` at tmp_path/workspace (file times kept), without the video example's 116 frames."""
     root = tmp_path / "workspace"
-    video = example_template / "datasets" / "example-video"
+    video = template / "datasets" / "example-video"
     shutil.copytree(
-        example_template,
+        template,
         root,
         symlinks=True,
         ignore=lambda d, names: ["example-video"] if Path(d) == video.parent else [],
     )
     return TmpWorkspace(root=root, env=isolated_env(tmp_path))
+
+
+@pytest.fixture
+def ws(tmp_path, example_template) -> TmpWorkspace:
+    """A fresh workspace copy with the one-frame example dataset (datasets/example-1f) written; the video example's
+    116 frames only where a test asks for them (`video_ws`): copying them took most of each test's set-up."""
+    return copy_workspace(example_template, tmp_path)
 
 
 @pytest.fixture
@@ -224,10 +229,31 @@ def ready(ws) -> TmpWorkspace:
     return ws
 
 
-@pytest.fixture
-def cached(ready) -> TmpWorkspace:
-    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
-    r = ready.tool("cache")
+# What `make cache` leaves in a `ready` workspace (and the model files it fingerprints), copied by `cached`.
+CACHE_PRODUCTS = ("models", "cache", "runs", ".cache")
+# The tool's caches that name files by their absolute path (the image facts, the dataset hashes).
+ABSOLUTE_PATH_CACHES = (".cache/ws/images.json", "runs/.hash-cache.json")
+
+
+@pytest.fixture(scope="session")
+def cached_template(tmp_path_factory, example_template) -> Path:
+    """`ready` after one real `make cache` with the stand-ins (in-process, as `TmpWorkspace.tool` runs it), made
+    once per test process: each `cached` test copies what it left instead of running the two cache scripts."""
+    w = copy_workspace(example_template, tmp_path_factory.mktemp("cached"))
+    w.touch_models()
+    w.env["WANDB_MODE"] = "offline"
+    r = w.tool("cache")
     assert r.returncode == 0, r.stderr
-    ready.record.unlink()
+    return w.root
+
+
+@pytest.fixture
+def cached(ready, cached_template) -> TmpWorkspace:
+    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet: the files
+    that run left in `cached_template`, copied with their times, and its path-keyed caches moved to this copy."""
+    for name in CACHE_PRODUCTS:
+        shutil.copytree(cached_template / name, ready.root / name, symlinks=True, dirs_exist_ok=True)
+    for rel in ABSOLUTE_PATH_CACHES:
+        p = ready.root / rel
+        p.write_text(p.read_text().replace(json.dumps(str(cached_template))[:-1], json.dumps(str(ready.root))[:-1]))
     return ready
