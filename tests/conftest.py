@@ -9,6 +9,7 @@ exist on a GPU pod. What the stand-ins saw is in `ws.calls()`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,19 +199,24 @@ def example_template(tmp_path_factory) -> Path:
     return w.root
 
 
-@pytest.fixture
-def ws(tmp_path, example_template) -> TmpWorkspace:
-    """A fresh workspace copy with the one-frame example dataset (datasets/example-1f) written; the video example's
-    116 frames only where a test asks for them (`video_ws`): copying them took most of each test's set-up."""
+def copy_workspace(template: Path, tmp_path: Path) -> TmpWorkspace:
+    """A copy of `template` at tmp_path/workspace (file times kept), without the video example's 116 frames."""
     root = tmp_path / "workspace"
-    video = example_template / "datasets" / "example-video"
+    video = template / "datasets" / "example-video"
     shutil.copytree(
-        example_template,
+        template,
         root,
         symlinks=True,
         ignore=lambda d, names: ["example-video"] if Path(d) == video.parent else [],
     )
     return TmpWorkspace(root=root, env=isolated_env(tmp_path))
+
+
+@pytest.fixture
+def ws(tmp_path, example_template) -> TmpWorkspace:
+    """A fresh workspace copy with the one-frame example dataset (datasets/example-1f) written; the video example's
+    116 frames only where a test asks for them (`video_ws`): copying them took most of each test's set-up."""
+    return copy_workspace(example_template, tmp_path)
 
 
 @pytest.fixture
@@ -228,10 +235,75 @@ def ready(ws) -> TmpWorkspace:
     return ws
 
 
-@pytest.fixture
-def cached(ready) -> TmpWorkspace:
-    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
-    r = ready.tool("cache")
+# What `make cache` leaves in a `ready` workspace (and the model files it fingerprints), copied by `cached`.
+CACHE_PRODUCTS = ("models", "cache", "runs", ".cache")
+# The tool's caches that name files by their absolute path (the image facts, the dataset hashes).
+ABSOLUTE_PATH_CACHES = (".cache/ws/images.json", "runs/.hash-cache.json")
+
+
+@pytest.fixture(scope="session")
+def cached_template(tmp_path_factory, example_template) -> Path:
+    """`ready` after one real `make cache` with the stand-ins (in-process, as `TmpWorkspace.tool` runs it), made
+    once per test process: each `cached` test copies what it left instead of running the two cache scripts."""
+    w = copy_workspace(example_template, tmp_path_factory.mktemp("cached"))
+    w.touch_models()
+    w.env["WANDB_MODE"] = "offline"
+    r = w.tool("cache")
     assert r.returncode == 0, r.stderr
-    ready.record.unlink()
-    return ready
+    return w.root
+
+
+def relocate_caches(root: Path, old_root: Path) -> None:
+    """Point the tool's path-keyed caches in `root`, a copy of `old_root`, at `root`'s own files."""
+    for rel in ABSOLUTE_PATH_CACHES:
+        p = root / rel
+        if p.exists():
+            p.write_text(p.read_text().replace(json.dumps(str(old_root))[:-1], json.dumps(str(root))[:-1]))
+
+
+def add_cache(w: TmpWorkspace, cached_template: Path) -> TmpWorkspace:
+    """`w` (a `ready` copy) as `make cache` leaves it: what it left in `cached_template`, copied with the file
+    times, its path-keyed caches moved to this copy; no calls recorded."""
+    for name in CACHE_PRODUCTS:
+        shutil.copytree(cached_template / name, w.root / name, symlinks=True, dirs_exist_ok=True)
+    relocate_caches(w.root, cached_template)
+    return w
+
+
+# What `clone` moves to the copy's tmp_path; the rest of the environment is kept (WANDB_MODE, STANDIN_*).
+CLONE_MOVES = ("HOME", "HF_HOME", "UV_CACHE_DIR", "WS_RECORD", "WS_RP_ENVIRONMENT")
+
+
+def clone(w: TmpWorkspace, tmp_path: Path) -> TmpWorkspace:
+    """A copy of the workspace `w` at tmp_path/workspace, with its file times, its environment (the record, HOME
+    and caches moved to tmp_path) and its path-keyed caches moved to the copy: a test can start from a state a
+    shared fixture made once."""
+    root = tmp_path / "workspace"
+    shutil.copytree(w.root, root, symlinks=True)
+    relocate_caches(root, w.root)
+    moved = isolated_env(tmp_path)
+    return TmpWorkspace(root=root, env={**w.env, **{k: moved[k] for k in CLONE_MOVES}})
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `name` that `build(folder)` fills once per test run: the test process (pytest-xdist worker) that
+    asks first builds it while the others wait on a lock, then every process reuses it (xdist's recipe for a
+    session fixture made once). For states that take a long chain of make calls; tests read it or `clone` it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder all workers of this run share
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a build that failed left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture
+def cached(ready, cached_template) -> TmpWorkspace:
+    """`ready` with an up-to-date cache (`make cache` ran with the stand-ins) and no calls recorded yet."""
+    return add_cache(ready, cached_template)

@@ -2,24 +2,84 @@
 throw-away workspace), the checks it makes after each step (passing and failing) and its exit codes.
 
 The stand-ins write files in their real formats here (STANDIN_REAL_FILES=1: safetensors caches and LoRAs,
-PNG samples, tensorboard scalars), so the smoke's checks run on what they would see on a GPU."""
+PNG samples, tensorboard scalars), so the smoke's checks run on what they would see on a GPU.
+
+A full chain takes seconds: the tests that look at one passed smoke, or at a second smoke after it, share those
+runs (`passed`, `second`: made once per test run, whichever test process asks first)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import error_line
+from conftest import TmpWorkspace, built_once, clone, copy_workspace, error_line, isolated_env
 
 STEPS = ("models", "workspace", "cache", "cache again", "caption", "train", "resume", "generate", "report", "runs")
+# The stand-ins' settings of every smoke here.
+SMOKE_ENV = dict(STANDIN_REAL_FILES="1", STANDIN_STEPS="all", STANDIN_STEP_SECONDS="0")
 
 
 @pytest.fixture
 def smoke_ws(ws):
-    ws.env.update(STANDIN_REAL_FILES="1", STANDIN_STEPS="all", STANDIN_STEP_SECONDS="0")
+    ws.env.update(SMOKE_ENV)
     return ws
+
+
+@dataclass
+class Smoked:
+    """A `make smoke` that ran: its workspace, its result, and what the stand-ins saw (taken right after it)."""
+
+    ws: TmpWorkspace
+    r: subprocess.CompletedProcess
+    calls: list[dict]
+    pod_calls: list[dict]
+
+
+def smoke_once(tmp_path_factory, name: str, workspace, env: dict | None = None) -> Smoked:
+    """`make smoke` (from step 1) in the workspace `workspace(folder)` makes, once per test run (`built_once`):
+    the tests that look at the same smoke share it."""
+
+    def build(folder: Path) -> None:
+        ws = workspace(folder)
+        r = ws.make("smoke", env=env, timeout=300)
+        result = dict(returncode=r.returncode, stdout=r.stdout, stderr=r.stderr, calls=ws.calls(), pods=pod_calls(ws))
+        (folder / "smoke.json").write_text(json.dumps(result))
+
+    folder = built_once(tmp_path_factory, name, build)
+    result = json.loads((folder / "smoke.json").read_text())
+    ws = TmpWorkspace(root=folder / "workspace", env={**isolated_env(folder), **SMOKE_ENV})
+    r = subprocess.CompletedProcess(["make", "smoke"], result["returncode"], result["stdout"], result["stderr"])
+    return Smoked(ws, r, result["calls"], result["pods"])
+
+
+@pytest.fixture(scope="module")
+def passed(tmp_path_factory, example_template) -> Smoked:
+    """One `make smoke` from step 1 (one GPU), in a fresh workspace copy: the full chain."""
+
+    def workspace(folder: Path) -> TmpWorkspace:
+        ws = copy_workspace(example_template, folder)
+        ws.env.update(SMOKE_ENV)
+        return ws
+
+    return smoke_once(tmp_path_factory, "smoke-passed", workspace)
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory, passed) -> Smoked:
+    """A second `make smoke` from step 1, with two GPUs, in a copy of the passed one's workspace: its models in
+    place and a file left in its throw-away workspace (`.cache/smoke/ws/leftover`)."""
+    assert passed.r.returncode == 0, passed.r.stdout + passed.r.stderr
+
+    def workspace(folder: Path) -> TmpWorkspace:
+        ws = clone(passed.ws, folder)
+        (ws.root / ".cache" / "smoke" / "ws" / "leftover").write_text("x")
+        return ws
+
+    return smoke_once(tmp_path_factory, "smoke-second", workspace, env={"STANDIN_GPUS": "2"})
 
 
 def step_lines(out: str) -> list[str]:
@@ -31,16 +91,15 @@ def pod_calls(ws) -> list[dict]:
     return [json.loads(l) for l in p.read_text().splitlines()] if p.exists() else []
 
 
-def test_smoke_runs_every_step_through_the_real_targets_and_passes(smoke_ws):
-    ws = smoke_ws
-    r = ws.make("smoke", timeout=300)
+def test_smoke_runs_every_step_through_the_real_targets_and_passes(passed):
+    ws, r = passed.ws, passed.r
     assert r.returncode == 0, r.stdout + r.stderr
     lines = step_lines(r.stdout)
     assert [re.match(r"^\[\d+/10\] (.+?) ✓ \d+m\d\ds: ", l).group(1) for l in lines] == list(STEPS), r.stdout
     assert re.search(r"^smoke: 10/10 steps passed in \d+\.\d min$", r.stdout, re.M), r.stdout
     # The scripts ran in the throw-away workspace, offline, never in the user's.
     scratch = ws.root / ".cache" / "smoke" / "ws"
-    calls = ws.calls()
+    calls = passed.calls
     progs = [c["prog"] for c in calls]
     assert progs.count("random_models") == 1
     # cache: both scripts; cache again: none; caption: the text-encoder script only; train, resume; generate.
@@ -63,18 +122,15 @@ def test_smoke_runs_every_step_through_the_real_targets_and_passes(smoke_ws):
     assert not (ws.root / "runs").exists() and not (ws.root / "outputs").exists()
     assert not (ws.root / "cache" / "v1").exists()
     # The pod stop: once, after training, with the smoke's pod id; not after the cancelled resume.
-    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+    assert [c["argv"] for c in passed.pod_calls] == [["pod", "stop", "smoke-pod"]]
 
 
-def test_models_are_reused_and_the_scratch_workspace_is_made_anew(smoke_ws):
-    ws = smoke_ws
-    assert ws.make("smoke", timeout=300).returncode == 0
-    marker = ws.root / ".cache" / "smoke" / "ws" / "leftover"
-    marker.write_text("x")
-    r = ws.make("smoke", timeout=300)
+def test_models_are_reused_and_the_scratch_workspace_is_made_anew(passed, second):
+    assert passed.r.returncode == 0
+    r = second.r
     assert r.returncode == 0, r.stdout + r.stderr
-    assert not marker.exists()
-    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+    assert not (second.ws.root / ".cache" / "smoke" / "ws" / "leftover").exists()
+    assert [c["argv"] for c in second.pod_calls] == [["pod", "stop", "smoke-pod"]]
 
 
 def test_a_failing_script_stops_the_smoke_at_its_step_naming_the_log(smoke_ws):
@@ -134,18 +190,19 @@ def test_a_pod_stop_that_fails_fails_the_train_step(smoke_ws):
     assert [c["prog"] for c in ws.calls()].count("accelerate") == 1
 
 
-def test_with_two_gpus_train_and_resume_run_two_processes_and_save_and_stop_once(smoke_ws):
+def test_with_two_gpus_train_and_resume_run_two_processes_and_save_and_stop_once(second):
     """num_processes = "auto" in configs/v1: one process per GPU, as `make train` does. The once-only actions
     still happen once: each LoRA saved once (one "saving checkpoint" line each), one pod stop."""
-    ws = smoke_ws
-    r = ws.make("smoke", env={"STANDIN_GPUS": "2"}, timeout=300)
+    r = second.r
     assert r.returncode == 0, r.stdout + r.stderr
     train_line = next(l for l in step_lines(r.stdout) if "] train ✓" in l)
     assert train_line.endswith("(2 processes)")
-    for call in [c for c in ws.calls() if c["prog"] == "accelerate"]:
+    accelerate = [c for c in second.calls if c["prog"] == "accelerate"]
+    assert len(accelerate) == 2  # train and resume
+    for call in accelerate:
         argv = call["argv"]
         assert argv[argv.index("--num_processes") + 1] == "2" and "--multi_gpu" in argv
-    assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
+    assert [c["argv"] for c in second.pod_calls] == [["pod", "stop", "smoke-pod"]]
 
 
 def test_smoke_from_a_step_goes_on_where_the_last_smoke_stopped(smoke_ws):
