@@ -124,6 +124,14 @@ class Smoke:
     def out(self) -> Path:
         return self.scratch / "outputs" / "v1"
 
+    def write_pod_standin(self) -> None:
+        """The recording runpodctl, written by every smoke (also one that starts at a later step): it names this
+        Python and this workspace's record by their paths."""
+        bin_dir = self.base / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        (bin_dir / "runpodctl").write_text(RUNPODCTL.format(python=sys.executable, record=str(self.pod_record)))
+        (bin_dir / "runpodctl").chmod(0o755)
+
     def env(self) -> dict[str, str]:
         """The environment of every step: the workspace's (its python and accelerate first on PATH), offline, the
         stand-in runpodctl first on PATH, no secrets."""
@@ -233,10 +241,6 @@ class Smoke:
         (version / "config.toml").write_text(self.config_text((src / "config.toml").read_text(encoding="utf-8")))
         (version / "dataset.toml").write_text(DATASET_TOML)
         (version / "prompts.txt").write_text(PROMPTS)
-        bin_dir = self.base / "bin"
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        (bin_dir / "runpodctl").write_text(RUNPODCTL.format(python=sys.executable, record=str(self.pod_record)))
-        (bin_dir / "runpodctl").chmod(0o755)
         self.pod_record.unlink(missing_ok=True)
         self.make(log, "example")
         jsonl = self.scratch / "datasets" / "example-1f" / "train.jsonl"
@@ -709,6 +713,7 @@ def smoke(ws: Workspace, from_: str = "") -> None:
     total = len(STEPS)
     t0 = time.monotonic()
     print(f"smoke: {total} steps in a throw-away workspace, {ws.rel(s.scratch)}; logs in {ws.rel(s.logs)}", flush=True)
+    s.write_pod_standin()
     train = [n for n, _ in STEPS].index("train") + 1
     if 1 < start <= train:
         removed = s.redo_training()
