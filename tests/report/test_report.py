@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import error_line
+from conftest import TmpWorkspace, add_cache, built_once, clone, copy_workspace, error_line, isolated_env
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -317,6 +317,22 @@ def tag(sample_name: str) -> str:
     return re.sub(r"_\d{14}_42_000\.png$", "", sample_name)
 
 
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, example_template, cached_template) -> TmpWorkspace:
+    """A `cached` workspace where `train_then_resume` ran, made once per test run (`built_once`): the tests of a
+    resumed run each start from a copy (`clone`)."""
+
+    def build(folder: Path) -> None:
+        w = copy_workspace(example_template, folder)
+        w.touch_models()
+        w.env["WANDB_MODE"] = "offline"
+        add_cache(w, cached_template)
+        train_then_resume(w)
+
+    folder = built_once(tmp_path_factory, "report-resumed", build)
+    return TmpWorkspace(root=folder / "workspace", env={**isolated_env(folder), "WANDB_MODE": "offline"})
+
+
 def train_then_resume(cached) -> None:
     """The real `make train` (the trainer stand-in writes tensorboard events and samples as musubi-tuner does)
     fails at step 350 after saving a state at step 300; the real `make resume` goes on from that state for 200
@@ -367,8 +383,8 @@ def assert_one_continued_series(ws, r, continues: str) -> None:
         assert (ws.root / "runs/report" / link).is_file()
 
 
-def test_a_resumed_run_continues_its_version_at_its_true_steps(cached):
-    train_then_resume(cached)
+def test_a_resumed_run_continues_its_version_at_its_true_steps(resumed, tmp_path):
+    cached = clone(resumed, tmp_path)
     r = cached.tool("report")
     [resume] = [p for p in (cached.root / "runs/v1").iterdir() if p.name.endswith("-resume")]
     assert_one_continued_series(cached, r, rf"outputs/v1/{NAME}-step00000300-state \(step 300; run {resume.name}\)")
@@ -385,8 +401,8 @@ def test_a_resumed_run_continues_its_version_at_its_true_steps(cached):
     assert line.resumes == [300]
 
 
-def test_without_run_records_the_offset_comes_from_the_sample_names(cached):
-    train_then_resume(cached)
+def test_without_run_records_the_offset_comes_from_the_sample_names(resumed, tmp_path):
+    cached = clone(resumed, tmp_path)
     import shutil
 
     shutil.rmtree(cached.root / "runs/v1")  # only the pod's outputs/ were copied here
@@ -394,8 +410,8 @@ def test_without_run_records_the_offset_comes_from_the_sample_names(cached):
     assert_one_continued_series(cached, r, r"a state at step 300 \(no run record; from the names of its samples\)")
 
 
-def test_a_resumed_run_whose_first_run_is_gone_starts_at_its_offset(cached):
-    train_then_resume(cached)
+def test_a_resumed_run_whose_first_run_is_gone_starts_at_its_offset(resumed, tmp_path):
+    cached = clone(resumed, tmp_path)
     first = sorted((cached.root / "outputs/v1/logs").iterdir())[0]
     import shutil
 
