@@ -339,6 +339,14 @@ def train_then_resume(cached) -> None:
     steps (301-500), logging from step 1 again in a new folder and naming its samples `…-resume300_…`."""
     r = cached.make("train", "AUTO_STOP=0", env={**OUTPUTS, "STANDIN_STEPS": "all", "STANDIN_FAIL_AT": "350"})
     assert r.returncode != 0
+    # A real resume starts minutes after the run it continues; the stand-ins take a second or less. The report keeps
+    # the newer of two samples at one step by the time in their names (seconds): the resume's first sample (step 300)
+    # must not share it with the failed run's step-300 sample.
+    last = max(
+        re.search(r"_(\d{14})_42_000\.png$", p.name).group(1) for p in (cached.root / "outputs/v1/sample").iterdir()
+    )
+    while time.strftime("%Y%m%d%H%M%S", time.localtime()) <= last:
+        time.sleep(0.05)
     r = cached.make("resume", "AUTO_STOP=0", env={**OUTPUTS, "STANDIN_STEPS": "200"})
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (cached.root / "outputs/v1/sample").iterdir())
