@@ -44,6 +44,10 @@ STEPS ?=
 ALLOW_CHANGES ?= 0
 # GPU memory `make tune`/`make bench` may use, e.g. MEMORY=80GB (GB = 10^9 bytes, GiB = 2^30): "fits" as on that card; empty = all
 MEMORY ?=
+# GPUs each `make tune`/`make bench` run trains on, e.g. 1 on a 4-GPU pod: 4 runs side by side; empty = all, one run at a time
+GPUS_PER_RUN ?=
+# 1 = `make tune`/`make bench` go on with their last unfinished session (cut short): what it measured is not run again
+CONTINUE ?= 0
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # `make smoke`: start at this step (e.g. resume) when the steps before it passed in the last smoke; empty = all
@@ -129,12 +133,12 @@ runs: .venv/.stamp-base ## List every run: version, target, status, duration, st
 ##@ Speed and memory: the fastest settings that fit the GPU
 
 .PHONY: tune
-tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES MEMORY]
-	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)"
+tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE]
+	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)"
 
 .PHONY: bench
-bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES MEMORY]
-	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)"
+bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE]
+	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)"
 
 .PHONY: smoke
 smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod  [SMOKE_FROM]

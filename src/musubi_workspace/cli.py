@@ -114,6 +114,8 @@ def cmd_tune(ws, a):
         steps=a.steps,
         allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
         memory=a.memory,
+        gpus_per_run=a.gpus_per_run,
+        continue_=_flag(a.continue_, "CONTINUE"),
     )
 
 
@@ -128,6 +130,8 @@ def cmd_bench(ws, a):
         steps=a.steps,
         allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
         memory=a.memory,
+        gpus_per_run=a.gpus_per_run,
+        continue_=_flag(a.continue_, "CONTINUE"),
     )
 
 
@@ -251,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(
             "--memory", default="", help="GPU memory a run may use, e.g. 80GB (decides 'fits' as on that card)"
         )
+        t.add_argument("--gpus-per-run", default="", help="GPUs each run trains on; runs go side by side on the others")
+        t.add_argument("--continue", dest="continue_", default="0", help="1: go on with the last unfinished session")
         if name == "tune":
             t.add_argument("--apply", default="0", help="1: write the pick into a new version")
     sm = add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")

@@ -151,6 +151,9 @@ def train_command(
         argv += ["--num_processes", str(n), "--num_machines", "1"]
         if n > 1:
             argv += ["--multi_gpu"]
+            # Two several-GPU runs on one machine (`make bench GPUS_PER_RUN=2` on 4 GPUs) need a port each.
+            if (env or {}).get("MAIN_PROCESS_PORT"):
+                argv += ["--main_process_port", str(env["MAIN_PROCESS_PORT"])]
     argv += ["-m", module, "--config_file", cfg.ws.rel(cfg.path)]
     argv += list(extra or [])
     compiled = cfg.get("compile") is True if compiled is None else compiled

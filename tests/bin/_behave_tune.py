@@ -16,6 +16,8 @@ settings that fit, do not fit, and differ in speed:
   host memory (max_rss) GiB = 4 + 0.6 x blocks_to_swap, per process
   STANDIN_PROBE_CRASH=<name>   a run whose config's blocks_to_swap/compile match `swapN+compile` dies without a
                                record (a segfault in the trainer), e.g. STANDIN_PROBE_CRASH=swap8+compile
+  STANDIN_PROBE_HANG=<name>    the same match: the run never ends (a pod stopped under it: the test kills it)
+  STANDIN_PROBE_SECONDS=<s>    every run takes this long (runs side by side overlap)
 Losses are 0.1 + step/100 (+0.001 with fp8), so fp8 rows differ from bf16 ones.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import tomllib
@@ -42,6 +45,9 @@ def behave(argv: list[str]) -> int:
     if crash and crash == f"swap{swap}" + ("+compile" if compiled else ""):
         print("Command '[...]' died with <Signals.SIGSEGV: 11>.", file=sys.stderr)
         return 1
+    if os.environ.get("STANDIN_PROBE_HANG", "-") == f"swap{swap}" + ("+compile" if compiled else ""):
+        time.sleep(3600)
+    time.sleep(float(os.environ.get("STANDIN_PROBE_SECONDS") or 0))
     total = float(os.environ.get("STANDIN_GPU_MEM_GIB", "80")) * 2**30
     cap = int(os.environ.get("WS_PROBE_MEMORY") or 0)
     usable = min(total, cap) if cap else total

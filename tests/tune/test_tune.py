@@ -452,3 +452,123 @@ def test_memory_caps_what_fits_and_the_report_says_the_speeds_are_the_bigger_gpu
     assert not (ws.root / "bench" / "nvidia-h200_v1.md").exists()  # the uncapped table is another file
     bad = ws.make("bench", "MEMORY=80")
     assert error_line(bad).startswith("error: MEMORY=80: expected an amount of GPU memory with its unit")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several candidates at once on a machine of several GPUs (GPUS_PER_RUN), and a session cut short (CONTINUE=1)
+# ---------------------------------------------------------------------------------------------------------
+
+H200 = {"STANDIN_GPU_NAME": "NVIDIA H200", "STANDIN_GPU_MEM_MIB": "143771", "STANDIN_GPU_MEM_GIB": "140"}
+
+
+def test_the_full_search_runs_side_by_side_one_gpu_each(ws):
+    env = {**H200, "STANDIN_GPUS": "4", "STANDIN_PROBE_SECONDS": "1.5"}
+    r = ws.make("bench", "GPUS_PER_RUN=1", env=env, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "GPUS_PER_RUN=1: 4 runs side by side, on GPUs 0 | 1 | 2 | 3" in r.stdout
+    calls = probe_calls(ws)
+    # Each run trains on one GPU of its own: one process, CUDA_VISIBLE_DEVICES one index, no port of its own.
+    assert {c["env"]["CUDA_VISIBLE_DEVICES"] for c in calls} == {"0", "1", "2", "3"}
+    assert all(c["argv"][c["argv"].index("--num_processes") + 1] == "1" for c in calls)
+    assert not any("--main_process_port" in c["argv"] for c in calls)
+    # The first four started together, before any of them (1.5 s each) could have ended.
+    starts = sorted(c["time"] for c in calls)
+    assert starts[3] - starts[0] < 1.2
+    # The same candidates as one at a time (the stand-in's H200 fits every swap value), each run once.
+    done = re.findall(r"^\[\d+/\d+\] (\S+): (?:\d|does not fit|error)", r.stdout, re.M)
+    expected = ["current", "swap16", "swap12", "swap8", "swap4", "swap0", "pinned", "fp8", "swap0+fp8", "compile"]
+    assert set(expected) <= set(done) and len(done) == len(set(done)) == len(calls)
+    assert "swap0+compile" in done and "batch8+swap0+compile" in done
+    table = ws.read("bench/nvidia-h200_v1.md")  # one GPU per run: the one-GPU table
+    assert "- runs side by side: 4 at a time, each on its own GPU(s) of one machine" in table
+    assert "command: `make bench CONFIG_FILE=configs/v1/config.toml GPUS_PER_RUN=1`" in table
+    # Rows in the order the runs started; the pick is the combination of the axes' improvements, run last.
+    assert [row.split("`")[1] for row in table.splitlines() if row.startswith("| `")][:3] == [
+        "current",
+        "swap16",
+        "swap12",
+    ]
+    assert "**Pick: `swap0+nockpt+compile`**" in table and done[-1] == "swap0+nockpt+compile"
+    record = json.loads(next((ws.root / "runs" / "v1").glob("bench-*/bench.json")).read_text())
+    assert record["finished"] is True and record["side_by_side"] == 4 and record["processes"] == 1
+
+
+def test_two_gpus_per_run_side_by_side_use_a_port_each(ws):
+    r = ws.make("bench", "ONLY=current,compile", "GPUS_PER_RUN=2", env={**H200, "STANDIN_GPUS": "4"})
+    assert r.returncode == 0, r.stderr + r.stdout
+    calls = probe_calls(ws)
+    assert sorted(c["env"]["CUDA_VISIBLE_DEVICES"] for c in calls) == ["0,1", "2,3"]
+    ports = {c["argv"][c["argv"].index("--main_process_port") + 1] for c in calls}
+    assert ports == {"29501", "29502"}
+    assert all(c["argv"][c["argv"].index("--num_processes") + 1] == "2" and "--multi_gpu" in c["argv"] for c in calls)
+    assert "[1/2] current started on GPUs 0,1:" in r.stdout or "[1/2] current started on GPUs 2,3:" in r.stdout
+    assert ws.read("bench/nvidia-h200_v1_2gpus.md").count("| `") == 2
+
+
+@pytest.mark.parametrize(
+    "value, env, message",
+    [
+        ("3", {"STANDIN_GPUS": "2"}, "GPUS_PER_RUN=3: 2 GPU(s) visible here; give at most 2"),
+        (
+            "2",
+            {"STANDIN_GPUS": "4", "CUDA_VISIBLE_DEVICES": "3"},
+            "GPUS_PER_RUN=2: 1 GPU(s) visible here (CUDA_VISIBLE_DEVICES=3); give at most 1",
+        ),
+        ("0", {}, "GPUS_PER_RUN=0: expected the number of GPUs each run trains on, such as 1"),
+        ("1", {"STANDIN_GPUS": "0"}, "GPUS_PER_RUN=1: no GPU visible here (nvidia-smi lists none)"),
+    ],
+)
+def test_a_bad_gpus_per_run_is_one_clear_error(ws, value, env, message):
+    r = ws.make("bench", f"GPUS_PER_RUN={value}", env=env)
+    assert r.returncode != 0 and error_line(r).startswith(f"error: {message}"), r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and not probe_calls(ws)
+
+
+def test_a_bench_cut_short_keeps_its_runs_and_continue_goes_on_from_them(ws):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**ws.env, **H200, "STANDIN_PROBE_HANG": "swap8"}
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "bench"],
+        cwd=ws.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until swap8 hangs: current, swap16 and swap12 measured
+            if any("swap8" in c["argv"][-1] or "/swap8/" in json.dumps(c) for c in probe_calls(ws)):
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the pod stopped under it
+        proc.wait()
+    (record_path,) = (ws.root / "runs" / "v1").glob("bench-*/bench.json")
+    cut = json.loads(record_path.read_text())
+    assert cut["finished"] is False and [x["name"] for x in cut["results"]] == ["current", "swap16", "swap12"]
+    before = len(probe_calls(ws))
+
+    r = ws.make("bench", "CONTINUE=1", env=H200, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"CONTINUE=1: going on with {record_path.parent.relative_to(ws.root)}: 3 run(s) measured there" in r.stdout
+    assert re.search(r"^\[1/\d+\] current: measured before \(CONTINUE=1\): ", r.stdout, re.M)
+    again = [c["env"]["TORCHINDUCTOR_CACHE_DIR"].split("/")[-2] for c in probe_calls(ws)[before:]]
+    assert again[0] == "swap8" and not {"current", "swap16", "swap12"} & set(again)
+    final = json.loads(record_path.read_text())
+    names = [x["name"] for x in final["results"]]
+    assert final["finished"] is True and names[:4] == ["current", "swap16", "swap12", "swap8"]
+    assert len(names) == len(set(names)) and list((ws.root / "runs" / "v1").glob("bench-*")) == [record_path.parent]
+    assert "**Pick: `swap0+nockpt+compile`**" in ws.read("bench/nvidia-h200_v1.md")
+
+
+def test_continue_without_an_unfinished_session_starts_afresh(ws):
+    assert ws.make("bench", "ONLY=current", env=H200).returncode == 0  # finished: not continued
+    r = ws.make("bench", "ONLY=current", "CONTINUE=1", env=H200)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "CONTINUE=1: no unfinished bench of configs/v1/config.toml here" in r.stdout
+    assert len(probe_calls(ws)) == 2

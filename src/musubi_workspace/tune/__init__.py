@@ -30,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -61,6 +62,8 @@ MARGIN = 0.10
 TIE = 0.02
 # A candidate that runs longer than this is stopped and reported as "timeout".
 CANDIDATE_TIMEOUT_S = 1800
+# accelerate's default port; runs side by side on several GPUs each use the next ones.
+MAIN_PORT = 29500
 # Block swap: musubi-tuner accepts up to 36 in training; searched in steps of this size.
 SWAP_MAX, SWAP_STEP = 36, 4
 ATTENTION_KEYS = ("sdpa", "flash_attn", "xformers", "flash3", "sage_attn")
@@ -503,6 +506,16 @@ class Session:
     memory: str = ""  # MEMORY= as given
     processes: int = 1  # processes of each run: as `make train` would start them here (num_processes, the GPUs)
     workload: dict | None = None  # bench_tables.workload_of: the shape the results were measured on
+    kind: str = "tune"  # tune | bench: the record's name in `folder`
+    command: str = ""  # the make command, as the record shows it
+    allow_changes: bool = False
+    # GPUS_PER_RUN: the CUDA_VISIBLE_DEVICES of each slot that runs a candidate; several run side by side.
+    # [None]: one run at a time, on the GPUs the environment shows.
+    slots: list = field(default_factory=lambda: [None])
+    # CONTINUE=1: the results of the unfinished session continued (its settings are not run again).
+    earlier: dict = field(default_factory=dict)
+    order: dict = field(default_factory=dict)  # Setting -> the number it started as: the rows' order
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def options_for(self, s: Setting, out_dir: Path, dataset_path: Path) -> dict:
         opts = {
@@ -524,7 +537,23 @@ class Session:
             opts["dit"] = self.dit
         return opts
 
-    def run(self, s: Setting, index: int, total: int) -> Result:
+    @property
+    def side_by_side(self) -> bool:
+        return len(self.slots) > 1
+
+    def save(self, finished: bool) -> Path:
+        """The session's record, rewritten after every run: a session cut short (a pod stopped, a time limit)
+        keeps what it measured, and CONTINUE=1 goes on from it."""
+        record = session_record(self, self.command, self.allow_changes)
+        record["finished"] = finished
+        record = json.loads(redact(json.dumps(record), secret_values(self.env)))
+        path = self.folder / f"{self.kind}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def run(self, s: Setting, index: int, total: int, slot: str | None = None) -> Result:
         import tomlkit  # the measuring runs and APPLY=1 write TOML; `make check` imports this package
 
         name = s.name(self.base)
@@ -537,15 +566,25 @@ class Session:
         config_path = work / "config.toml"
         config_path.write_text(tomlkit.dumps(self.options_for(s, work / "output", dataset_path)), encoding="utf-8")
         cfg = Config.load(self.ws, config_path)
-        cmd = train_command(cfg, self.processes, module=PROBE_MODULE, env=self.env)
+        run_env = dict(self.env)
+        if slot is not None:
+            run_env["CUDA_VISIBLE_DEVICES"] = slot
+            if self.processes > 1:  # side by side, each run's processes meet on a port of their own
+                run_env["MAIN_PROCESS_PORT"] = str(MAIN_PORT + 1 + self.slots.index(slot))
+        cmd = train_command(cfg, self.processes, module=PROBE_MODULE, env=run_env)
         probe_out = work / "probe.json"
-        env = {**self.env, **cmd.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
+        env = {**run_env, **cmd.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
         if self.memory_cap:
             env[MEMORY_ENV] = str(self.memory_cap)
         log = self.folder / f"{name}.log"
         # The scratch folder is temporary and machine-local: the record names it <scratch>.
         self.commands.append(f"{name}: {cmd.shell().replace(str(self.scratch), '<scratch>')}")
-        print(f"[{index}/{total}] {name}: {s.describe()} ...", end="", flush=True)
+        if self.side_by_side:
+            where = f"GPU {slot}" if "," not in slot else f"GPUs {slot}"
+            with self.lock:  # whole lines: runs side by side print from their own threads
+                print(f"[{index}/{total}] {name} started on {where}: {s.describe()}", flush=True)
+        else:
+            print(f"[{index}/{total}] {name}: {s.describe()} ...", end="", flush=True)
         t0 = time.time()
         status = None
         with open(log, "w", encoding="utf-8") as f:
@@ -557,7 +596,7 @@ class Session:
                 )
                 code = proc.returncode
             except FileNotFoundError:
-                print()
+                print(flush=True)
                 raise WorkspaceError(
                     f"{cmd.argv[0]}: not found; `make tune` needs the GPU stack (make setup-train)", EXIT_CHILD
                 ) from None
@@ -575,10 +614,15 @@ class Session:
         r.wall_s = time.time() - t0
         if r.status == "error" and not r.message.strip():
             r.message = f"exit code {code}"
-        self.results.append(r)
-        print(" " + summary(r), flush=True)
-        if r.status == "error":
-            print(f"      {r.message} (log: {self.ws.rel(log)})", flush=True)
+        with self.lock:
+            self.results.append(r)
+            self.save(finished=False)
+            if self.side_by_side:
+                print(f"[{index}/{total}] {name}: {summary(r)}", flush=True)
+            else:
+                print(" " + summary(r), flush=True)
+            if r.status == "error":
+                print(f"      {r.message} (log: {self.ws.rel(log)})", flush=True)
         return r
 
 
@@ -598,33 +642,118 @@ def summary(r: Result) -> str:
 
 
 def run_all(sess: Session, only: list[str], attention: list[str], allow_changes: bool) -> None:
-    """Run ONLY's settings in order, or the candidates: current, each axis (with its stop rule), combined."""
+    """Run ONLY's settings in order, or the candidates: current, each axis (with its stop rule), combined.
+    With several slots (GPUS_PER_RUN) the next candidates start as slots free up; an axis' stop rule then skips
+    what has not started yet. A setting the continued session measured (CONTINUE=1) is not run again."""
     if only:
         settings = []
         for n in only:
             s = parse_name(n, sess.base)
             if s not in settings:
                 settings.append(s)
-        for i, s in enumerate(settings, 1):
-            sess.run(s, i, len(settings))
+        execute(sess, [("ONLY", s) for s in settings], {})
         return
-    current = sess.run(sess.base, 1, 1)
-    plan = axes(sess.base, attention, current_fits=current.fits())
-    total = 1 + sum(len(a.settings) for a in plan) + 1
-    done = {sess.base}
-    n = 1
-    for axis in plan:
-        for s in axis.settings:
-            if s in done:
-                continue
-            done.add(s)
-            n += 1
-            r = sess.run(s, n, total)
-            if (axis.stop == "misfit" and not r.fits()) or (axis.stop == "fit" and r.fits()):
-                break
+
+    def plan(current_fits: bool) -> tuple[list[tuple[str, Setting]], dict[str, str | None]]:
+        p = axes(sess.base, attention, current_fits=current_fits)
+        return [(a.name, s) for a in p for s in a.settings], {a.name: a.stop for a in p}
+
+    # Side by side, the first candidates start with `current`, on the plan for a current setting that fits;
+    # when it does not, the rest of the queue becomes the plan for one that does not.
+    rest, stops = plan(True)
+    queue = [("current", sess.base)] + (rest if sess.side_by_side else [])
+
+    def on_result(axis: str, r: Result) -> tuple[list[tuple[str, Setting]], int] | None:
+        """After `current`: the queue of the plan that its fit calls for, and the new total (combined last)."""
+        if axis != "current" or (r.fits() and sess.side_by_side):
+            return None
+        new, new_stops = plan(r.fits())
+        stops.update(new_stops)
+        return new, 1 + len(new) + 1
+
+    total = 1 + len(rest) + 1
+    n = execute(sess, queue, stops, on_result, total)
     merged = combined(sess.base, sess.results, allow_changes)
-    if merged is not None and merged not in done:
-        sess.run(merged, n + 1, n + 1)
+    if merged is not None and merged not in {r.setting for r in sess.results}:
+        execute(sess, [("combined", merged)], {}, first=n + 1, total=n + 1)
+
+
+def execute(
+    sess: Session,
+    queue: list[tuple[str, Setting]],
+    stops: dict[str, str | None],
+    on_result=None,
+    total: int | None = None,
+    first: int = 1,
+) -> int:
+    """Run the queue's (axis, setting) pairs, one per free slot, in order. After a run, the axis' stop rule
+    ("misfit": the rest of the axis is skipped after one does not fit; "fit": after one fits) and `on_result`
+    (which may replace what is still queued, and the total shown) apply. Returns the index of the last run."""
+    queue = list(queue)
+    shown = [total or len(queue)]
+    stopped: set[str] = set()
+    started = {r.setting for r in sess.results}
+    free = list(sess.slots)
+    running: list[threading.Thread] = []
+    failure: list[BaseException] = []
+    cond = threading.Condition()
+    n = first - 1
+
+    def finish(axis: str, r: Result) -> None:
+        stop = stops.get(axis)
+        if (stop == "misfit" and not r.fits()) or (stop == "fit" and r.fits()):
+            stopped.add(axis)
+        new = on_result(axis, r) if on_result else None
+        if new is not None:
+            queue[:], shown[0] = new
+
+    def work(axis: str, s: Setting, index: int, slot: str | None) -> None:
+        try:
+            r = sess.run(s, index, shown[0], slot)
+        except BaseException as e:  # noqa: BLE001 - shown by the main thread
+            r, failure[:] = None, [e]
+        with cond:
+            if r is not None:
+                finish(axis, r)
+            free.append(slot)
+            cond.notify_all()
+
+    with cond:
+        while True:
+            while free and queue and not failure:
+                axis, s = queue.pop(0)
+                if axis in stopped or s in started:
+                    continue
+                started.add(s)
+                n += 1
+                sess.order[s] = n
+                if s in sess.earlier:
+                    r = sess.earlier[s]
+                    with sess.lock:
+                        sess.results.append(r)
+                        sess.save(finished=False)
+                    print(f"[{n}/{shown[0]}] {r.name}: measured before (CONTINUE=1): {summary(r)}", flush=True)
+                    finish(axis, r)
+                    continue
+                slot = free.pop(0)
+                if not sess.side_by_side:
+                    cond.release()
+                    try:
+                        work(axis, s, n, slot)
+                    finally:
+                        cond.acquire()
+                    continue
+                t = threading.Thread(target=work, args=(axis, s, n, slot), daemon=True)
+                running.append(t)
+                t.start()
+            if len(free) == len(sess.slots) and (not queue or failure):
+                break
+            cond.wait()
+    for t in running:
+        t.join()
+    if failure:
+        raise failure[0]
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -649,13 +778,14 @@ def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
         "memory_cap": sess.memory_cap,
         "memory": sess.memory,
         "processes": sess.processes,
+        "side_by_side": len(sess.slots),
         "workload": sess.workload,
         "base": {f.name: getattr(sess.base, f.name) for f in fields(Setting)},
         "price_per_hour": sess.cfg.settings.price_per_hour,
         "allow_changes": allow_changes,
         "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commands": sess.commands,
-        "results": [r.to_json() for r in sess.results],
+        "results": [r.to_json() for r in sorted(sess.results, key=lambda r: sess.order.get(r.setting, 0))],
     }
 
 
@@ -729,6 +859,13 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         f"- price: ${price:g}/h per GPU ([workspace] price_per_hour; a row on N GPUs costs N times it); measured {', '.join(dict.fromkeys(s.get('measured', '?') for s in sessions))}",
     ]
     lines += [f"- command: `{s.get('command', '?')}`" for s in sessions]
+    lines += [
+        f"- runs side by side: {s['side_by_side']} at a time, each on its own GPU(s) of one machine "
+        f"(`{s.get('command', '?')}`); they share its CPUs, RAM and disk"
+        for s in sessions
+        if (s.get("side_by_side") or 1) > 1
+    ]
+    lines += [f"- unfinished: `{s.get('command', '?')}` was cut short" for s in sessions if s.get("finished") is False]
     lines += [
         "",
         "| setting | changes numbers | GPUs | s/step | samples/s | peak GiB per GPU (reserved) | host RAM GiB | fits | steps/h | $ per 1,000 steps | % of dense bf16 peak | loss (measured steps) |",
@@ -888,12 +1025,47 @@ def parse_memory(value: str) -> int:
     return int(float(m.group(1)) * MEMORY_UNITS[m.group(2).lower()])
 
 
-def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = "") -> Session:
+def gpu_slots(env: dict[str, str], per_run: str) -> list[str | None]:
+    """GPUS_PER_RUN=k: the visible GPUs in groups of k (CUDA_VISIBLE_DEVICES values), one group per run side by
+    side; empty: [None] (every run on the GPUs the environment shows, one at a time)."""
+    from musubi_workspace.gpus import visible_gpu_count
+
+    text = (per_run or "").strip()
+    if not text:
+        return [None]
+    if not text.isdigit() or int(text) < 1:
+        raise WorkspaceError(
+            f"GPUS_PER_RUN={per_run}: expected the number of GPUs each run trains on, such as 1 (runs go side by "
+            f"side on the other GPUs)"
+        )
+    k = int(text)
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        ids = [d.strip() for d in cvd.split(",") if d.strip() and d.strip() != "-1"]
+    else:
+        ids = [str(i) for i in range(visible_gpu_count(env))]
+    if len(ids) < k:
+        raise WorkspaceError(
+            f"GPUS_PER_RUN={per_run}: {len(ids)} GPU(s) visible here"
+            + (f" (CUDA_VISIBLE_DEVICES={cvd})" if cvd is not None else "")
+            + f"; give at most {len(ids)}"
+            if ids
+            else f"GPUS_PER_RUN={per_run}: no GPU visible here (nvidia-smi lists none)"
+        )
+    return [",".join(ids[i : i + k]) for i in range(0, len(ids) - k + 1, k)]
+
+
+def _session(
+    ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = "", gpus_per_run: str = "", continue_: bool = False
+) -> Session:
     from musubi_workspace.commands import process_count
     from musubi_workspace.gpus import visible_gpu, visible_gpu_count
 
     cap = parse_memory(memory)
     data, batch, _ = dataset_values(cfg)
+    env = child_env(ws)
+    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    slots = gpu_slots(env, gpus_per_run)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):  # two sessions started in one second (two GPUs) get a folder each
         folder = ws.runs / cfg.name / (f"{kind}-{stamp}" if n == 1 else f"{kind}-{stamp}-{n}")
@@ -902,11 +1074,9 @@ def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = ""
             break
         except FileExistsError:
             continue
-    env = child_env(ws)
-    env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     scratch = Path(tempfile.mkdtemp(prefix=f"ws-{kind}-"))
     # The GPU's name before any candidate runs: a session in which every candidate fails still names it.
-    gpu = visible_gpu(env)
+    gpu = visible_gpu(env if slots[0] is None else {**env, "CUDA_VISIBLE_DEVICES": slots[0]})
     sess = Session(
         ws=ws,
         cfg=cfg,
@@ -921,8 +1091,19 @@ def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = ""
         memory_cap=cap,
         memory=memory.strip() if cap else "",
         workload=workload_of(cfg),
-        processes=process_count(cfg, visible_gpu_count(env)),
+        processes=process_count(cfg, visible_gpu_count(env)) if slots[0] is None else slots[0].count(",") + 1,
+        kind=kind,
+        slots=slots,
     )
+    if sess.side_by_side:
+        print(
+            f"GPUS_PER_RUN={gpus_per_run.strip()}: {len(slots)} runs side by side, on GPUs "
+            + " | ".join(slots)
+            + "; the machine's CPUs, RAM and disk are shared by them",
+            flush=True,
+        )
+    if continue_:
+        continue_session(sess)
     if sess.processes > 1:
         print(
             f"{sess.processes} processes (one per GPU, as `make train` starts them here): s/step is per step of every "
@@ -940,17 +1121,54 @@ def _session(ws: Workspace, cfg: Config, steps: int, kind: str, memory: str = ""
     return sess
 
 
+# What must match for CONTINUE=1 to take an unfinished session's results as this session's.
+CONTINUE_KEYS = ("config", "steps", "warmup", "memory_cap", "processes", "workload", "base", "gpu")
+
+
+def continue_session(sess: Session) -> None:
+    """CONTINUE=1: the newest unfinished session of this kind and version with the same GPU, steps, memory cap,
+    processes, workload and current setting; its results are this session's, its settings are not run again,
+    and this session writes into its folder (the fresh one is removed)."""
+    mine = session_record(sess, "", False)
+    for record_path in sorted(sess.folder.parent.glob(f"{sess.kind}-*/{sess.kind}.json"), reverse=True):
+        if record_path.parent == sess.folder:
+            continue
+        try:
+            old = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if old.get("finished", True) or any(
+            old.get(k) != mine.get(k) for k in CONTINUE_KEYS if k != "gpu" or (old.get(k) and mine.get(k))
+        ):
+            continue
+        results = [Result.from_json(d) for d in old.get("results", [])]
+        sess.earlier = {r.setting: r for r in results}
+        sess.commands = list(old.get("commands") or [])
+        sess.folder.rmdir()
+        sess.folder = record_path.parent
+        print(
+            f"CONTINUE=1: going on with {sess.ws.rel(sess.folder)}: {len(results)} run(s) measured there "
+            f"are not run again",
+            flush=True,
+        )
+        return
+    print(
+        f"CONTINUE=1: no unfinished {sess.kind} of {sess.cfg.shown} here with this GPU, STEPS, MEMORY and GPU count; "
+        f"starting afresh",
+        flush=True,
+    )
+
+
 def _finish(
     sess: Session, name: str, title: str, command: str, allow_changes: bool, table: Path | None = None
 ) -> Result | None:
     """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
     bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
-    record = session_record(sess, command, allow_changes)
-    record = json.loads(redact(json.dumps(record), secret_values(sess.env)))
+    sess.command, sess.allow_changes = command, allow_changes
+    record = json.loads(sess.save(finished=True).read_text(encoding="utf-8"))
     price = sess.cfg.settings.price_per_hour
     text, pick = report([record], title, price, allow_changes)
     (sess.folder / f"{name}.md").write_text(text, encoding="utf-8")
-    (sess.folder / f"{name}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     shutil.rmtree(sess.scratch, ignore_errors=True)
     print()
     print(text)
@@ -1023,13 +1241,15 @@ def tune(
     steps: str = "",
     allow_changes: bool = False,
     memory: str = "",
+    gpus_per_run: str = "",
+    continue_: bool = False,
 ) -> None:
     """`make tune`: the candidates on the version's real models and caches."""
     from musubi_workspace.checks import preflight
 
     parse_memory(memory)
     preflight(cfg, target="tune")
-    sess = _session(ws, cfg, _steps(steps), "tune", memory)
+    sess = _session(ws, cfg, _steps(steps), "tune", memory, gpus_per_run, continue_)
     data = sess.dataset
     for d in data.get("datasets", []):
         folder = d.get("cache_directory") or d.get("image_directory") or d.get("video_directory")
@@ -1037,12 +1257,8 @@ def tune(
             raise WorkspaceError(
                 f"{ws.rel(cfg.dataset_path)}: no caches in {folder}; `make tune` trains on them: run `make cache` first"
             )
-    command = (
-        f"make tune CONFIG_FILE={cfg.shown}"
-        + (f" ONLY={only}" if only else "")
-        + (f" STEPS={steps}" if steps else "")
-        + (f" MEMORY={sess.memory}" if sess.memory else "")
-    )
+    command = _command("tune", cfg, only, steps, sess, gpus_per_run)
+    sess.command, sess.allow_changes = command, allow_changes
     run_all(sess, _only(only), available_attention(), allow_changes)
     pick = _finish(sess, "tune", f"make tune: {cfg.shown}", command, allow_changes)
     if apply_:
@@ -1054,8 +1270,25 @@ def tune(
         apply(ws, cfg, sess.base, pick.setting)
 
 
+def _command(kind: str, cfg: Config, only: str, steps: str, sess: Session, gpus_per_run: str) -> str:
+    return (
+        f"make {kind} CONFIG_FILE={cfg.shown}"
+        + (f" ONLY={only}" if only else "")
+        + (f" STEPS={steps}" if steps else "")
+        + (f" MEMORY={sess.memory}" if sess.memory else "")
+        + (f" GPUS_PER_RUN={gpus_per_run.strip()}" if gpus_per_run.strip() else "")
+    )
+
+
 def bench(
-    ws: Workspace, cfg: Config, only: str = "", steps: str = "", allow_changes: bool = False, memory: str = ""
+    ws: Workspace,
+    cfg: Config,
+    only: str = "",
+    steps: str = "",
+    allow_changes: bool = False,
+    memory: str = "",
+    gpus_per_run: str = "",
+    continue_: bool = False,
 ) -> None:
     """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
     from musubi_workspace.tune.synthetic import CacheLayout, Plan
@@ -1066,7 +1299,7 @@ def bench(
             f"sections run `make tune` on your real caches"
         )
     parse_memory(memory)
-    sess = _session(ws, cfg, _steps(steps), "bench", memory)
+    sess = _session(ws, cfg, _steps(steps), "bench", memory, gpus_per_run, continue_)
     data, batch, (width, height) = dataset_values(cfg)
     first = (data.get("datasets") or [{}])[0]
     s = cfg.settings
@@ -1095,12 +1328,8 @@ def bench(
     entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
     sess.dataset = {"general": general, "datasets": [entry]}
     sess.dit = str(plan.dit)
-    command = (
-        f"make bench CONFIG_FILE={cfg.shown}"
-        + (f" ONLY={only}" if only else "")
-        + (f" STEPS={steps}" if steps else "")
-        + (f" MEMORY={sess.memory}" if sess.memory else "")
-    )
+    command = _command("bench", cfg, only, steps, sess, gpus_per_run)
+    sess.command, sess.allow_changes = command, allow_changes
     run_all(sess, names, available_attention(), allow_changes)
     gpu = next((r.device_name for r in sess.results if r.device_name), "") or sess.gpu or "unknown GPU"
     _finish(
