@@ -45,6 +45,7 @@ def test_compiled_train_gets_the_variables_and_the_dry_run_shows_them(cached):
 
 
 def test_a_run_without_compile_gets_none_of_them(cached):
+    cached.seed_setting()
     dry = cached.tool("train", "DRY_RUN=1")
     assert dry.stdout.strip().splitlines()[-1].startswith("accelerate launch ")
     assert cached.tool("train", "AUTO_STOP=0").returncode == 0
@@ -89,6 +90,7 @@ def test_compiled_train_bg_gets_them_through_make_train(cached):
 
 
 def test_tune_and_bench_give_them_to_compiled_candidates_only(ready):
+    ready.seed_setting()
     with_caches(ready)
     r = ready.tool("tune", "ONLY=current,compile")
     assert r.returncode == 0, r.stderr + r.stdout

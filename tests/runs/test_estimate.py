@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 from checks.test_combinations import DATASET, edit
 
 from musubi_workspace.tune import Result, Setting
@@ -27,6 +28,14 @@ WORKLOAD = {
     "network_dim": 32,
     "caption_tokens": 77,
 }
+
+
+@pytest.fixture(autouse=True)
+def _seed_setting(request):
+    """These tests start from the first shipped memory/speed setting (block swap 20, no compile): conftest."""
+    for name in ("ws", "ready", "cached"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).seed_setting()
 
 
 def row(s: Setting, secs: float | None, gib: float, status: str = "ok", changes=()) -> dict:

@@ -18,6 +18,14 @@ SEED = Setting(batch_size=16, blocks_to_swap=20, attention="sdpa", split_attn=Tr
 GIB = 2**30
 
 
+@pytest.fixture(autouse=True)
+def _seed_setting(request):
+    """These tests start from the first shipped memory/speed setting (block swap 20, no compile): conftest."""
+    for name in ("ws", "ready", "cached"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).seed_setting()
+
+
 def result(s: Setting, secs: float, gib: float, status: str = "ok", changes=()) -> Result:
     return Result(
         setting=s,
@@ -572,3 +580,20 @@ def test_continue_without_an_unfinished_session_starts_afresh(ws):
     assert r.returncode == 0, r.stderr + r.stdout
     assert "CONTINUE=1: no unfinished bench of configs/v1/config.toml here" in r.stdout
     assert len(probe_calls(ws)) == 2
+
+
+def test_a_row_that_changes_numbers_is_compared_with_the_current_row_of_its_own_session():
+    from musubi_workspace.tune import report
+
+    fp8 = replace(SEED, weights="fp8_scaled")
+
+    def session(loss: float) -> dict:
+        cur, f = result(SEED, 22.0, 63.5), result(fp8, 21.0, 50.0, changes=["fp8 scaled weights"])
+        cur.losses, f.losses = [loss] * 3, [loss + 0.01] * 3
+        base = {k: getattr(SEED, k) for k in SEED.__dataclass_fields__}
+        return {"base": base, "results": [cur.to_json(), f.to_json()], "command": f"make bench ({loss})"}
+
+    text, _ = report([session(3.0), session(2.0)], "t", 2.5, allow_changes=False)
+    rows = [line for line in text.splitlines() if line.startswith("| `fp8`")]
+    assert "3.0100 / 3.0100 / 3.0100 (current: 3.0000 / 3.0000 / 3.0000)" in rows[0]
+    assert "2.0100 / 2.0100 / 2.0100 (current: 2.0000 / 2.0000 / 2.0000)" in rows[1]

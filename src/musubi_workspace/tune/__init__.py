@@ -878,8 +878,10 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         else:
             fits = {"oom": "**no: out of memory**", "timeout": "timeout"}.get(r.status, f"error: {r.message[:80]}")
         loss = " / ".join(f"{x:.4f}" for x in r.losses) or "–"
-        if r.changes and current is not None and current.losses and r.losses:
-            loss += f" (current: {' / '.join(f'{x:.4f}' for x in current.losses)})"
+        # Losses compare within a session (its synthetic batches): that session's current row, else the first.
+        own = next((x for s2, x in rows if s2 is sess and x.setting == base and x.losses), current)
+        if r.changes and own is not None and own.losses and r.losses:
+            loss += f" (current: {' / '.join(f'{x:.4f}' for x in own.losses)})"
         share = share_of_peak(r, sess.get("workload"), gpu)
         lines.append(
             f"| `{r.name}` ({r.setting.describe()}) | {'**changes numbers**: ' + ', '.join(r.changes) if r.changes else 'no'} | "
