@@ -532,7 +532,8 @@ def test_a_bad_gpus_per_run_is_one_clear_error(ws, value, env, message):
     assert "Traceback" not in r.stderr and not probe_calls(ws)
 
 
-def test_a_bench_cut_short_keeps_its_runs_and_continue_goes_on_from_them(ws):
+def cut_bench(ws) -> Path:
+    """`make bench` killed (SIGKILL: a pod stopped under it) while its 4th run, swap8, hangs: its record's path."""
     import os
     import signal
     import subprocess
@@ -550,13 +551,18 @@ def test_a_bench_cut_short_keeps_its_runs_and_continue_goes_on_from_them(ws):
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # until swap8 hangs: current, swap16 and swap12 measured
-            if any("swap8" in c["argv"][-1] or "/swap8/" in json.dumps(c) for c in probe_calls(ws)):
+            if any(c["env"]["TORCHINDUCTOR_CACHE_DIR"].endswith("/swap8/inductor") for c in probe_calls(ws)):
                 break
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the pod stopped under it
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     (record_path,) = (ws.root / "runs" / "v1").glob("bench-*/bench.json")
+    return record_path
+
+
+def test_a_bench_cut_short_keeps_its_runs_and_continue_goes_on_from_them(ws):
+    record_path = cut_bench(ws)
     cut = json.loads(record_path.read_text())
     assert cut["finished"] is False and [x["name"] for x in cut["results"]] == ["current", "swap16", "swap12"]
     before = len(probe_calls(ws))
@@ -574,11 +580,50 @@ def test_a_bench_cut_short_keeps_its_runs_and_continue_goes_on_from_them(ws):
     assert "**Pick: `swap0+nockpt+compile`**" in ws.read("bench/nvidia-h200_v1.md")
 
 
+def test_continue_on_another_machine_goes_on_from_the_unfinished_session_in_the_table(ws):
+    record_path = cut_bench(ws)
+    table = "bench/nvidia-h200_v1.runs.json"
+    assert ws.ws("bench-report", str(record_path), "--out", table).returncode == 0
+    assert "- unfinished: `make bench CONFIG_FILE=configs/v1/config.toml` was cut short" in ws.read(
+        "bench/nvidia-h200_v1.md"
+    )
+    session = json.loads(ws.read(table))[0]["session"]
+    import shutil
+
+    shutil.rmtree(ws.root / "runs")  # a new machine: only the committed table came along
+    before = len(probe_calls(ws))
+    r = ws.make("bench", "CONTINUE=1", env=H200, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"CONTINUE=1: going on with the unfinished session {session} of {table}: 3 run(s)" in r.stdout
+    again = [c["env"]["TORCHINDUCTOR_CACHE_DIR"].split("/")[-2] for c in probe_calls(ws)[before:]]
+    assert again[0] == "swap8" and not {"current", "swap16", "swap12"} & set(again)
+    # The finished session took the unfinished one's place: one session, every run once.
+    (only,) = json.loads(ws.read(table))
+    names = [x["name"] for x in only["results"]]
+    assert only["finished"] is True and only["session"] == session and len(names) == len(set(names))
+    assert "unfinished" not in ws.read("bench/nvidia-h200_v1.md")
+    assert (ws.root / "runs" / "v1" / session / "bench.json").is_file()
+
+
+def test_continue_says_why_an_unfinished_session_of_another_setting_is_not_continued(ws):
+    record_path = cut_bench(ws)
+    assert ws.ws("bench-report", str(record_path), "--out", "bench/nvidia-h200_v1.runs.json").returncode == 0
+    session = record_path.parent.name
+    text = ws.read("configs/v1/config.toml").replace("blocks_to_swap = 20", "blocks_to_swap = 12")
+    ws.write("configs/v1/config.toml", text)
+    r = ws.make("bench", "ONLY=current", "CONTINUE=1", env=H200)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert (
+        "CONTINUE=1: no unfinished bench of configs/v1/config.toml here with this GPU, STEPS, MEMORY, GPU count and "
+        f"current setting; bench/nvidia-h200_v1.runs.json ({session}) has another current setting; starting afresh"
+    ) in r.stdout
+
+
 def test_continue_without_an_unfinished_session_starts_afresh(ws):
     assert ws.make("bench", "ONLY=current", env=H200).returncode == 0  # finished: not continued
     r = ws.make("bench", "ONLY=current", "CONTINUE=1", env=H200)
     assert r.returncode == 0, r.stderr + r.stdout
-    assert "CONTINUE=1: no unfinished bench of configs/v1/config.toml here" in r.stdout
+    assert "CONTINUE=1: no unfinished bench of configs/v1/config.toml here with this GPU" in r.stdout
     assert len(probe_calls(ws)) == 2
 
 

@@ -768,6 +768,7 @@ def _gib(b: int) -> str:
 def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
     """One session as bench/*.runs.json and runs/vN/tune-*/tune.json keep it."""
     return {
+        "session": sess.folder.name,
         "config": sess.cfg.shown,
         "command": command,
         "steps": sess.steps,
@@ -1129,9 +1130,26 @@ CONTINUE_KEYS = ("config", "steps", "warmup", "memory_cap", "processes", "worklo
 
 def continue_session(sess: Session) -> None:
     """CONTINUE=1: the newest unfinished session of this kind and version with the same GPU, steps, memory cap,
-    processes, workload and current setting; its results are this session's, its settings are not run again,
-    and this session writes into its folder (the fresh one is removed)."""
+    processes, workload and current setting, from this machine's runs/vN/<kind>-*/ or else (make bench) from a
+    committed bench/*.runs.json (another machine's, merged there); its results are this session's, its settings
+    are not run again, and this session writes into its folder (the fresh one is removed) and, at the end, takes
+    its place in the table."""
     mine = session_record(sess, "", False)
+
+    near: list[str] = []  # unfinished sessions that differ: what differs, to say why none is continued
+
+    def matches(old: dict, where: str = "") -> bool:
+        if old.get("finished") is not False:
+            return False
+        differ = [
+            k for k in CONTINUE_KEYS if old.get(k) != mine.get(k) and (k != "gpu" or (old.get(k) and mine.get(k)))
+        ]
+        if differ and where:
+            shown = ["current setting" if k == "base" else k for k in differ]
+            near.append(f"{where} ({old.get('session') or '?'}) has another {', '.join(shown)}")
+        return not differ
+
+    found: tuple[dict, Path, str] | None = None
     for record_path in sorted(sess.folder.parent.glob(f"{sess.kind}-*/{sess.kind}.json"), reverse=True):
         if record_path.parent == sess.folder:
             continue
@@ -1139,26 +1157,37 @@ def continue_session(sess: Session) -> None:
             old = json.loads(record_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if old.get("finished", True) or any(
-            old.get(k) != mine.get(k) for k in CONTINUE_KEYS if k != "gpu" or (old.get(k) and mine.get(k))
-        ):
-            continue
-        results = [Result.from_json(d) for d in old.get("results", [])]
-        sess.earlier = {r.setting: r for r in results}
-        sess.commands = list(old.get("commands") or [])
-        sess.folder.rmdir()
-        sess.folder = record_path.parent
+        if matches(old):
+            found = (old, record_path.parent, sess.ws.rel(record_path.parent))
+            break
+    if found is None and sess.kind == "bench":
+        for table in sorted((sess.ws.root / "bench").glob("*.runs.json")):
+            try:
+                sessions = read_sessions(table)
+            except WorkspaceError:
+                continue
+            for old in reversed(sessions):
+                if matches(old, sess.ws.rel(table)) and old.get("session"):
+                    where = f"the unfinished session {old['session']} of {sess.ws.rel(table)}"
+                    found = (old, sess.folder.parent / old["session"], where)
+                    break
+            if found:
+                break
+    if found is None:
         print(
-            f"CONTINUE=1: going on with {sess.ws.rel(sess.folder)}: {len(results)} run(s) measured there "
-            f"are not run again",
+            f"CONTINUE=1: no unfinished {sess.kind} of {sess.cfg.shown} here with this GPU, STEPS, MEMORY, GPU "
+            f"count and current setting" + "".join(f"; {n}" for n in near) + "; starting afresh",
             flush=True,
         )
         return
-    print(
-        f"CONTINUE=1: no unfinished {sess.kind} of {sess.cfg.shown} here with this GPU, STEPS, MEMORY and GPU count; "
-        f"starting afresh",
-        flush=True,
-    )
+    old, folder, where = found
+    results = [Result.from_json(d) for d in old.get("results", [])]
+    sess.earlier = {r.setting: r for r in results}
+    sess.commands = list(old.get("commands") or [])
+    sess.folder.rmdir()
+    folder.mkdir(parents=True, exist_ok=True)
+    sess.folder = folder
+    print(f"CONTINUE=1: going on with {where}: {len(results)} run(s) measured there are not run again", flush=True)
 
 
 def _finish(
@@ -1227,7 +1256,12 @@ def bench_report(ws: Workspace, files: list[str], out: str = "", allow_changes: 
         raise WorkspaceError(f"bench-report: --out {out}: name a .runs.json file (its .md is written beside it)")
     with locked(target):
         merged = read_sessions(target) if target.exists() else []
-        merged += [s for s in sessions if s not in merged]
+        for s in sessions:  # a session continued (CONTINUE=1) replaces its unfinished record: the same id
+            same = [i for i, m in enumerate(merged) if s.get("session") and m.get("session") == s["session"]]
+            if same:
+                merged[same[0]] = s
+            elif s not in merged:
+                merged.append(s)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
         tmp.replace(target)

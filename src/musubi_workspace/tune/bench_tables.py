@@ -101,9 +101,14 @@ def read_sessions(path: Path) -> list[dict]:
 
 
 def append_session(path: Path, session: dict) -> list[dict]:
-    """Add one session to `path` (created when missing); returns every session in it. Call under `locked`."""
+    """Add one session to `path` (created when missing); returns every session in it. Call under `locked`.
+    A session continued from an unfinished one there (CONTINUE=1: the same `session` id) takes its place."""
     sessions = read_sessions(path) if path.exists() else []
-    sessions.append(session)
+    same = [i for i, s in enumerate(sessions) if session.get("session") and s.get("session") == session["session"]]
+    if same:
+        sessions[same[0]] = session
+    else:
+        sessions.append(session)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(sessions, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
