@@ -47,6 +47,7 @@ from musubi_workspace.tune.bench_tables import (
     append_session,
     describe_shape,
     locked,
+    merge_session,
     read_sessions,
     table_path,
     workload_of,
@@ -1190,15 +1191,12 @@ def continue_session(sess: Session) -> None:
     print(f"CONTINUE=1: going on with {where}: {len(results)} run(s) measured there are not run again", flush=True)
 
 
-def _finish(
-    sess: Session, name: str, title: str, command: str, allow_changes: bool, table: Path | None = None
-) -> Result | None:
+def _finish(sess: Session, name: str, title: str, table: Path | None = None) -> Result | None:
     """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
     bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
-    sess.command, sess.allow_changes = command, allow_changes
     record = json.loads(sess.save(finished=True).read_text(encoding="utf-8"))
     price = sess.cfg.settings.price_per_hour
-    text, pick = report([record], title, price, allow_changes)
+    text, pick = report([record], title, price, sess.allow_changes)
     (sess.folder / f"{name}.md").write_text(text, encoding="utf-8")
     shutil.rmtree(sess.scratch, ignore_errors=True)
     print()
@@ -1207,7 +1205,7 @@ def _finish(
     if table is not None:
         with locked(table):
             sessions = append_session(table, record)
-            write_table(table, sessions, title, price, allow_changes)
+            write_table(table, sessions, title, price, sess.allow_changes)
         md = table.with_name(table.name.replace(".runs.json", ".md"))
         where += f" and {sess.ws.rel(md)}" + (
             f" (every session of {sess.ws.rel(table)}: {len(sessions)})" if len(sessions) > 1 else ""
@@ -1256,12 +1254,8 @@ def bench_report(ws: Workspace, files: list[str], out: str = "", allow_changes: 
         raise WorkspaceError(f"bench-report: --out {out}: name a .runs.json file (its .md is written beside it)")
     with locked(target):
         merged = read_sessions(target) if target.exists() else []
-        for s in sessions:  # a session continued (CONTINUE=1) replaces its unfinished record: the same id
-            same = [i for i, m in enumerate(merged) if s.get("session") and m.get("session") == s["session"]]
-            if same:
-                merged[same[0]] = s
-            elif s not in merged:
-                merged.append(s)
+        for s in sessions:
+            merge_session(merged, s)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
         tmp.replace(target)
@@ -1296,7 +1290,7 @@ def tune(
     command = _command("tune", cfg, only, steps, sess, gpus_per_run)
     sess.command, sess.allow_changes = command, allow_changes
     run_all(sess, _only(only), available_attention(), allow_changes)
-    pick = _finish(sess, "tune", f"make tune: {cfg.shown}", command, allow_changes)
+    pick = _finish(sess, "tune", f"make tune: {cfg.shown}")
     if apply_:
         if pick is None:
             raise WorkspaceError("APPLY=1: no setting fitted; nothing written")
@@ -1372,7 +1366,5 @@ def bench(
         sess,
         "bench",
         f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)",
-        command,
-        allow_changes,
         table=table_path(ws.root, gpu, cfg.name, sess.memory, sess.processes),
     )

@@ -104,15 +104,21 @@ def append_session(path: Path, session: dict) -> list[dict]:
     """Add one session to `path` (created when missing); returns every session in it. Call under `locked`.
     A session continued from an unfinished one there (CONTINUE=1: the same `session` id) takes its place."""
     sessions = read_sessions(path) if path.exists() else []
-    same = [i for i, s in enumerate(sessions) if session.get("session") and s.get("session") == session["session"]]
-    if same:
-        sessions[same[0]] = session
-    else:
-        sessions.append(session)
+    merge_session(sessions, session)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(sessions, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
     return sessions
+
+
+def merge_session(sessions: list[dict], session: dict) -> None:
+    """Add `session` to `sessions` in place: it replaces one with its `session` id (an unfinished session that
+    CONTINUE=1 finished), is left out when already there, else goes last."""
+    same = [i for i, s in enumerate(sessions) if session.get("session") and s.get("session") == session["session"]]
+    if same:
+        sessions[same[0]] = session
+    elif session not in sessions:
+        sessions.append(session)
 
 
 def session_gpu(session: dict) -> str:
