@@ -52,6 +52,9 @@ def test_unreadable_config_is_one_line(ws, tmp_path):
         ("num_processes = 0", 'num_processes must be "auto" or a whole number >= 1, got 0'),
         ('auto_stop = "soon"', 'expected a duration such as "10m", "30s", "1h" or "off", got \'soon\''),
         ('price_per_hour = "cheap"', "[workspace] price_per_hour must be float, got 'cheap'"),
+        ("blocks_without_checkpointing = 61", "= 61: the FramePack DiT has 60 blocks; set 0 to 60"),
+        ("blocks_without_checkpointing = -1", "[workspace] blocks_without_checkpointing must be >= 0, got -1"),
+        ("blocks_without_checkpointing = true", "[workspace] blocks_without_checkpointing must be int, got True"),
     ],
 )
 def test_workspace_table_errors(ws, line, message):

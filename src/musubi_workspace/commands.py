@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musubi_workspace import launch
 from musubi_workspace.config import Config
 from musubi_workspace.errors import WorkspaceError
 
@@ -129,9 +130,14 @@ def train_command(
     musubi-tuner gives the command line precedence over the file. `env` supplies the per-machine values of a
     several-machine run (MACHINE_ENV). `module` is the trainer's module, or one that wraps it with the same
     arguments (`make tune`'s probe). A compiled run (`compiled`, default: the config's `compile`) carries the
-    compile environment (compile_env.py), less what `env` already sets.
+    compile environment (compile_env.py), less what `env` already sets. `[workspace] blocks_without_checkpointing`
+    runs the trainer through the workspace's thin launcher (launch.py), the count in its environment variable.
     """
     from musubi_workspace.compile_env import compile_run_env
+
+    unchecked = cfg.settings.blocks_without_checkpointing
+    if unchecked and module == TRAIN_MODULE:
+        module = launch.MODULE
 
     mixed = cfg.get("mixed_precision") or "bf16"
     argv = ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "--mixed_precision", str(mixed)]
@@ -157,7 +163,10 @@ def train_command(
     argv += ["-m", module, "--config_file", cfg.ws.rel(cfg.path)]
     argv += list(extra or [])
     compiled = cfg.get("compile") is True if compiled is None else compiled
-    return Command("train", argv, env=compile_run_env(compiled, env if env is not None else {}))
+    run_env = compile_run_env(compiled, env if env is not None else {})
+    if unchecked:
+        run_env[launch.ENV] = str(unchecked)
+    return Command("train", argv, env=run_env)
 
 
 def lora_files(cfg: Config) -> list[Path]:

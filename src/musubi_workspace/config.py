@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from musubi_workspace.errors import WorkspaceError
+from musubi_workspace.launch import DIT_BLOCKS
 from musubi_workspace.paths import Workspace
 
 if sys.version_info >= (3, 11):
@@ -155,6 +156,9 @@ class WorkspaceSettings:
     """Attention of `make generate`: sdpa, sageattn (fastest; inference only), flash, xformers, torch."""
     generate_fp8: bool = False
     """`make generate` with fp8 DiT weights (`--fp8_scaled`): less memory, slightly different images."""
+    blocks_without_checkpointing: int = 0
+    """With gradient_checkpointing: the first N of the DiT's 60 blocks keep their activations instead of recomputing
+    them (faster, more GPU memory; needs blocks_to_swap = 0). Training runs through musubi_workspace.launch."""
 
     @classmethod
     def from_table(cls, table: Any, where: str, text: str = "") -> WorkspaceSettings:
@@ -181,6 +185,12 @@ class WorkspaceSettings:
         if s.generate_attn_mode not in ("sdpa", "sageattn", "flash", "xformers", "torch"):
             raise WorkspaceError(
                 f"{where}: [workspace] generate_attn_mode = {s.generate_attn_mode!r} is not one of sdpa, sageattn, flash, xformers, torch"
+            )
+        if s.blocks_without_checkpointing > DIT_BLOCKS:
+            line = key_line(text, "blocks_without_checkpointing", WORKSPACE_TABLE)
+            raise WorkspaceError(
+                f"{where}{f':{line}' if line else ''}: [workspace] blocks_without_checkpointing = "
+                f"{s.blocks_without_checkpointing}: the FramePack DiT has {DIT_BLOCKS} blocks; set 0 to {DIT_BLOCKS}"
             )
         parse_duration(s.auto_stop, f"{where}: [workspace] auto_stop")
         parse_duration(s.hang_timeout, f"{where}: [workspace] hang_timeout")

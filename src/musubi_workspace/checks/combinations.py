@@ -313,6 +313,29 @@ def check_combinations(ctx) -> None:
         if matches(issue, f):
             where, msg = finding_text(issue, f)
             (ctx.report.error if issue.severity == "error" else ctx.report.warn)(where or ctx.cfg.shown, msg)
+    check_unchecked_blocks(ctx)
+
+
+def check_unchecked_blocks(ctx) -> None:
+    """`[workspace] blocks_without_checkpointing` (launch.py): with gradient checkpointing and without block swap."""
+    cfg = ctx.cfg
+    n = cfg.settings.blocks_without_checkpointing
+    if not n:
+        return
+    at, setting = cfg.where("blocks_without_checkpointing"), f"[workspace] blocks_without_checkpointing = {n}"
+    if cfg.get("gradient_checkpointing") is not True:
+        ctx.report.error(
+            at,
+            f"{setting} does nothing without gradient checkpointing (every block keeps its activations then); set "
+            f"`gradient_checkpointing = true`, or remove the line",
+        )
+    elif cfg.get("blocks_to_swap"):
+        ctx.report.error(
+            at,
+            f"{setting} with blocks_to_swap = {cfg.get('blocks_to_swap')}: not verified with block swap (swapped "
+            f"blocks' weights move between the forward and the backward pass), and it is only worth its memory "
+            f"where there is memory to spare; set `blocks_to_swap = 0`, or remove the line",
+        )
 
 
 def weights_of(cfg: Config) -> str:

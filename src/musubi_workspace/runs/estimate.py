@@ -181,6 +181,12 @@ def recommendation(cfg: Config, gpu: str, gpus: int = 1) -> str | None:
     path = next(p for p, r in same if r is best)
     old, new = setting.options(), best.setting.options()
     changes = [f"{k} = {_toml(new[k])}" for k in TUNED_KEYS if old[k] != new[k]]
+    old_ws, new_ws = setting.workspace(), best.setting.workspace()
+    changes += [
+        f"[workspace] {k} = {new_ws.get(k, 0)}"
+        for k in old_ws.keys() | new_ws.keys()
+        if old_ws.get(k, 0) != new_ws.get(k, 0)
+    ]
     return (
         f"{gpu}: `{best.name}` measured {mine / best.s_per_sample:.2f}x faster than this version's setting "
         f"({best.s_per_step:.2f} against {statistics.median(r.s_per_step for r in own):.2f} s/step, same numbers) "

@@ -42,6 +42,7 @@ from musubi_workspace.commands import train_command
 from musubi_workspace.config import WORKSPACE_TABLE, Config
 from musubi_workspace.environment import child_env, redact, secret_values
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
+from musubi_workspace.launch import DIT_BLOCKS
 from musubi_workspace.paths import Workspace
 from musubi_workspace.tune.bench_tables import (
     append_session,
@@ -102,6 +103,8 @@ class Setting:
     offload: bool = False
     compile: bool = False
     compile_mode: str = ""  # musubi-tuner's --compile_mode; "": its default ("default")
+    # [workspace] blocks_without_checkpointing (launch.py): the first N blocks keep their activations.
+    blocks_without_checkpointing: int = 0
 
     @classmethod
     def of(cls, cfg: Config, batch_size: int) -> Setting:
@@ -122,6 +125,7 @@ class Setting:
             offload=o.get("gradient_checkpointing_cpu_offload") is True,
             compile=o.get("compile") is True,
             compile_mode="" if o.get("compile_mode") in (None, "default") else str(o.get("compile_mode")),
+            blocks_without_checkpointing=cfg.settings.blocks_without_checkpointing,
         )
 
     def options(self) -> dict:
@@ -138,6 +142,11 @@ class Setting:
             "compile": self.compile,
             "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
         }
+
+    def workspace(self) -> dict:
+        """`[workspace]` values of this setting (launch.py): none at their defaults."""
+        n = self.blocks_without_checkpointing if self.checkpointing else 0
+        return {"blocks_without_checkpointing": n} if n else {}
 
     def tokens(self, base: Setting) -> list[str]:
         t = []
@@ -161,6 +170,8 @@ class Setting:
             t.append("compile" if self.compile else "nocompile")
         if self.compile_mode != base.compile_mode:
             t.append(COMPILE_MODE_TOKENS.get(self.compile_mode, "defaultmode"))
+        if self.blocks_without_checkpointing != base.blocks_without_checkpointing and self.checkpointing:
+            t.append(f"nockpt{self.blocks_without_checkpointing}")
         return t
 
     def name(self, base: Setting) -> str:
@@ -180,8 +191,11 @@ class Setting:
         parts = [f"batch {self.batch_size}", f"blocks_to_swap {self.blocks_to_swap}"]
         parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
         parts += [self.weights, self.attention, "split_attn" if self.split_attn else ""]
+        unchecked = self.workspace().get("blocks_without_checkpointing")
         parts += [
-            "checkpointing" + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "")
+            "checkpointing"
+            + (" + CPU offload" if o["gradient_checkpointing_cpu_offload"] else "")
+            + (f" but the first {unchecked} blocks" if unchecked else "")
             if self.checkpointing
             else "no checkpointing"
         ]
@@ -191,7 +205,8 @@ class Setting:
 
 TOKENS_HELP = (
     "current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
-    "ckpt, nockpt, offload, nooffload, compile, nocompile, autotune, autotunecg, overhead, defaultmode"
+    "ckpt, nockpt, nockptN (the first N blocks), offload, nooffload, compile, nocompile, autotune, autotunecg, "
+    "overhead, defaultmode"
 )
 # musubi-tuner's --compile_mode values and their names in a setting (`swap0+compile+autotune`).
 COMPILE_MODE_TOKENS = {
@@ -234,6 +249,10 @@ def parse_name(name: str, base: Setting) -> Setting:
                     f"ONLY={name}: swap{m.group(1)}: musubi-tuner trains with at most {SWAP_MAX} swapped blocks"
                 )
             s = replace(s, blocks_to_swap=int(m.group(1)))
+        elif m := re.fullmatch(r"nockpt(\d+)", token):
+            if int(m.group(1)) > DIT_BLOCKS:
+                raise WorkspaceError(f"ONLY={name}: {token}: the FramePack DiT has {DIT_BLOCKS} blocks")
+            s = replace(s, checkpointing=True, blocks_without_checkpointing=int(m.group(1)))
         elif token in flags:
             s = replace(s, **{flags[token][0]: flags[token][1]})
         else:
@@ -256,7 +275,9 @@ def available_attention() -> list[str]:
 
 
 def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list[Axis]:
-    """The candidates after `current`, one axis at a time, then the known-good combinations."""
+    """The candidates after `current`: one axis at a time, the known-good combinations, then the axes that rarely
+    win on a big GPU (no checkpointing runs out of memory, CPU offload is slower, another batch
+    size changes the numbers), so a session cut short (a pod's time limit) has measured the likely picks."""
     out: list[Axis] = []
     if current_fits:
         down = list(range(base.blocks_to_swap - SWAP_STEP, -1, -SWAP_STEP))
@@ -293,17 +314,6 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     compiled = replace(base, compile=True)
     modes = [replace(compiled, compile_mode="max-autotune-no-cudagraphs")] if not base.compile_mode else []
     out.append(Axis("compile", [replace(base, compile=not base.compile, compile_mode=""), *modes]))
-    if base.checkpointing:
-        out.append(
-            Axis(
-                "gradient checkpointing",
-                [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)],
-            )
-        )
-    else:
-        out.append(Axis("gradient checkpointing", [replace(base, checkpointing=True)]))
-    batches = [b for b in (base.batch_size * 2, base.batch_size // 2) if b >= 1 and b != base.batch_size]
-    out.append(Axis("batch size", [replace(base, batch_size=b) for b in batches]))
     known = []
     if base.blocks_to_swap > 0 or not base.compile:
         # No swap with compile: 1.50x the shipped setting on an H200 (issue 13), with the compile environment.
@@ -315,6 +325,17 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     if base.batch_size > 1:
         known.append(replace(base, batch_size=base.batch_size // 2, blocks_to_swap=0, compile=True))
     out.append(Axis("known good", known))
+    if base.checkpointing:
+        out.append(
+            Axis(
+                "gradient checkpointing",
+                [replace(base, checkpointing=False, offload=False), replace(base, offload=not base.offload)],
+            )
+        )
+    else:
+        out.append(Axis("gradient checkpointing", [replace(base, checkpointing=True)]))
+    batches = [b for b in (base.batch_size * 2, base.batch_size // 2) if b >= 1 and b != base.batch_size]
+    out.append(Axis("batch size", [replace(base, batch_size=b) for b in batches]))
     return out
 
 
@@ -515,6 +536,9 @@ class Session:
     slots: list = field(default_factory=lambda: [None])
     # CONTINUE=1: the results of the unfinished session continued (its settings are not run again).
     earlier: dict = field(default_factory=dict)
+    # CONTINUE=1: the record of the session continued (its command stays the record's; this one is added to it).
+    continued: dict = field(default_factory=dict)
+    synthetic_items: int = 0  # make bench: the synthetic batches' item count (a continued session keeps its own)
     order: dict = field(default_factory=dict)  # Setting -> the number it started as: the rows' order
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -536,6 +560,8 @@ class Session:
         opts.setdefault("seed", 42)
         if self.dit:
             opts["dit"] = self.dit
+        if s.workspace():
+            opts[WORKSPACE_TABLE] = s.workspace()
         return opts
 
     @property
@@ -767,11 +793,19 @@ def _gib(b: int) -> str:
 
 
 def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
-    """One session as bench/*.runs.json and runs/vN/tune-*/tune.json keep it."""
+    """One session as bench/*.runs.json and runs/vN/tune-*/tune.json keep it. A continued session (CONTINUE=1) keeps
+    its first command and every result, also those this run did not come to (ONLY=, or cut short again)."""
+    new = [r for r in sorted(sess.results, key=lambda r: sess.order.get(r.setting, 0)) if r.setting not in sess.earlier]
+    results = [*sess.earlier.values(), *new]  # the continued session's runs in their order, then this run's
+    first = sess.continued.get("command")
+    continued = list(sess.continued.get("continued") or [])
+    if first and command and command != first:
+        continued.append(command)
     return {
         "session": sess.folder.name,
         "config": sess.cfg.shown,
-        "command": command,
+        "command": first or command,
+        **({"continued": continued} if continued else {}),
         "steps": sess.steps,
         "warmup": WARMUP_STEPS,
         "margin": MARGIN,
@@ -780,14 +814,15 @@ def session_record(sess: Session, command: str, allow_changes: bool) -> dict:
         "memory_cap": sess.memory_cap,
         "memory": sess.memory,
         "processes": sess.processes,
-        "side_by_side": len(sess.slots),
+        "side_by_side": max(len(sess.slots), int(sess.continued.get("side_by_side") or 1)),
         "workload": sess.workload,
         "base": {f.name: getattr(sess.base, f.name) for f in fields(Setting)},
         "price_per_hour": sess.cfg.settings.price_per_hour,
         "allow_changes": allow_changes,
         "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commands": sess.commands,
-        "results": [r.to_json() for r in sorted(sess.results, key=lambda r: sess.order.get(r.setting, 0))],
+        **({"synthetic_items": sess.synthetic_items} if sess.synthetic_items else {}),
+        "results": [r.to_json() for r in results],
     }
 
 
@@ -807,7 +842,8 @@ def _flops_of(workload: dict | None, s: Setting) -> float | None:
         bool(workload.get("no_4x")),
         int(workload.get("caption_tokens") or 77),
     )
-    return step_flops(tokens, s.batch_size, s.checkpointing, int(workload.get("network_dim") or 0)).total
+    recomputed = 1.0 - s.workspace().get("blocks_without_checkpointing", 0) / DIT_BLOCKS if s.checkpointing else 0.0
+    return step_flops(tokens, s.batch_size, recomputed, int(workload.get("network_dim") or 0)).total
 
 
 def share_of_peak(r: Result, workload: dict | None, gpu: str) -> float | None:
@@ -867,7 +903,12 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         for s in sessions
         if (s.get("side_by_side") or 1) > 1
     ]
-    lines += [f"- unfinished: `{s.get('command', '?')}` was cut short" for s in sessions if s.get("finished") is False]
+    lines += [f"- continued with: `{c}`" for s in sessions for c in s.get("continued") or []]
+    lines += [
+        f"- unfinished: `{s.get('command', '?')}` has not run all its candidates (cut short, or continued with ONLY=)"
+        for s in sessions
+        if s.get("finished") is False
+    ]
     lines += [
         "",
         "| setting | changes numbers | GPUs | s/step | samples/s | peak GiB per GPU (reserved) | host RAM GiB | fits | steps/h | $ per 1,000 steps | % of dense bf16 peak | loss (measured steps) |",
@@ -978,6 +1019,16 @@ def apply(ws: Workspace, cfg: Config, base: Setting, pick: Setting) -> str:
             holder = doc
         holder[key] = value
         changed.append(f"{key} = {tomlkit.item(value).as_string()}")
+    old_ws, new_ws = base.workspace(), pick.workspace()
+    for key in ("blocks_without_checkpointing",):
+        if old_ws.get(key, 0) == new_ws.get(key, 0):
+            continue
+        table = doc.get(WORKSPACE_TABLE)
+        if table is None:
+            table = tomlkit.table()
+            doc[WORKSPACE_TABLE] = table
+        table[key] = new_ws.get(key, 0)
+        changed.append(f"[workspace] {key} = {new_ws.get(key, 0)}")
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     if pick.batch_size != base.batch_size:
         new_cfg = Config.load(ws, path)
@@ -1139,11 +1190,21 @@ def continue_session(sess: Session) -> None:
 
     near: list[str] = []  # unfinished sessions that differ: what differs, to say why none is continued
 
+    def same(key: str, a, b) -> bool:
+        if key == "base" and isinstance(a, dict) and isinstance(b, dict):  # a record written before a new field
+            known = {f.name for f in fields(Setting)}
+            return Setting(**{k: v for k, v in a.items() if k in known}) == Setting(
+                **{k: v for k, v in b.items() if k in known}
+            )
+        return a == b
+
     def matches(old: dict, where: str = "") -> bool:
         if old.get("finished") is not False:
             return False
         differ = [
-            k for k in CONTINUE_KEYS if old.get(k) != mine.get(k) and (k != "gpu" or (old.get(k) and mine.get(k)))
+            k
+            for k in CONTINUE_KEYS
+            if not same(k, old.get(k), mine.get(k)) and (k != "gpu" or (old.get(k) and mine.get(k)))
         ]
         if differ and where:
             shown = ["current setting" if k == "base" else k for k in differ]
@@ -1184,6 +1245,7 @@ def continue_session(sess: Session) -> None:
     old, folder, where = found
     results = [Result.from_json(d) for d in old.get("results", [])]
     sess.earlier = {r.setting: r for r in results}
+    sess.continued = old
     sess.commands = list(old.get("commands") or [])
     sess.folder.rmdir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -1194,7 +1256,15 @@ def continue_session(sess: Session) -> None:
 def _finish(sess: Session, name: str, title: str, table: Path | None = None) -> Result | None:
     """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
     bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
-    record = json.loads(sess.save(finished=True).read_text(encoding="utf-8"))
+    # ONLY= going on with a full search ran a part of it: the session stays unfinished for CONTINUE=1 to finish.
+    partial = bool(sess.continued) and "ONLY=" in sess.command and "ONLY=" not in str(sess.continued.get("command"))
+    record = json.loads(sess.save(finished=not partial).read_text(encoding="utf-8"))
+    if partial:
+        print(
+            f"The session {record['session']} stays unfinished: ONLY= ran a part of its search; "
+            f"`{record['command']} CONTINUE=1` goes on with the rest",
+            flush=True,
+        )
     price = sess.cfg.settings.price_per_hour
     text, pick = report([record], title, price, sess.allow_changes)
     (sess.folder / f"{name}.md").write_text(text, encoding="utf-8")
@@ -1346,6 +1416,14 @@ def bench(
     names = _only(only)
     batches = [parse_name(n, sess.base).batch_size for n in names] or [batch, batch * 2]
     items = max(batches) * sess.processes * (WARMUP_STEPS + sess.steps)  # every process a new batch at every step
+    if sess.continued:  # the same synthetic batches as the session continued, so its losses compare
+        old = sess.continued
+        items = int(old.get("synthetic_items") or 0) or (
+            max(batch, batch * 2) * sess.processes * (WARMUP_STEPS + sess.steps)
+            if "ONLY=" not in str(old.get("command"))
+            else items
+        )
+    sess.synthetic_items = items
     plan = Plan(folder=ws.root / "cache" / "bench", layout=layout, items=items)
     synth = plan.argv()
     print(f"==> synthetic inputs: {' '.join(synth)}", flush=True)

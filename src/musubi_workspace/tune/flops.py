@@ -19,7 +19,8 @@ x ceil(w/4), h, w the latent size) and 4x latents (4 x ceil(h/8) x ceil(w/8)) un
 SigLIP image embedding (729 tokens) and the LLaMA tokens (512, padded; valid: the caption's).
 LoRA (networks.lora_framepack, every Linear of the 60 blocks): 2 r (in + out) per token and layer forward.
 
-A training step: forward; the forward again under gradient checkpointing (every block is recomputed); backward of
+A training step: forward; the forward again under gradient checkpointing (every block is recomputed, or all but
+the N of `[workspace] blocks_without_checkpointing`: (60 - N) / 60 of it); backward of
 the activations only, since the base weights are frozen: 1x the forward for the linear layers (dX = dY W^T, no
 dW), 2x for attention (dQ, dK, dV and dP); LoRA's backward is 2x its forward (activation and weight grads). Not
 counted: the embedders, the text refiner (2 layers on 512 tokens), the output layer, norms, RoPE, elementwise ops
@@ -101,7 +102,7 @@ class StepFlops:
     forward_linear: float
     forward_attention: float
     forward_lora: float
-    checkpointing: bool
+    checkpointing: float  # the share of the blocks recomputed: 1 (True) every block, 0 (False) none
 
     @property
     def forward(self) -> float:
@@ -109,7 +110,7 @@ class StepFlops:
 
     @property
     def total(self) -> float:
-        recompute = self.forward if self.checkpointing else 0.0
+        recompute = self.forward * float(self.checkpointing)
         backward = self.forward_linear + 2 * self.forward_attention + 2 * self.forward_lora
         return self.forward + recompute + backward
 
@@ -117,13 +118,14 @@ class StepFlops:
 def step_flops(
     tokens: Tokens,
     batch: int,
-    checkpointing: bool,
+    checkpointing: float,
     lora_rank: int = 0,
     double: int = DOUBLE_BLOCKS,
     single: int = SINGLE_BLOCKS,
     d: int = HIDDEN,
 ) -> StepFlops:
-    """FLOPs of one optimiser step at `batch` items of `tokens` (see the module's docstring)."""
+    """FLOPs of one optimiser step at `batch` items of `tokens` (see the module's docstring); `checkpointing`: the
+    share of the blocks recomputed (True: all)."""
     per_token = 24 * d * d
     blocks = double + single
     linear = blocks * per_token * (tokens.image + tokens.text)

@@ -2,7 +2,8 @@
 
 Run as `accelerate launch ... -m musubi_workspace.tune.probe <fpack_train_network arguments>`: it registers a
 global optimizer step hook (fired by every torch optimizer, bitsandbytes' 8-bit AdamW included), then calls
-musubi-tuner's own `fpack_train_network.main()` with the same arguments, so the real trainer runs unchanged.
+musubi-tuner's own `fpack_train_network.main()` with the same arguments, so the real trainer runs unchanged (but
+for what the workspace's own launcher changes, launch.py, as in `make train`).
 
 After each optimizer step the hook synchronises the GPU and records the time, the peak GPU memory so far
 (allocated by tensors, and reserved by PyTorch's allocator: the figure that decides out-of-memory), the
@@ -117,6 +118,9 @@ def main() -> int:
     probe = Probe(os.environ.get(OUT_ENV), rank, local)
     probe.write()
     probe.install()
+    from musubi_workspace.launch import apply_from_env
+
+    apply_from_env()  # [workspace] blocks_without_checkpointing, as `make train` runs it
     from musubi_tuner import fpack_train_network
 
     sys.argv[0] = fpack_train_network.__file__
