@@ -48,6 +48,8 @@ MEMORY ?=
 GPUS_PER_RUN ?=
 # 1 = `make tune`/`make bench` go on with their last unfinished session (cut short): what it measured is not run again
 CONTINUE ?= 0
+# The most one `make tune`/`make bench` run may take, e.g. RUN_TIMEOUT=6m: a run still going is stopped (timeout) and the next starts; empty = 30m
+RUN_TIMEOUT ?=
 # uv's cache folder; on a pod put it on the volume beside .venv (e.g. /workspace/.cache/uv) so installs hardlink
 UV_CACHE_DIR ?=
 # `make smoke`: start at this step (e.g. resume) when the steps before it passed in the last smoke; empty = all
@@ -133,12 +135,12 @@ runs: .venv/.stamp-base ## List every run: version, target, status, duration, st
 ##@ Speed and memory: the fastest settings that fit the GPU
 
 .PHONY: tune
-tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE]
-	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)"
+tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE RUN_TIMEOUT]
+	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)" --run-timeout "$(RUN_TIMEOUT)"
 
 .PHONY: bench
-bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE]
-	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)"
+bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE RUN_TIMEOUT]
+	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)" --run-timeout "$(RUN_TIMEOUT)"
 
 .PHONY: smoke
 smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod  [SMOKE_FROM]

@@ -116,6 +116,7 @@ def cmd_tune(ws, a):
         memory=a.memory,
         gpus_per_run=a.gpus_per_run,
         continue_=_flag(a.continue_, "CONTINUE"),
+        run_timeout=a.run_timeout,
     )
 
 
@@ -132,6 +133,7 @@ def cmd_bench(ws, a):
         memory=a.memory,
         gpus_per_run=a.gpus_per_run,
         continue_=_flag(a.continue_, "CONTINUE"),
+        run_timeout=a.run_timeout,
     )
 
 
@@ -257,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         t.add_argument("--gpus-per-run", default="", help="GPUs each run trains on; runs go side by side on the others")
         t.add_argument("--continue", dest="continue_", default="0", help="1: go on with the last unfinished session")
+        t.add_argument("--run-timeout", default="", help='the most one run may take, e.g. "6m" (default 30m)')
         if name == "tune":
             t.add_argument("--apply", default="0", help="1: write the pick into a new version")
     sm = add("smoke", cmd_smoke, "the whole loop on random-weight models, offline, in a throw-away workspace")

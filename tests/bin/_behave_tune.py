@@ -18,7 +18,8 @@ settings that fit, do not fit, and differ in speed:
   host memory (max_rss) GiB = 4 + 0.6 x blocks_to_swap, per process
   STANDIN_PROBE_CRASH=<name>   a run whose config's blocks_to_swap/compile match `swapN+compile` dies without a
                                record (a segfault in the trainer), e.g. STANDIN_PROBE_CRASH=swap8+compile
-  STANDIN_PROBE_HANG=<name>    the same match: the run never ends (a pod stopped under it: the test kills it)
+  STANDIN_PROBE_HANG=<name>    the same match: the run never ends, in a child process as accelerate's trainer
+                               (a pod stopped under it, or RUN_TIMEOUT: the test or the tool kills it)
   STANDIN_PROBE_SECONDS=<s>    every run takes this long (runs side by side overlap)
 Losses are 0.1 + step/100 (+0.001 with fp8), so fp8 rows differ from bf16 ones.
 """
@@ -49,7 +50,10 @@ def behave(argv: list[str]) -> int:
         print("Command '[...]' died with <Signals.SIGSEGV: 11>.", file=sys.stderr)
         return 1
     if os.environ.get("STANDIN_PROBE_HANG", "-") == f"swap{swap}" + ("+compile" if compiled else ""):
-        time.sleep(3600)
+        # As `accelerate launch` runs the trainer: in a child process, which hangs (with the config in its argv).
+        import subprocess
+
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(3600)", *args])
     time.sleep(float(os.environ.get("STANDIN_PROBE_SECONDS") or 0))
     total = float(os.environ.get("STANDIN_GPU_MEM_GIB", "80")) * 2**30
     cap = int(os.environ.get("WS_PROBE_MEMORY") or 0)

@@ -680,3 +680,31 @@ def test_a_row_that_changes_numbers_is_compared_with_the_current_row_of_its_own_
     rows = [line for line in text.splitlines() if line.startswith("| `fp8`")]
     assert "3.0100 / 3.0100 / 3.0100 (current: 3.0000 / 3.0000 / 3.0000)" in rows[0]
     assert "2.0100 / 2.0100 / 2.0100 (current: 2.0000 / 2.0000 / 2.0000)" in rows[1]
+
+
+def test_a_run_past_run_timeout_is_stopped_with_its_processes_and_the_next_starts(ws):
+    import subprocess
+
+    env = {**H200, "STANDIN_PROBE_HANG": "swap8"}
+    r = ws.make("bench", "ONLY=current,swap8,swap4", "RUN_TIMEOUT=3s", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert re.search(
+        r"^\[2/3\] swap8: .*timeout \(\d+ s\)\n +stopped after 3 s \(RUN_TIMEOUT\) \(log: runs/", r.stdout, re.M
+    )
+    assert re.search(r"^\[3/3\] swap4: .*\d+\.\d+ s/step", r.stdout, re.M)
+    # The hung trainer (the stand-in below accelerate's stand-in) is gone, not left holding its GPU.
+    left = subprocess.run(["pgrep", "-f", "/swap8/config.toml"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+    record = json.loads(next((ws.root / "runs" / "v1").glob("bench-*/bench.json")).read_text())
+    assert [(x["name"], x["status"]) for x in record["results"]] == [
+        ("current", "ok"),
+        ("swap8", "timeout"),
+        ("swap4", "ok"),
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "soon"])
+def test_a_bad_run_timeout_is_one_clear_error(ws, value):
+    r = ws.make("bench", f"RUN_TIMEOUT={value}", env=H200)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and not probe_calls(ws)
+    assert error_line(r).startswith("error: RUN_TIMEOUT"), r.stdout + r.stderr

@@ -25,6 +25,7 @@ TIE of it, the one with the least peak memory.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -539,6 +540,7 @@ class Session:
     # CONTINUE=1: the record of the session continued (its command stays the record's; this one is added to it).
     continued: dict = field(default_factory=dict)
     synthetic_items: int = 0  # make bench: the synthetic batches' item count (a continued session keeps its own)
+    run_timeout: int = CANDIDATE_TIMEOUT_S  # RUN_TIMEOUT: a run still going after this long is stopped, the next starts
     order: dict = field(default_factory=dict)  # Setting -> the number it started as: the rows' order
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -618,10 +620,13 @@ class Session:
             f.write(f"$ {cmd.shell()}\n# config: {config_path}\n{config_path.read_text()}\n")
             f.flush()
             try:
-                proc = subprocess.run(
-                    cmd.argv, cwd=self.ws.root, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=CANDIDATE_TIMEOUT_S
-                )
-                code = proc.returncode
+                proc = subprocess.Popen(cmd.argv, cwd=self.ws.root, env=env, stdout=f, stderr=subprocess.STDOUT)
+                try:
+                    code = proc.wait(timeout=self.run_timeout)
+                except subprocess.TimeoutExpired:
+                    kill_tree(proc.pid)  # accelerate and the trainer processes it started
+                    proc.wait()
+                    raise
             except FileNotFoundError:
                 print(flush=True)
                 raise WorkspaceError(
@@ -633,7 +638,7 @@ class Session:
         record = json.loads(first.read_text()) if first.exists() else {}
         others = [json.loads(p.read_text()) for p in rest if p.exists()]
         if status == "timeout":
-            record["status"], record["message"] = "timeout", f"stopped after {CANDIDATE_TIMEOUT_S} s"
+            record["status"], record["message"] = "timeout", f"stopped after {self.run_timeout} s (RUN_TIMEOUT)"
         elif record.get("status") in ("running", None):
             record["status"] = "error"
             record.setdefault("message", f"trainer exited with code {code}: {last_line(log)}")
@@ -648,9 +653,31 @@ class Session:
                 print(f"[{index}/{total}] {name}: {summary(r)}", flush=True)
             else:
                 print(" " + summary(r), flush=True)
-            if r.status == "error":
+            if r.status in ("error", "timeout"):
                 print(f"      {r.message} (log: {self.ws.rel(log)})", flush=True)
         return r
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process below it (Linux /proc): a stopped run must not keep holding its GPU."""
+    import signal
+
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields_ = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields_[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, i = [pid], 0
+    while i < len(tree):
+        tree += parents.get(tree[i], [])
+        i += 1
+    for p in reversed(tree):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def last_line(log: Path) -> str:
@@ -1059,6 +1086,18 @@ def _steps(value: str) -> int:
     return n
 
 
+def _run_timeout(value: str) -> int:
+    """RUN_TIMEOUT= in seconds; empty: CANDIDATE_TIMEOUT_S."""
+    from musubi_workspace.config import parse_duration
+
+    if not str(value).strip():
+        return CANDIDATE_TIMEOUT_S
+    seconds = parse_duration(value, "RUN_TIMEOUT")
+    if seconds <= 0:
+        raise WorkspaceError(f'RUN_TIMEOUT={value}: give the most one run may take, e.g. "6m"; empty: 30m')
+    return seconds
+
+
 def _only(value: str) -> list[str]:
     return [n.strip() for n in re.split(r"[,\s]+", value or "") if n.strip()]
 
@@ -1343,13 +1382,16 @@ def tune(
     memory: str = "",
     gpus_per_run: str = "",
     continue_: bool = False,
+    run_timeout: str = "",
 ) -> None:
     """`make tune`: the candidates on the version's real models and caches."""
     from musubi_workspace.checks import preflight
 
     parse_memory(memory)
     preflight(cfg, target="tune")
+    timeout = _run_timeout(run_timeout)
     sess = _session(ws, cfg, _steps(steps), "tune", memory, gpus_per_run, continue_)
+    sess.run_timeout = timeout
     data = sess.dataset
     for d in data.get("datasets", []):
         folder = d.get("cache_directory") or d.get("image_directory") or d.get("video_directory")
@@ -1389,6 +1431,7 @@ def bench(
     memory: str = "",
     gpus_per_run: str = "",
     continue_: bool = False,
+    run_timeout: str = "",
 ) -> None:
     """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
     from musubi_workspace.tune.synthetic import CacheLayout, Plan
@@ -1399,7 +1442,9 @@ def bench(
             f"sections run `make tune` on your real caches"
         )
     parse_memory(memory)
+    timeout = _run_timeout(run_timeout)
     sess = _session(ws, cfg, _steps(steps), "bench", memory, gpus_per_run, continue_)
+    sess.run_timeout = timeout
     data, batch, (width, height) = dataset_values(cfg)
     first = (data.get("datasets") or [{}])[0]
     s = cfg.settings
