@@ -290,10 +290,11 @@ def test_compile_cache_dir_reaches_the_trainer_inside_the_workspace_cache(ready)
         (CONFIG, None, dict(compile_mode="max-autotune-no-cudagraphs")),
         (DATASET, "general", dict(batch_size=8)),
         (DATASET, "general", dict(resolution=[640, 640])),
+        (CONFIG, "workspace", dict(blocks_without_checkpointing=4)),
     ],
 )
 def test_compile_cache_dir_differs_when_a_compile_relevant_setting_differs(ready, change):
-    edit(ready, CONFIG, compile=True)
+    edit(ready, CONFIG, compile=True, blocks_to_swap=0)  # blocks_without_checkpointing needs no block swap
     first = compile_dir(ready)
     rel, table, values = change
     edit(ready, rel, table, **values)

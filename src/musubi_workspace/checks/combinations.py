@@ -537,6 +537,8 @@ def compile_settings(cfg: Config) -> dict[str, Any]:
     ]
     opts["one_frame_no_2x"] = cfg.settings.one_frame_no_2x
     opts["one_frame_no_4x"] = cfg.settings.one_frame_no_4x
+    if cfg.settings.blocks_without_checkpointing:  # which blocks run inside torch.utils.checkpoint (launch.py)
+        opts["blocks_without_checkpointing"] = cfg.settings.blocks_without_checkpointing
     opts["torch"] = torch_version()
     return opts
 
