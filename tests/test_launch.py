@@ -152,6 +152,21 @@ def test_names_parse_to_the_count_and_a_bad_one_is_one_clear_error():
     with pytest.raises(WorkspaceError) as e:
         parse_name("nockpt61", V1)
     assert e.value.message == "ONLY=nockpt61: nockpt61: the FramePack DiT has 60 blocks"
+    with pytest.raises(WorkspaceError) as e:
+        parse_name("nockpt4", V1)  # V1 swaps 20 blocks
+    assert e.value.message == (
+        "ONLY=nockpt4: blocks without checkpointing (nockpt4) with block swap 20 is not verified (make check "
+        "refuses it); add swap0"
+    )
+
+
+def test_a_current_setting_that_does_not_fit_searches_swap_with_every_block_checkpointed():
+    from musubi_workspace.tune import axes
+
+    base = replace(V1, blocks_to_swap=0, blocks_without_checkpointing=6)
+    (swap,) = [a for a in axes(base, ["sdpa"], current_fits=False) if a.name == "blocks_to_swap"]
+    assert [(s.blocks_to_swap, s.blocks_without_checkpointing) for s in swap.settings][:2] == [(4, 0), (8, 0)]
+    assert [s.name(base) for s in swap.settings][:2] == ["swap4+nockpt0", "swap8+nockpt0"]
 
 
 def test_the_recompute_counts_only_the_checkpointed_blocks():

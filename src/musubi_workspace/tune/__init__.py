@@ -258,6 +258,11 @@ def parse_name(name: str, base: Setting) -> Setting:
             s = replace(s, **{flags[token][0]: flags[token][1]})
         else:
             raise WorkspaceError(f"ONLY={name}: unknown setting `{token}`; join these with +: {TOKENS_HELP}")
+    if s.workspace().get("blocks_without_checkpointing") and s.blocks_to_swap:
+        raise WorkspaceError(
+            f"ONLY={name}: blocks without checkpointing (nockpt{s.blocks_without_checkpointing}) with block swap "
+            f"{s.blocks_to_swap} is not verified (make check refuses it); add swap0"
+        )
     return s
 
 
@@ -287,7 +292,9 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
         out.append(Axis("blocks_to_swap", [replace(base, blocks_to_swap=v) for v in down], stop="misfit"))
     else:
         up = list(range(base.blocks_to_swap + SWAP_STEP, SWAP_MAX + 1, SWAP_STEP))
-        out.append(Axis("blocks_to_swap", [replace(base, blocks_to_swap=v) for v in up], stop="fit"))
+        # With block swap every block is checkpointed again (blocks_without_checkpointing is for no swap only).
+        swapped = replace(base, blocks_without_checkpointing=0)
+        out.append(Axis("blocks_to_swap", [replace(swapped, blocks_to_swap=v) for v in up], stop="fit"))
     if base.blocks_to_swap > 0:
         out.append(Axis("pinned memory", [replace(base, pinned=not base.pinned)]))
     if base.weights == "bf16":
