@@ -184,7 +184,7 @@ def recommendation(cfg: Config, gpu: str, gpus: int = 1) -> str | None:
     old_ws, new_ws = setting.workspace(), best.setting.workspace()
     changes += [
         f"[workspace] {k} = {new_ws.get(k, 0)}"
-        for k in old_ws.keys() | new_ws.keys()
+        for k in sorted(old_ws.keys() | new_ws.keys())
         if old_ws.get(k, 0) != new_ws.get(k, 0)
     ]
     return (

@@ -144,6 +144,12 @@ class Setting:
             "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
         }
 
+    @classmethod
+    def from_json(cls, d: dict) -> Setting:
+        """A setting as a record keeps it; a field it lacks (a record older than the field) takes its default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
     def workspace(self) -> dict:
         """`[workspace]` values of this setting (launch.py): none at their defaults."""
         n = self.blocks_without_checkpointing if self.checkpointing else 0
@@ -431,8 +437,7 @@ class Result:
     @classmethod
     def from_json(cls, d: dict) -> Result:
         """A result as `to_json` wrote it (bench/*.runs.json): derived fields are recomputed, unknown ones ignored."""
-        known = {f.name for f in fields(Setting)}
-        setting = Setting(**{k: v for k, v in d["setting"].items() if k in known})
+        setting = Setting.from_json(d["setting"])
         keep = {f.name for f in fields(cls)} - {"setting"}
         return cls(setting=setting, **{k: v for k, v in d.items() if k in keep})
 
@@ -900,9 +905,8 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
     total = next((s.get("gpu_memory") for s in reversed(sessions) if s.get("gpu_memory")), 0) or next(
         (r.total_memory for r in rs if r.total_memory), 0
     )
-    known = {f.name for f in fields(Setting)}
     base = (
-        Setting(**{k: v for k, v in last["base"].items() if k in known})
+        Setting.from_json(last["base"])
         if last.get("base")
         else next((r.setting for r in rs if r.name == "current"), rs[0].setting if rs else None)
     )
@@ -1054,7 +1058,7 @@ def apply(ws: Workspace, cfg: Config, base: Setting, pick: Setting) -> str:
         holder[key] = value
         changed.append(f"{key} = {tomlkit.item(value).as_string()}")
     old_ws, new_ws = base.workspace(), pick.workspace()
-    for key in ("blocks_without_checkpointing",):
+    for key in sorted(old_ws.keys() | new_ws.keys()):
         if old_ws.get(key, 0) == new_ws.get(key, 0):
             continue
         table = doc.get(WORKSPACE_TABLE)
@@ -1238,10 +1242,7 @@ def continue_session(sess: Session) -> None:
 
     def same(key: str, a, b) -> bool:
         if key == "base" and isinstance(a, dict) and isinstance(b, dict):  # a record written before a new field
-            known = {f.name for f in fields(Setting)}
-            return Setting(**{k: v for k, v in a.items() if k in known}) == Setting(
-                **{k: v for k, v in b.items() if k in known}
-            )
+            return Setting.from_json(a) == Setting.from_json(b)
         return a == b
 
     def matches(old: dict, where: str = "") -> bool:
