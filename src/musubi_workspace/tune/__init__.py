@@ -1097,6 +1097,11 @@ def _steps(value: str) -> int:
     return n
 
 
+def ran_only(command) -> bool:
+    """Whether a session's make command ran an ONLY= list (not the full search)."""
+    return "ONLY=" in str(command or "")
+
+
 def _run_timeout(value: str) -> int:
     """RUN_TIMEOUT= in seconds; empty: CANDIDATE_TIMEOUT_S."""
     from musubi_workspace.config import parse_duration
@@ -1304,7 +1309,7 @@ def _finish(sess: Session, name: str, title: str, table: Path | None = None) -> 
     """Write the session's report and record (runs/vN/<kind>-*/); with `table`, add the session to that
     bench/*.runs.json and rewrite its .md from every session in it (notes after a `Notes:` line are kept)."""
     # ONLY= going on with a full search ran a part of it: the session stays unfinished for CONTINUE=1 to finish.
-    partial = bool(sess.continued) and "ONLY=" in sess.command and "ONLY=" not in str(sess.continued.get("command"))
+    partial = bool(sess.continued) and ran_only(sess.command) and not ran_only(sess.continued.get("command"))
     record = json.loads(sess.save(finished=not partial).read_text(encoding="utf-8"))
     if partial:
         print(
@@ -1467,15 +1472,15 @@ def bench(
         window=int(first.get("fp_latent_window_size", 9)),
     )
     names = _only(only)
-    batches = [parse_name(n, sess.base).batch_size for n in names] or [batch, batch * 2]
-    items = max(batches) * sess.processes * (WARMUP_STEPS + sess.steps)  # every process a new batch at every step
+
+    def items_for(batches: list[int]) -> int:  # every process a new batch at every step
+        return max(batches) * sess.processes * (WARMUP_STEPS + sess.steps)
+
+    full = [batch, batch * 2]  # the full search's batch sizes
+    items = items_for([parse_name(n, sess.base).batch_size for n in names] or full)
     if sess.continued:  # the same synthetic batches as the session continued, so its losses compare
         old = sess.continued
-        items = int(old.get("synthetic_items") or 0) or (
-            max(batch, batch * 2) * sess.processes * (WARMUP_STEPS + sess.steps)
-            if "ONLY=" not in str(old.get("command"))
-            else items
-        )
+        items = int(old.get("synthetic_items") or 0) or (items if ran_only(old.get("command")) else items_for(full))
     sess.synthetic_items = items
     plan = Plan(folder=ws.root / "cache" / "bench", layout=layout, items=items)
     synth = plan.argv()
