@@ -131,12 +131,14 @@ def train_command(
     several-machine run (MACHINE_ENV). `module` is the trainer's module, or one that wraps it with the same
     arguments (`make tune`'s probe). A compiled run (`compiled`, default: the config's `compile`) carries the
     compile environment (compile_env.py), less what `env` already sets. `[workspace] blocks_without_checkpointing`
-    runs the trainer through the workspace's thin launcher (launch.py), the count in its environment variable.
+    and `split_attn_one_graph` run the trainer through the workspace's thin launcher (launch.py), their values in
+    its environment variables.
     """
     from musubi_workspace.compile_env import compile_run_env
 
     unchecked = cfg.settings.blocks_without_checkpointing
-    if unchecked and module == TRAIN_MODULE:
+    one_graph = cfg.settings.split_attn_one_graph
+    if (unchecked or one_graph) and module == TRAIN_MODULE:
         module = launch.MODULE
 
     mixed = cfg.get("mixed_precision") or "bf16"
@@ -166,6 +168,8 @@ def train_command(
     run_env = compile_run_env(compiled, env if env is not None else {})
     if unchecked:
         run_env[launch.ENV] = str(unchecked)
+    if one_graph:
+        run_env[launch.ONE_GRAPH_ENV] = "1"
     return Command("train", argv, env=run_env)
 
 

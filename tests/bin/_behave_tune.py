@@ -6,7 +6,7 @@ settings that fit, do not fit, and differ in speed:
   memory GiB = weights (26 bf16, 14 fp8) x (1 - blocks_to_swap/60) + batch x (2.5 with checkpointing, 6 without)
                - 2 with compile + batch x 0.4 x N
   s/step     = batch x 1.4 x (1 + 0.005 x blocks_to_swap) x (0.8 with compile) x (0.95 with fp8) x (1 + 0.3 x
-               (60 - N) / 60 with checkpointing)
+               (60 - N) / 60 with checkpointing) x (0.97 with compile and $WS_SPLIT_ATTN_ONE_GRAPH=1)
   N: $WS_BLOCKS_WITHOUT_CHECKPOINTING, the blocks the launcher keeps out of checkpointing (launch.py; the real
   probe applies it), only with checkpointing
   STANDIN_GPU_MEM_GIB=<g>      the GPU's memory (default 80); above it: out of memory at the first step
@@ -45,6 +45,7 @@ def behave(argv: list[str]) -> int:
     ckpt = cfg.get("gradient_checkpointing") is True
     compiled = cfg.get("compile") is True
     unchecked = int(os.environ.get("WS_BLOCKS_WITHOUT_CHECKPOINTING") or 0) if ckpt else 0
+    one_graph = os.environ.get("WS_SPLIT_ATTN_ONE_GRAPH") == "1"
     crash = os.environ.get("STANDIN_PROBE_CRASH", "")
     if crash and crash == f"swap{swap}" + ("+compile" if compiled else ""):
         print("Command '[...]' died with <Signals.SIGSEGV: 11>.", file=sys.stderr)
@@ -62,6 +63,7 @@ def behave(argv: list[str]) -> int:
     mem = (mem + batch * 0.4 * unchecked) * 2**30
     step = batch * 1.4 * (1 + 0.005 * swap) * (0.8 if compiled else 1) * (0.95 if fp8 else 1)
     step *= 1 + 0.3 * (60 - unchecked) / 60 if ckpt else 1
+    step *= 0.97 if compiled and one_graph else 1
     processes = int(argv[argv.index("--num_processes") + 1]) if "--num_processes" in argv else 1
     step *= 1.05 if processes > 1 else 1
     for rank in range(processes):

@@ -64,7 +64,13 @@ def test_candidates_vary_one_axis_at_a_time_from_the_current_setting():
         "compile": ["compile", "compile+autotune"],
         "gradient checkpointing": ["nockpt", "offload"],
         "batch size": ["batch32", "batch8"],
-        "known good": ["swap0+compile", "swap0+compile+autotune", "swap0+fp8+compile", "batch8+swap0+compile"],
+        "known good": [
+            "swap0+compile",
+            "swap0+compile+onegraph",
+            "swap0+compile+autotune",
+            "swap0+fp8+compile",
+            "batch8+swap0+compile",
+        ],
     }
     assert next(a for a in axes(SEED, ["sdpa"]) if a.name == "blocks_to_swap").stop == "misfit"
 
@@ -148,10 +154,12 @@ def test_make_tune_runs_the_candidates_and_prints_the_table_and_pick(ready):
     names = re.findall(r"^\[\d+/\d+\] (\S+):", r.stdout, re.M)
     # swap goes down until one does not fit (none here: the stand-in's GPU holds swap0), then the other axes.
     assert names[:7] == ["current", "swap16", "swap12", "swap8", "swap4", "swap0", "pinned"]
-    # swap0+compile is a known-good candidate; the combination of the axes' improvements is the same, so not run twice.
+    # swap0+compile(+onegraph) are known-good candidates; the combination of the axes' improvements is the fastest of
+    # them, so not run twice.
     # Then the known-good combinations, before the axes that rarely win on a big GPU.
     assert names[names.index("swap0+compile") :] == [
         "swap0+compile",
+        "swap0+compile+onegraph",
         "swap0+compile+autotune",
         "swap0+fp8+compile",
         "batch8+swap0+compile",
@@ -161,7 +169,7 @@ def test_make_tune_runs_the_candidates_and_prints_the_table_and_pick(ready):
         "batch8",
     ]
     assert "| `nockpt` (" in r.stdout and "**no: out of memory**" in r.stdout
-    assert "**Pick: `swap0+compile`**" in r.stdout
+    assert "**Pick: `swap0+compile+onegraph`**" in r.stdout
     report = next((ready.root / "runs" / "v1").glob("tune-*/tune.md")).read_text()
     assert report in r.stdout and "Rule: a run fits when" in report
     data = json.loads(next((ready.root / "runs" / "v1").glob("tune-*/tune.json")).read_text())
@@ -501,7 +509,7 @@ def test_the_full_search_runs_side_by_side_one_gpu_each(ws):
         "swap16",
         "swap12",
     ]
-    assert "**Pick: `swap0+nockpt+compile`**" in table and done[-1] == "swap0+nockpt+compile"
+    assert "**Pick: `swap0+nockpt+compile+onegraph`**" in table and done[-1] == "swap0+nockpt+compile+onegraph"
     record = json.loads(next((ws.root / "runs" / "v1").glob("bench-*/bench.json")).read_text())
     assert record["finished"] is True and record["side_by_side"] == 4 and record["processes"] == 1
 
@@ -582,7 +590,7 @@ def test_a_bench_cut_short_keeps_its_runs_and_continue_goes_on_from_them(ws):
     names = [x["name"] for x in final["results"]]
     assert final["finished"] is True and names[:4] == ["current", "swap16", "swap12", "swap8"]
     assert len(names) == len(set(names)) and list((ws.root / "runs" / "v1").glob("bench-*")) == [record_path.parent]
-    assert "**Pick: `swap0+nockpt+compile`**" in ws.read("bench/nvidia-h200_v1.md")
+    assert "**Pick: `swap0+nockpt+compile+onegraph`**" in ws.read("bench/nvidia-h200_v1.md")
 
 
 def test_continue_on_another_machine_goes_on_from_the_unfinished_session_in_the_table(ws):

@@ -314,6 +314,7 @@ def check_combinations(ctx) -> None:
             where, msg = finding_text(issue, f)
             (ctx.report.error if issue.severity == "error" else ctx.report.warn)(where or ctx.cfg.shown, msg)
     check_unchecked_blocks(ctx)
+    check_one_graph(ctx)
 
 
 def check_unchecked_blocks(ctx) -> None:
@@ -335,6 +336,23 @@ def check_unchecked_blocks(ctx) -> None:
             f"{setting} with blocks_to_swap = {cfg.get('blocks_to_swap')}: not verified with block swap (swapped "
             f"blocks' weights move between the forward and the backward pass), and it is only worth its memory "
             f"where there is memory to spare; set `blocks_to_swap = 0`, or remove the line",
+        )
+
+
+def check_one_graph(ctx) -> None:
+    """`[workspace] split_attn_one_graph` (launch.py): it replaces split_attn's sdpa loop, so it needs both."""
+    cfg = ctx.cfg
+    if not cfg.settings.split_attn_one_graph:
+        return
+    at, setting = cfg.where("split_attn_one_graph"), "[workspace] split_attn_one_graph = true"
+    if cfg.get("split_attn") is not True:
+        ctx.report.error(at, f"{setting} does nothing without `split_attn = true`; set it, or remove the line")
+    elif cfg.get("sdpa") is not True:  # musubi-tuner trains with sdpa whenever `sdpa = true`, whatever else is set
+        other = next((k for k in ("flash_attn", "flash3", "sage_attn", "xformers") if cfg.get(k) is True), None)
+        ctx.report.error(
+            at,
+            f"{setting} replaces split_attn's sdpa loop, but this version trains with "
+            f"{'`' + other + ' = true`' if other else 'no attention option'}; set `sdpa = true`, or remove the line",
         )
 
 
@@ -539,6 +557,8 @@ def compile_settings(cfg: Config) -> dict[str, Any]:
     opts["one_frame_no_4x"] = cfg.settings.one_frame_no_4x
     if cfg.settings.blocks_without_checkpointing:  # which blocks run inside torch.utils.checkpoint (launch.py)
         opts["blocks_without_checkpointing"] = cfg.settings.blocks_without_checkpointing
+    if cfg.settings.split_attn_one_graph:  # the blocks' graphs differ (launch.py)
+        opts["split_attn_one_graph"] = True
     opts["torch"] = torch_version()
     return opts
 

@@ -166,7 +166,7 @@ def estimate(cfg: Config, gpu: str | None, gpus: int = 1) -> Estimate:
 def recommendation(cfg: Config, gpu: str, gpus: int = 1) -> str | None:
     """One line when a bench row for `gpu` and this workload shape that fits and keeps the numbers is more than
     RECOMMEND_ABOVE faster per sample than the version's own row; None otherwise."""
-    from musubi_workspace.tune import TUNED_KEYS, select
+    from musubi_workspace.tune import TUNED_KEYS, select, workspace_changes
 
     setting = current_setting(cfg)
     rows = bench_rows(cfg, gpu, gpus)
@@ -181,12 +181,7 @@ def recommendation(cfg: Config, gpu: str, gpus: int = 1) -> str | None:
     path = next(p for p, r in same if r is best)
     old, new = setting.options(), best.setting.options()
     changes = [f"{k} = {_toml(new[k])}" for k in TUNED_KEYS if old[k] != new[k]]
-    old_ws, new_ws = setting.workspace(), best.setting.workspace()
-    changes += [
-        f"[workspace] {k} = {new_ws.get(k, 0)}"
-        for k in sorted(old_ws.keys() | new_ws.keys())
-        if old_ws.get(k, 0) != new_ws.get(k, 0)
-    ]
+    changes += [f"[workspace] {k} = {_toml(v)}" for k, v in workspace_changes(setting, best.setting).items()]
     return (
         f"{gpu}: `{best.name}` measured {mine / best.s_per_sample:.2f}x faster than this version's setting "
         f"({best.s_per_step:.2f} against {statistics.median(r.s_per_step for r in own):.2f} s/step, same numbers) "

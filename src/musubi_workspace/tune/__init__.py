@@ -40,7 +40,7 @@ from pathlib import Path
 
 from musubi_workspace import dataset as dataset_model
 from musubi_workspace.commands import train_command
-from musubi_workspace.config import WORKSPACE_TABLE, Config
+from musubi_workspace.config import WORKSPACE_TABLE, Config, WorkspaceSettings
 from musubi_workspace.environment import child_env, redact, secret_values
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.launch import DIT_BLOCKS
@@ -106,6 +106,8 @@ class Setting:
     compile_mode: str = ""  # musubi-tuner's --compile_mode; "": its default ("default")
     # [workspace] blocks_without_checkpointing (launch.py): the first N blocks keep their activations.
     blocks_without_checkpointing: int = 0
+    # [workspace] split_attn_one_graph (launch.py): split_attn's sdpa loop without graph breaks.
+    one_graph: bool = False
 
     @classmethod
     def of(cls, cfg: Config, batch_size: int) -> Setting:
@@ -127,6 +129,7 @@ class Setting:
             compile=o.get("compile") is True,
             compile_mode="" if o.get("compile_mode") in (None, "default") else str(o.get("compile_mode")),
             blocks_without_checkpointing=cfg.settings.blocks_without_checkpointing,
+            one_graph=cfg.settings.split_attn_one_graph,
         )
 
     def options(self) -> dict:
@@ -153,7 +156,10 @@ class Setting:
     def workspace(self) -> dict:
         """`[workspace]` values of this setting (launch.py): none at their defaults."""
         n = self.blocks_without_checkpointing if self.checkpointing else 0
-        return {"blocks_without_checkpointing": n} if n else {}
+        out = {"blocks_without_checkpointing": n} if n else {}
+        if self.one_graph and self.split_attn and self.attention == "sdpa":
+            out["split_attn_one_graph"] = True
+        return out
 
     def tokens(self, base: Setting) -> list[str]:
         t = []
@@ -179,6 +185,8 @@ class Setting:
             t.append(COMPILE_MODE_TOKENS.get(self.compile_mode, "defaultmode"))
         if self.blocks_without_checkpointing != base.blocks_without_checkpointing and self.checkpointing:
             t.append(f"nockpt{self.blocks_without_checkpointing}")
+        if self.one_graph != base.one_graph:
+            t.append("onegraph" if self.one_graph else "noonegraph")
         return t
 
     def name(self, base: Setting) -> str:
@@ -197,7 +205,8 @@ class Setting:
         o = self.options()
         parts = [f"batch {self.batch_size}", f"blocks_to_swap {self.blocks_to_swap}"]
         parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
-        parts += [self.weights, self.attention, "split_attn" if self.split_attn else ""]
+        one = self.workspace().get("split_attn_one_graph")
+        parts += [self.weights, self.attention, ("split_attn" + (" (one graph)" if one else "")) if self.split_attn else ""]
         unchecked = self.workspace().get("blocks_without_checkpointing")
         parts += [
             "checkpointing"
@@ -213,7 +222,7 @@ class Setting:
 TOKENS_HELP = (
     "current, batchN, swapN, pinned, nopinned, fp8, fp8base, bf16, sdpa, flash_attn, xformers, split, nosplit, "
     "ckpt, nockpt, nockptN (the first N blocks), offload, nooffload, compile, nocompile, autotune, autotunecg, "
-    "overhead, defaultmode"
+    "overhead, defaultmode, onegraph, noonegraph"
 )
 # musubi-tuner's --compile_mode values and their names in a setting (`swap0+compile+autotune`).
 COMPILE_MODE_TOKENS = {
@@ -244,6 +253,8 @@ def parse_name(name: str, base: Setting) -> Setting:
         "bf16": ("weights", "bf16"),
         **{a: ("attention", a) for a in TRAIN_ATTENTION},
         "defaultmode": ("compile_mode", ""),
+        "onegraph": ("one_graph", True),
+        "noonegraph": ("one_graph", False),
         **{t: ("compile_mode", m) for m, t in COMPILE_MODE_TOKENS.items()},
     }
     for token in name.strip().split("+"):
@@ -268,6 +279,12 @@ def parse_name(name: str, base: Setting) -> Setting:
         raise WorkspaceError(
             f"ONLY={name}: blocks without checkpointing (nockpt{s.blocks_without_checkpointing}) with block swap "
             f"{s.blocks_to_swap} is not verified (make check refuses it); add swap0"
+        )
+    if s.one_graph and not s.workspace().get("split_attn_one_graph"):
+        raise WorkspaceError(
+            f"ONLY={name}: onegraph changes split_attn's sdpa loop; this setting has "
+            f"{'sdpa' if s.attention == 'sdpa' else s.attention} {'with' if s.split_attn else 'without'} split_attn "
+            f"(make check refuses it); use it with split and sdpa"
         )
     return s
 
@@ -329,9 +346,14 @@ def axes(base: Setting, attention: list[str], current_fits: bool = True) -> list
     modes = [replace(compiled, compile_mode="max-autotune-no-cudagraphs")] if not base.compile_mode else []
     out.append(Axis("compile", [replace(base, compile=not base.compile, compile_mode=""), *modes]))
     known = []
+    fast = replace(base, blocks_to_swap=0, compile=True)
     if base.blocks_to_swap > 0 or not base.compile:
         # No swap with compile: 1.50x the shipped setting on an H200 (issue 13), with the compile environment.
-        known.append(replace(base, blocks_to_swap=0, compile=True))
+        known.append(fast)
+    if base.split_attn and base.attention == "sdpa" and not base.one_graph:
+        # ... and split_attn in one graph (launch.py): 3% less a compiled block on an H200.
+        known.append(replace(fast, one_graph=True))
+    if base.blocks_to_swap > 0 or not base.compile:
         if not base.compile_mode:
             known.append(replace(base, blocks_to_swap=0, compile=True, compile_mode="max-autotune-no-cudagraphs"))
     if base.weights == "bf16":
@@ -1057,16 +1079,13 @@ def apply(ws: Workspace, cfg: Config, base: Setting, pick: Setting) -> str:
             holder = doc
         holder[key] = value
         changed.append(f"{key} = {tomlkit.item(value).as_string()}")
-    old_ws, new_ws = base.workspace(), pick.workspace()
-    for key in sorted(old_ws.keys() | new_ws.keys()):
-        if old_ws.get(key, 0) == new_ws.get(key, 0):
-            continue
+    for key, value in workspace_changes(base, pick).items():
         table = doc.get(WORKSPACE_TABLE)
         if table is None:
             table = tomlkit.table()
             doc[WORKSPACE_TABLE] = table
-        table[key] = new_ws.get(key, 0)
-        changed.append(f"[workspace] {key} = {new_ws.get(key, 0)}")
+        table[key] = value
+        changed.append(f"[workspace] {key} = {tomlkit.item(value).as_string()}")
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     if pick.batch_size != base.batch_size:
         new_cfg = Config.load(ws, path)
@@ -1095,6 +1114,14 @@ def _steps(value: str) -> int:
     if n < 1:
         raise WorkspaceError(f"STEPS={value}: at least 1 measured step is needed")
     return n
+
+
+def workspace_changes(old: Setting, new: Setting) -> dict:
+    """The `[workspace]` keys whose value differs from `old` to `new`, with `new`'s value (a key `new` lacks: its
+    default, 0 or false), in a stable order."""
+    a, b = old.workspace(), new.workspace()
+    defaults = {f.name: f.default for f in fields(WorkspaceSettings)}
+    return {k: b.get(k, defaults[k]) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
 def ran_only(command) -> bool:
