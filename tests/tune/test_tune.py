@@ -142,6 +142,28 @@ def test_combined_merges_the_improvements_of_each_axis():
     assert combined(SEED, runs, allow_changes=False) == replace(SEED, blocks_to_swap=8, compile=True)
 
 
+def test_combined_takes_no_pinned_memory_without_block_swap_and_skips_a_setting_measured_under_another_name():
+    # As on the H200 (bench/nvidia-h200_v1.md): pinned memory helps at swap 20; the fastest run has no swap at all.
+    fast = replace(SEED, blocks_to_swap=0, compile=True, one_graph=True)
+    runs = [
+        result(SEED, 19.36, 63.5),
+        result(replace(SEED, pinned=True), 18.44, 63.5),
+        result(replace(SEED, blocks_to_swap=0, compile=True), 13.16, 71.1),
+        result(fast, 12.83, 71.1),
+    ]
+    # The merge is `fast` itself (pinned changes nothing without swap): measured, so not run again.
+    assert combined(SEED, runs, allow_changes=False) is None
+    assert replace(fast, pinned=True).effective() == fast.effective()
+    # Without that run: swap0+compile's changes, onegraph's swap0 taken already, pinned merged and dropped again
+    # (no swap): swap0+compile, measured.
+    runs[-1] = result(replace(SEED, blocks_to_swap=0, one_graph=True), 18.0, 75.0)
+    assert combined(SEED, runs, allow_changes=False) is None
+    runs.append(result(replace(SEED, weights="fp8_scaled"), 18.9, 60.0, changes=["fp8 scaled weights"]))
+    assert combined(SEED, runs, allow_changes=True) == replace(
+        SEED, blocks_to_swap=0, compile=True, weights="fp8_scaled"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # make tune through the Makefile, with the probe's stand-in
 # ---------------------------------------------------------------------------------------------------------
@@ -708,6 +730,30 @@ def test_a_run_past_run_timeout_is_stopped_with_its_processes_and_the_next_start
         ("current", "ok"),
         ("swap8", "timeout"),
         ("swap4", "ok"),
+    ]
+    # The limit is part of the command the record and the table keep: a timeout row reads against it.
+    assert record["command"] == "make bench CONFIG_FILE=configs/v1/config.toml ONLY=current,swap8,swap4 RUN_TIMEOUT=3s"
+    assert "- command: `make bench CONFIG_FILE=configs/v1/config.toml ONLY=current,swap8,swap4 RUN_TIMEOUT=3s`" in (
+        ws.read("bench/nvidia-h200_v1.md")
+    )
+
+
+def test_the_same_continuation_in_several_calls_is_one_line_of_the_table():
+    from musubi_workspace.tune import report
+
+    base = {k: getattr(SEED, k) for k in SEED.__dataclass_fields__}
+    again, other = "make bench CONFIG_FILE=c CONTINUE=1", "make bench CONFIG_FILE=c ONLY=swap0"
+    session = {
+        "base": base,
+        "results": [result(SEED, 22.0, 63.5).to_json()],
+        "command": "make bench CONFIG_FILE=c",
+        "continued": [again, again, other, again],
+    }
+    text, _ = report([session], "t", 2.5, allow_changes=False)
+    assert [line for line in text.splitlines() if line.startswith("- continued with")] == [
+        f"- continued with: `{again}` (2 times)",
+        f"- continued with: `{other}`",
+        f"- continued with: `{again}`",
     ]
 
 

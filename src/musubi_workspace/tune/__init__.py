@@ -147,6 +147,11 @@ class Setting:
             "compile_mode": self.compile_mode if self.compile and self.compile_mode else False,
         }
 
+    def effective(self) -> tuple:
+        """What the trainer runs with: the batch size, musubi-tuner's option values and the `[workspace]` values (so
+        pinned memory without block swap, say, is the same run as without it)."""
+        return self.batch_size, tuple(sorted(self.options().items())), tuple(sorted(self.workspace().items()))
+
     @classmethod
     def from_json(cls, d: dict) -> Setting:
         """A setting as a record keeps it; a field it lacks (a record older than the field) takes its default."""
@@ -510,7 +515,9 @@ def combined(base: Setting, results: list[Result], allow_changes: bool) -> Setti
         taken |= diff
     if merged.attention != "flash_attn" and merged.batch_size > 1:
         merged = replace(merged, split_attn=True)
-    return merged if merged not in {r.setting for r in results} else None
+    if merged.blocks_to_swap == 0:  # pinned memory is for swapped blocks: without swap it changes nothing
+        merged = replace(merged, pinned=base.pinned)
+    return merged if merged.effective() not in {r.setting.effective() for r in results} else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -963,7 +970,13 @@ def report(sessions: list[dict], title: str, price: float, allow_changes: bool) 
         for s in sessions
         if (s.get("side_by_side") or 1) > 1
     ]
-    lines += [f"- continued with: `{c}`" for s in sessions for c in s.get("continued") or []]
+    for s in sessions:
+        again = s.get("continued") or []
+        for i, c in enumerate(again):  # the same command in calls one after another: one line
+            if i and again[i - 1] == c:
+                continue
+            n = next((j for j in range(i, len(again)) if again[j] != c), len(again)) - i
+            lines.append(f"- continued with: `{c}`" + (f" ({n} times)" if n > 1 else ""))
     lines += [
         f"- unfinished: `{s.get('command', '?')}` has not run all its candidates (cut short, or continued with ONLY=)"
         for s in sessions
@@ -1439,7 +1452,7 @@ def tune(
             raise WorkspaceError(
                 f"{ws.rel(cfg.dataset_path)}: no caches in {folder}; `make tune` trains on them: run `make cache` first"
             )
-    command = _command("tune", cfg, only, steps, sess, gpus_per_run)
+    command = _command("tune", cfg, only, steps, sess, gpus_per_run, run_timeout)
     sess.command, sess.allow_changes = command, allow_changes
     run_all(sess, _only(only), available_attention(), allow_changes)
     pick = _finish(sess, "tune", f"make tune: {cfg.shown}")
@@ -1452,13 +1465,15 @@ def tune(
         apply(ws, cfg, sess.base, pick.setting)
 
 
-def _command(kind: str, cfg: Config, only: str, steps: str, sess: Session, gpus_per_run: str) -> str:
+def _command(kind: str, cfg: Config, only: str, steps: str, sess: Session, gpus_per_run: str, timeout: str) -> str:
+    """The make command as the record keeps it: with every make variable that shapes the results."""
     return (
         f"make {kind} CONFIG_FILE={cfg.shown}"
         + (f" ONLY={only}" if only else "")
         + (f" STEPS={steps}" if steps else "")
         + (f" MEMORY={sess.memory}" if sess.memory else "")
         + (f" GPUS_PER_RUN={gpus_per_run.strip()}" if gpus_per_run.strip() else "")
+        + (f" RUN_TIMEOUT={timeout.strip()}" if timeout.strip() else "")
     )
 
 
@@ -1521,7 +1536,7 @@ def bench(
     entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
     sess.dataset = {"general": general, "datasets": [entry]}
     sess.dit = str(plan.dit)
-    command = _command("bench", cfg, only, steps, sess, gpus_per_run)
+    command = _command("bench", cfg, only, steps, sess, gpus_per_run, run_timeout)
     sess.command, sess.allow_changes = command, allow_changes
     run_all(sess, names, available_attention(), allow_changes)
     gpu = next((r.device_name for r in sess.results if r.device_name), "") or sess.gpu or "unknown GPU"
