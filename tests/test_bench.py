@@ -15,6 +15,7 @@ SMALL = {
     "block_probe.py": ["--small", "--out", "probe.json"],
     "cache_speed.py": ["--items", "20", "--repeat", "2"],
     "check_speed.py": ["--items", "20", "--size", "128x192"],
+    "one_graph_probe.py": ["--small"],
 }
 # What each script prints once it measured what its README figure says.
 PRINTS = {
@@ -24,10 +25,11 @@ PRINTS = {
         "planning alone:",
     ],
     "check_speed.py": ["ws check, first run (decodes every image):", "ws check, second run (image facts cached):"],
+    "one_graph_probe.py": ["double_musubi_ckpt_b1.0 {", "double_nobreak_ckpt_b1.0 {", "single_nobreak_nockpt_b1.0 {"],
 }
 SCRIPTS = sorted(p.name for p in (REPO / "bench").glob("*.py"))
 # Scripts that measure musubi-tuner's own modules: their small run needs the train extra.
-NEEDS_MUSUBI = {"block_probe.py"}
+NEEDS_MUSUBI = {"block_probe.py", "one_graph_probe.py"}
 
 
 def test_every_bench_script_has_a_small_run_here():

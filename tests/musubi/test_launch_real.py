@@ -117,3 +117,94 @@ def test_a_bad_count_in_the_environment_is_one_line(musubi):
     r = subprocess.run([sys.executable, "-c", LAUNCH], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"musubi-workspace: {launch.ENV}='61' is not a whole number from 0 to 60"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# [workspace] split_attn_one_graph
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hv(musubi):
+    module = importlib.import_module("musubi_tuner.frame_pack.hunyuan_video_packed")
+    original = module.attn_varlen_func
+    yield module
+    module.attn_varlen_func = original  # the patch is the module's: undo it for the other tests
+
+
+def _qkv(torch, batch=3, tokens=20, heads=2, dim=8):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, tokens, heads, dim, generator=g) for _ in range(3)]
+
+
+def test_the_one_graph_attention_makes_musubi_tuners_sdpa_calls_bit_for_bit(hv):
+    import torch
+
+    musubi_attn = hv.attn_varlen_func
+    launch.split_attn_in_one_graph()
+    assert hv.attn_varlen_func is not musubi_attn and hv.attn_varlen_func.__wrapped__ is musubi_attn
+    q, k, v = _qkv(torch)
+    lengths = torch.tensor([20, 13, 17])  # one item at the full length: musubi-tuner pads it not at all, this by 0
+    for mode in ("torch", None):  # None: sdpa too where no other attention package imports (none does here)
+        ours = hv.attn_varlen_func(q, k, v, 1, 1, 20, 20, lengths, mode, True)
+        theirs = musubi_attn(q, k, v, 1, 1, 20, 20, lengths, mode, True)
+        assert torch.equal(ours, theirs)
+        assert ours[1, 13:].abs().sum() == 0  # the rows after an item's tokens are zero, as musubi-tuner's
+    # Not split_attn, or no lengths: musubi-tuner's own function, unchanged.
+    assert torch.equal(
+        hv.attn_varlen_func(q, k, v, None, None, None, None, None, "torch", True),
+        musubi_attn(q, k, v, None, None, None, None, None, "torch", True),
+    )
+    launch.split_attn_in_one_graph()  # patched again: the original is still the one wrapped, not the patch
+    assert hv.attn_varlen_func.__wrapped__ is musubi_attn
+
+
+def _block(hv, torch):
+    torch.manual_seed(1)
+    block = hv.HunyuanVideoTransformerBlock(2, 16, 4.0, qk_norm="rms_norm", attn_mode="torch", split_attn=True)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 24, 32, generator=g, requires_grad=True)
+    text = torch.randn(3, 12, 32, generator=g, requires_grad=True)
+    mask = (torch.arange(12)[None, :] < torch.tensor([6, 9, 12])[:, None]).to(torch.int64)
+    cu, seq_len = hv.get_cu_seqlens(mask, 24)
+    args = (
+        hidden,
+        text,
+        torch.randn(3, 32, generator=g),
+        (cu, cu, 36, 36, seq_len),
+        torch.randn(3, 24, 32, generator=g),
+    )
+    return block, args
+
+
+def test_a_compiled_double_block_is_one_graph_with_the_same_gradients(hv):
+    import torch
+
+    block, args = _block(hv, torch)
+    h, c = block(*args)
+    (h.square().sum() + c.square().sum()).backward()
+    eager = [args[0].grad.clone(), args[1].grad.clone()]
+    args[0].grad = args[1].grad = None
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):  # the workspace's compile environment
+        torch._dynamo.reset()
+        theirs = torch._dynamo.explain(block)(*args)
+        launch.split_attn_in_one_graph()
+        torch._dynamo.reset()
+        ours = torch._dynamo.explain(block)(*args)
+        torch._dynamo.reset()
+        h, c = torch.compile(block)(*args)
+        (h.square().sum() + c.square().sum()).backward()
+        torch._dynamo.reset()
+    # musubi-tuner's loop breaks the graph at each item's length; the workspace's form traces in one graph.
+    assert theirs.graph_break_count >= 3 and (ours.graph_count, ours.graph_break_count) == (1, 0)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(eager, (args[0].grad, args[1].grad)))
+
+
+def test_the_launcher_applies_it_from_the_environment(musubi):
+    env = {**os.environ, launch.ONE_GRAPH_ENV: "1"}
+    r = subprocess.run([sys.executable, "-c", LAUNCH], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "split_attn's per-item attention runs without graph breaks ([workspace] split_attn_one_graph)" in r.stdout
+    assert "--split_attn" in r.stdout  # fpack_train_network's parser

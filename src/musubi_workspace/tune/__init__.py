@@ -211,7 +211,11 @@ class Setting:
         parts = [f"batch {self.batch_size}", f"blocks_to_swap {self.blocks_to_swap}"]
         parts += ["pinned" if o["use_pinned_memory_for_block_swap"] else ""]
         one = self.workspace().get("split_attn_one_graph")
-        parts += [self.weights, self.attention, ("split_attn" + (" (one graph)" if one else "")) if self.split_attn else ""]
+        parts += [
+            self.weights,
+            self.attention,
+            ("split_attn" + (" (one graph)" if one else "")) if self.split_attn else "",
+        ]
         unchecked = self.workspace().get("blocks_without_checkpointing")
         parts += [
             "checkpointing"
