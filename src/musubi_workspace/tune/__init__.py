@@ -9,10 +9,12 @@ of the version's resolution (synthetic.py), so it needs no downloads.
 
 Candidates (not a cross product): the current setting, then one axis at a time from it (block swap, pinned
 memory for it, fp8 weights, attention backend where installed, compile, gradient checkpointing and its offload,
-batch size), then combinations known to work (fp8 without swap with compile; half the batch without swap with
-compile), then the combination of every axis' improvement, measured before it can be picked. Block swap is
-searched downwards from the current value in steps of 4 and stops at the first value that does not fit (less
-swap is never slower); when the current setting does not fit, upwards until one fits.
+batch size), then combinations known to work (no swap with compile, also with split_attn in one graph (launch.py)
+and with the autotuning compile mode; fp8 without swap with compile; half the batch without swap with compile),
+then the combination of every axis' improvement, measured before it can be picked (not when a measured setting
+trains the same). Block swap is searched downwards from the current value in steps of 4 and stops at the first
+value that does not fit (less swap is never slower); when the current setting does not fit, upwards until one
+fits.
 
 Selection rule: a run fits when it finished every step and its peak allocated GPU memory is at most
 (1 - MARGIN) of the GPU's memory. Allocated, not reserved: PyTorch's allocator keeps freed blocks reserved
