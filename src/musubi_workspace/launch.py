@@ -92,8 +92,9 @@ def split_attn_in_one_graph() -> None:
         lengths = seq_len.tolist() if torch.is_tensor(seq_len) else list(seq_len)  # one read for the whole batch
         items = []
         for i, n in enumerate(lengths):
-            # What musubi-tuner's loop knows of a length, told to the compiler: a size from 1 to the padded length.
-            torch._check(n > 0)
+            # What musubi-tuner's loop knows of a length, told to the compiler: more than one token (an item holds its
+            # image's tokens; torch 2.10's CPU attention backward needs to know it) and at most the padded length.
+            torch._check(n > 1)
             torch._check(n <= max_seqlen_q)
             x = F.scaled_dot_product_attention(q[i : i + 1, :, :n], k[i : i + 1, :, :n], v[i : i + 1, :, :n])
             items.append(F.pad(x, (0, 0, 0, max_seqlen_q - n)))  # zero rows after the item's tokens
