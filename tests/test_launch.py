@@ -112,19 +112,27 @@ def test_bench_measures_nockpt_n_through_the_probe_with_the_count(ready):
     assert s["swap0+compile+nockpt4"]["step_times"][0] < s["swap0+compile"]["step_times"][0]
 
 
-def test_apply_writes_the_count_into_the_new_versions_workspace_table(ready):
+def applies_workspace_key(ready, name: str, key: str, value: str, env: dict | None = None) -> None:
+    """`make tune ONLY=current,<name> APPLY=1` (the stand-in's pick: `name`) writes `swap0+compile` and
+    `[workspace] <key> = <value>` into configs/v2, which passes its own check."""
     ready.seed_setting()
     with_caches(ready)
-    r = ready.make("tune", "ONLY=current,swap0+compile+nockpt4", "APPLY=1", env={"STANDIN_GPU_MEM_GIB": "140"})
+    r = ready.make("tune", f"ONLY=current,{name}", "APPLY=1", env=env)
     assert r.returncode == 0, r.stderr + r.stdout
     assert (
         "Wrote the picked setting into configs/v2/config.toml: blocks_to_swap = 0; compile = true; "
-        "[workspace] blocks_without_checkpointing = 4"
+        f"[workspace] {key} = {value}"
     ) in r.stdout
     new = ready.read("configs/v2/config.toml")
-    assert re.search(r"^\[workspace\][^\[]*^blocks_without_checkpointing = 4$", new, re.M | re.S)
+    assert re.search(rf"^\[workspace\][^\[]*^{key} = {value}$", new, re.M | re.S)
     c = ready.tool("check", "CONFIG_FILE=configs/v2/config.toml")
-    assert "blocks_without_checkpointing" not in c.stdout, c.stdout  # the written version passes its own check
+    assert key not in c.stdout, c.stdout  # the written version passes its own check
+
+
+def test_apply_writes_the_count_into_the_new_versions_workspace_table(ready):
+    applies_workspace_key(
+        ready, "swap0+compile+nockpt4", "blocks_without_checkpointing", "4", env={"STANDIN_GPU_MEM_GIB": "140"}
+    )
 
 
 def test_check_names_the_count_when_a_measured_nockpt_row_is_faster(ready):

@@ -9,7 +9,6 @@ tested against musubi-tuner's own code in tests/musubi/test_launch_real.py."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from dataclasses import replace
 
@@ -18,7 +17,8 @@ from checks.test_combinations import CONFIG, check, compile_dir, edit, line_of
 from runs.test_estimate import H200, V1, h200_table, row, speed_lines, with_table
 from runs.test_ledger import records
 from runs.test_resume import NAME, state
-from tune.test_tune import probe_calls, with_caches
+from test_launch import applies_workspace_key
+from tune.test_tune import probe_calls
 
 from musubi_workspace import launch
 from musubi_workspace.errors import WorkspaceError
@@ -116,18 +116,7 @@ def test_bench_measures_onegraph_through_the_probe(ready):
 
 
 def test_apply_writes_it_into_the_new_versions_workspace_table(ready):
-    ready.seed_setting()
-    with_caches(ready)
-    r = ready.make("tune", "ONLY=current,swap0+compile+onegraph", "APPLY=1")
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert (
-        "Wrote the picked setting into configs/v2/config.toml: blocks_to_swap = 0; compile = true; "
-        "[workspace] split_attn_one_graph = true"
-    ) in r.stdout
-    new = ready.read("configs/v2/config.toml")
-    assert re.search(r"^\[workspace\][^\[]*^split_attn_one_graph = true$", new, re.M | re.S)
-    c = ready.tool("check", "CONFIG_FILE=configs/v2/config.toml")
-    assert "split_attn_one_graph" not in c.stdout, c.stdout  # the written version passes its own check
+    applies_workspace_key(ready, "swap0+compile+onegraph", "split_attn_one_graph", "true")
 
 
 def test_check_names_it_when_a_measured_onegraph_row_is_faster(ready):
