@@ -128,12 +128,15 @@ class TmpWorkspace:
         return (self.root / rel).read_text()
 
     def seed_setting(self) -> None:
-        """configs/v1 at the memory/speed setting the workspace first shipped (blocks_to_swap 20, no compile), from
-        which the tests of tune, bench and the estimate start, as the committed bench tables' `current` rows do."""
+        """configs/v1 at the memory/speed setting the workspace first shipped (blocks_to_swap 20, no compile, split_attn
+        as musubi-tuner runs it), from which the tests of tune, bench and the estimate start, as the committed bench
+        tables' `current` rows do."""
         path = self.root / "configs" / "v1" / "config.toml"
         text = path.read_text()
         seeded = re.sub(r"(?m)^blocks_to_swap = \d+$", "blocks_to_swap = 20", text).replace("\ncompile = true\n", "\n")
+        seeded = seeded.replace("\nsplit_attn_one_graph = true\n", "\n")
         assert "\nblocks_to_swap = 20\n" in seeded and "\ncompile = " not in seeded, "update seed_setting"
+        assert "split_attn_one_graph = " not in seeded, "update seed_setting"
         path.write_text(seeded)
 
     def touch_models(self) -> None:

@@ -324,7 +324,9 @@ def test_every_dry_run_value_the_tool_takes_keeps_make_off_the_gpu_stack(ws, val
     assert "--extra train" not in plan and "ws train" in plan
     r = run(ws, "train", f"DRY_RUN={value}", env={"WANDB_MODE": "offline"})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 accelerate launch ")
+    assert r.stdout.startswith(
+        "TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 WS_SPLIT_ATTN_ONE_GRAPH=1 accelerate launch "
+    )
     assert "--extra train" in ws.make("-n", "train", "DRY_RUN=no").stdout  # a real run does install it
 
 

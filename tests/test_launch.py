@@ -54,6 +54,7 @@ def test_train_runs_the_launcher_with_the_count_and_the_dry_run_shows_it(cached)
 
 
 def test_without_the_setting_train_runs_musubi_tuners_module_directly(cached):
+    edit(cached, CONFIG, table="workspace", split_attn_one_graph=False)  # configs/v1 ships it on
     r = cached.tool("train", "AUTO_STOP=0")
     assert r.returncode == 0, r.stderr
     (call,) = cached.calls("accelerate")

@@ -134,6 +134,7 @@ def test_check_names_it_when_a_measured_onegraph_row_is_faster(ready):
 
 
 def test_the_compile_cache_tells_it_apart(ready):
+    edit(ready, CONFIG, table="workspace", split_attn_one_graph=False)  # configs/v1 ships it on
     first = compile_dir(ready)
     one_graph(ready)
     assert compile_dir(ready) != first

@@ -59,7 +59,7 @@ def test_train_fills_run_json_from_the_run(cached):
     log = (folder / "log.txt").read_text()
     # The shipped version compiles: the compile environment comes first (data/compile_env.toml).
     assert log.startswith(
-        "==> train: TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 accelerate launch "
+        "==> train: TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 WS_SPLIT_ATTN_ONE_GRAPH=1 accelerate launch "
     )
     assert "| 5/1000 [" in log
     # while it trains the terminal shows step, loss, s/step and time left
