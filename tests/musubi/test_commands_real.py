@@ -25,10 +25,10 @@ def parsers(musubi):
     return build_parsers(musubi)
 
 
-def module_args(argv: list[str], module: str) -> list[str]:
-    """What follows `-m <module>` in a command line."""
+def module_args(argv: list[str], *modules: str) -> list[str]:
+    """What follows `-m <module>` in a command line (one of `modules`)."""
     i = argv.index("-m")
-    assert argv[i + 1] == module
+    assert argv[i + 1] in modules
     return argv[i + 2 :]
 
 
@@ -51,7 +51,8 @@ def test_train_command_and_config_file_parse_with_the_real_training_parser(
 ):
     cfg = Config.load(workspace, workspace.root / config.relative_to(REPO))
     cmd = train_command(cfg, visible_gpus=1)
-    argv = module_args(cmd.argv, "musubi_tuner.fpack_train_network")
+    # configs/v1 runs the workspace's launcher (split_attn_one_graph), which hands these arguments to this parser
+    argv = module_args(cmd.argv, "musubi_tuner.fpack_train_network", "musubi_workspace.launch")
     parser = parsers["fpack_train_network"]
     args = parser.parse_args(argv)
     monkeypatch.setattr(sys, "argv", ["fpack_train_network.py", *argv])
