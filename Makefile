@@ -32,6 +32,8 @@ LORA ?=
 MULTIPLIER ?=
 # grace period before the pod stops after `make train`/`resume` (0 = off, 30s, 10m); empty = [workspace] auto_stop
 AUTO_STOP ?=
+# 1 = `make train`/`train-bg` of a version that trained before moves that run's LoRAs, states, samples into output_dir/earlier-<UTC time>/ (deletes nothing); 0 = stop and say the ways on
+RESTART ?= 0
 # versions for `make report`, e.g. v3,v4; empty = every version with tensorboard logs or samples
 VERSIONS ?=
 # 1 = `make tune` writes the fastest setting that fits into a new version (through `make new`)
@@ -103,8 +105,8 @@ cache: $(GPU_STACK) ## Cache latents and text-encoder outputs; redoes only what 
 	@$(WS) cache $(CFG) --force "$(FORCE)"
 
 .PHONY: train
-train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN AUTO_STOP]
-	@$(WS) train $(CFG) --auto-stop "$(AUTO_STOP)"
+train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_FILE DRY_RUN AUTO_STOP RESTART]
+	@$(WS) train $(CFG) --auto-stop "$(AUTO_STOP)" --restart "$(RESTART)"
 
 .PHONY: generate
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
@@ -121,8 +123,8 @@ resume: $(GPU_STACK) ## Train the steps left from the version's newest saved sta
 	@$(WS) resume $(CFG) --auto-stop "$(AUTO_STOP)"
 
 .PHONY: train-bg
-train-bg: $(GPU_STACK) ## `make train` in a detached tmux session (survives SSH)  [CONFIG_FILE DRY_RUN AUTO_STOP]
-	@$(WS) train-bg $(CFG) --auto-stop "$(AUTO_STOP)"
+train-bg: $(GPU_STACK) ## `make train` in a detached tmux session (survives SSH)  [CONFIG_FILE DRY_RUN AUTO_STOP RESTART]
+	@$(WS) train-bg $(CFG) --auto-stop "$(AUTO_STOP)" --restart "$(RESTART)"
 
 .PHONY: logs
 logs: .venv/.stamp-base ## Follow the newest run: its log, with step, loss, s/step and time left

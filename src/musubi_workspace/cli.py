@@ -49,7 +49,14 @@ def cmd_cache(ws, a):
 def cmd_train(ws, a):
     from musubi_workspace.runs.targets import train
 
-    train(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
+    train(
+        ws,
+        a.config,
+        _flag(a.dry_run, "DRY_RUN"),
+        strict=_flag(a.strict, "STRICT"),
+        auto_stop=a.auto_stop,
+        restart=_flag(a.restart, "RESTART"),
+    )
 
 
 def cmd_resume(ws, a):
@@ -61,7 +68,14 @@ def cmd_resume(ws, a):
 def cmd_train_bg(ws, a):
     from musubi_workspace.runs.background import train_bg
 
-    train_bg(ws, a.config, _flag(a.dry_run, "DRY_RUN"), strict=_flag(a.strict, "STRICT"), auto_stop=a.auto_stop)
+    train_bg(
+        ws,
+        a.config,
+        _flag(a.dry_run, "DRY_RUN"),
+        strict=_flag(a.strict, "STRICT"),
+        auto_stop=a.auto_stop,
+        restart=_flag(a.restart, "RESTART"),
+    )
 
 
 def cmd_logs(ws, a):
@@ -237,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(
             "--auto-stop", default="", help="grace period before the pod stops (0: off); empty: [workspace] auto_stop"
         )
+        if name != "resume":
+            t.add_argument(
+                "--restart", default="0", help="1: move the earlier run's outputs into output_dir/earlier-<time>/ first"
+            )
     add("logs", cmd_logs, "follow the newest run's log")
     add("runs", cmd_runs, "list every run as a table")
     add("stop", cmd_stop, "stop the RunPod pod now")

@@ -19,7 +19,7 @@ def test_train_bg_starts_a_detached_run_and_make_logs_follows_it_to_the_end(cach
     )
     [tmux] = ready.calls("tmux")[-1:]
     assert tmux["argv"][:7] == ["-L", "musubi-workspace", "new-session", "-d", "-s", "train-v1", "-c"]
-    assert tmux["argv"][-1].endswith("/ws train --config configs/v1/config.toml --strict 0 --auto-stop 0")
+    assert tmux["argv"][-1].endswith("/ws train --config configs/v1/config.toml --strict 0 --auto-stop 0 --restart 0")
     wait_for(lambda: records(ready, "train"))
     again = ready.make("train-bg", env=env)
     assert again.returncode == 2

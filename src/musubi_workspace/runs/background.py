@@ -24,16 +24,22 @@ from musubi_workspace.runs.pod import grace_seconds
 SOCKET = "musubi-workspace"
 
 
-def train_bg(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "") -> None:
+def train_bg(
+    ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "", restart: bool = False
+) -> None:
     from musubi_workspace.config import load_config
+    from musubi_workspace.runs import outputs
 
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
+    if not restart:
+        outputs.refuse_if_taken(cfg, target="train-bg")  # before tmux starts; the run in it moves them with RESTART=1
     preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_plan.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"
     ws_exe = str(Path(sys.executable).parent / "ws")
     inner = [ws_exe, "train", "--config", cfg.shown, "--strict", "1" if strict else "0", "--auto-stop", auto_stop]
+    inner += ["--restart", "1" if restart else "0"]
     argv = ["tmux", "-L", SOCKET, "new-session", "-d", "-s", session, "-c", str(ws.root), shlex.join(inner)]
     if dry_run:
         print(shlex.join(argv))

@@ -14,7 +14,7 @@ from musubi_workspace.environment import child_env, secret_values
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.gpus import visible_gpu_count
 from musubi_workspace.paths import Workspace
-from musubi_workspace.runs import cache_plan, process
+from musubi_workspace.runs import cache_plan, outputs, process
 from musubi_workspace.runs.console import say
 from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.ledger import RunRecord
@@ -41,17 +41,28 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
     plan.finish()
 
 
-def train(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "") -> None:
+def train(
+    ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto_stop: str = "", restart: bool = False
+) -> None:
+    """RESTART=1 moves the earlier run's outputs aside (outputs.py) just before the trainer starts; without it,
+    outputs of this output_name stop the run (a dry run too: it says what the run would do)."""
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)  # AUTO_STOP=banana is refused in a dry run too
+    if not restart:
+        outputs.refuse_if_taken(cfg)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_plan.require_fresh(cfg, dry_run)
     env = child_env(ws)
     env.update(compile_env(cfg, env))
     cmd = train_command(cfg, visible_gpu_count(env), env=env)
     if dry_run:
+        if restart:
+            outputs.show_restart(cfg)
         return process.show([cmd])
-    train_run(cfg, "train", cmd, env, auto_stop, estimate=run_estimate(cfg, env))
+    moved = outputs.move_aside(cfg, say=say) if restart else None
+    train_run(
+        cfg, "train", cmd, env, auto_stop, estimate=run_estimate(cfg, env), **({"restart": moved} if moved else {})
+    )
 
 
 def generate(
@@ -86,6 +97,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
 
     cfg = load_config(ws, config)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
+    outputs.warn_if_changed(cfg, warn=lambda m: print(m, file=sys.stderr))
     preflight(cfg, target="resume", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_plan.require_fresh(cfg, dry_run, target="resume")
     env = child_env(ws)

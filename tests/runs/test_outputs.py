@@ -1,0 +1,186 @@
+"""A version's outputs are never overwritten: a second `make train` stops before anything runs, naming the earlier
+run's files and the ways on; `RESTART=1` moves them into output_dir/earlier-<UTC time>/ and the run record lists
+them. Through the real Makefile, the trainer stand-in writing LoRAs, states and samples as musubi-tuner names them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path
+
+from conftest import error_line
+
+from runs.test_ledger import records
+
+NAME = "example-1f_v1"
+# 200 of the 1000 steps: LoRAs and states at steps 100 and 200 (save_every_n_steps = 100, save_state), samples at
+# the start and at 100, 200 (sample_at_first, sample_every_n_steps = 100), tensorboard events in outputs/v1/logs.
+FIRST_RUN = {"STANDIN_STEPS": "200", "STANDIN_STEP_SECONDS": "0.001", "STANDIN_OUTPUTS": "1"}
+EARLIER = [
+    f"{NAME}-step00000100.safetensors",
+    f"{NAME}-step00000200.safetensors",
+    f"{NAME}-step00000100-state/",
+    f"{NAME}-step00000200-state/",
+]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and folder below root: relative path -> sha256 of the content ("dir" for a folder)."""
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def trained(w) -> None:
+    r = w.make("train", "AUTO_STOP=0", env=FIRST_RUN)
+    assert r.returncode == 0, r.stderr
+    assert (w.root / "outputs/v1" / EARLIER[1]).is_file()
+
+
+def refusal(target: str, outputs: int, changed: str = "") -> str:
+    samples = outputs - 4
+    why = f"; {changed}" if changed else ""
+    return (
+        f"error: outputs/v1 already holds {outputs} output(s) of {NAME} from an earlier run "
+        f"(2 LoRA(s), 2 state(s), {samples} sample(s): {', '.join(EARLIER)}, +{samples} more){why}: "
+        f"`make {target}` would overwrite them. Ways on: `make new` (a changed config is a new version: the normal "
+        f"path), `make resume` (same config, go on from its newest state), or `make {target} RESTART=1` (moves them "
+        f"into outputs/v1/earlier-<UTC time>/, deletes nothing)"
+    )
+
+
+def edit_learning_rate(w) -> None:
+    cfg = w.read("configs/v1/config.toml")
+    assert "\nlearning_rate = 2e-4\n" in cfg
+    w.write("configs/v1/config.toml", cfg.replace("\nlearning_rate = 2e-4\n", "\nlearning_rate = 1e-4\n"))
+
+
+def test_a_second_train_after_a_config_change_stops_naming_the_files_and_the_change_and_changes_nothing(cached):
+    trained(cached)
+    [first] = records(cached, "train")
+    samples = sorted(p.name for p in (cached.root / "outputs/v1/sample").iterdir())
+    assert len(samples) == 3  # one prompt: start, step 100, step 200
+    edit_learning_rate(cached)
+    before = tree(cached.root)
+    r = cached.make("train", "AUTO_STOP=0", env=FIRST_RUN)
+    assert r.returncode == 2
+    changed = f"configs/v1/config.toml changed since its last run ({first['id']})"
+    assert error_line(r) == refusal("train", 7, changed)
+    assert tree(cached.root) == before  # no file changed, none lost, no run record, nothing run
+    assert [c["prog"] for c in cached.calls()].count("accelerate") == 1
+
+
+def test_the_same_config_stops_too_and_a_dry_run_says_the_same(cached):
+    trained(cached)
+    before = tree(cached.root / "outputs")
+    for args in ((), ("DRY_RUN=1",)):
+        r = cached.make("train", "AUTO_STOP=0", *args, env=FIRST_RUN)
+        assert r.returncode == 2, args
+        assert error_line(r) == refusal("train", 7), args  # no config change named: `make resume` is the way on
+    assert len(records(cached, "train")) == 1
+    assert tree(cached.root / "outputs") == before
+
+
+def test_train_bg_stops_before_tmux_starts(cached):
+    trained(cached)
+    before = tree(cached.root / "outputs")
+    r = cached.make("train-bg", "AUTO_STOP=0")
+    assert r.returncode == 2
+    assert error_line(r) == refusal("train-bg", 7)
+    assert cached.calls("tmux") == []
+    assert tree(cached.root / "outputs") == before
+
+
+def test_restart_moves_every_earlier_file_aside_and_the_new_run_record_lists_them(cached):
+    trained(cached)
+    [first] = records(cached, "train")
+    out = cached.root / "outputs/v1"
+    earlier = {k: v for k, v in tree(out).items() if k.split("/")[0] != "logs"}
+    moved = EARLIER + sorted(k for k in earlier if k.startswith("sample/"))
+    assert len(moved) == 7 and sorted(k for k in earlier if k != "sample" and k.count("/") == 0) == sorted(
+        m.rstrip("/") for m in EARLIER
+    )
+    logs = {k: v for k, v in tree(out).items() if k.split("/")[0] == "logs"}
+    edit_learning_rate(cached)
+
+    r = cached.make("train", "AUTO_STOP=0", "RESTART=1", env=FIRST_RUN)
+    assert r.returncode == 0, r.stderr
+    [folder] = [p for p in out.iterdir() if p.name.startswith("earlier-")]
+    assert re.fullmatch(r"earlier-\d{8}T\d{6}Z", folder.name)
+    assert tree(folder) == earlier  # every file, the same bytes, at the same place below the folder
+    assert {k: v for k, v in tree(out).items() if k.split("/")[0] == "logs"}.items() >= logs.items()  # logs stay
+    lines = [l for l in r.stdout.splitlines() if l.startswith("RESTART=1")]
+    shown = ", ".join(m.rstrip("/") for m in moved)
+    assert lines == [
+        f"RESTART=1: moved 7 output(s) of the earlier run into outputs/v1/{folder.name}/ (nothing deleted; the run "
+        f"record lists them): {shown}"
+    ]
+    first_again, second = records(cached, "train")
+    assert first_again["id"] == first["id"] and "restart" not in first_again
+    assert second["restart"] == {
+        "moved_to": f"outputs/v1/{folder.name}",
+        "moved": shown.split(", "),
+        "earlier_run": first["id"],
+        "changed": ["configs/v1/config.toml"],
+    }
+    assert second["status"] == "succeeded"
+    # the new run wrote its own files where the earlier ones were
+    assert (out / EARLIER[1]).is_file() and (out / EARLIER[3].rstrip("/")).is_dir()
+    # and a third train stops again, now over the restarted run's files
+    again = cached.make("train", "AUTO_STOP=0", env=FIRST_RUN)
+    assert again.returncode == 2 and "already holds 7 output(s)" in error_line(again)
+
+
+def test_restart_in_a_dry_run_says_what_would_move_and_moves_nothing(cached):
+    trained(cached)
+    before = tree(cached.root / "outputs")
+    r = cached.make("train", "DRY_RUN=1", "RESTART=1")
+    assert r.returncode == 0, r.stderr
+    assert (
+        "RESTART=1: would move 7 output(s) of the earlier run into outputs/v1/earlier-<UTC time>/ (dry run: nothing "
+        f"moved): 2 LoRA(s), 2 state(s), 3 sample(s): {', '.join(EARLIER)}, +3 more"
+    ) in r.stdout.splitlines()
+    assert "accelerate launch" in r.stdout
+    assert tree(cached.root / "outputs") == before
+    assert len(records(cached, "train")) == 1
+
+
+def test_train_bg_carries_restart_into_its_tmux_command(cached):
+    trained(cached)
+    r = cached.make("train-bg", "DRY_RUN=1", "RESTART=1")
+    assert r.returncode == 0, r.stderr
+    inner = shlex.split(r.stdout.splitlines()[0])[-1]
+    assert shlex.split(inner)[-2:] == ["--restart", "1"]
+
+
+def test_a_first_train_and_restart_without_outputs_move_nothing(cached):
+    r = cached.make("train", "AUTO_STOP=0", "RESTART=1")
+    assert r.returncode == 0, r.stderr
+    assert "RESTART=1: no earlier outputs of this output_name in output_dir; nothing to move" in r.stdout
+    assert not (cached.root / "outputs/v1").exists() or not any(
+        p.name.startswith("earlier-") for p in (cached.root / "outputs/v1").iterdir()
+    )
+    [rec] = records(cached, "train")
+    assert "restart" not in rec
+
+
+def test_resume_after_a_config_change_warns_in_one_line(cached):
+    trained(cached)
+    [first] = records(cached, "train")
+    edit_learning_rate(cached)
+    r = cached.make("resume", "AUTO_STOP=0", env={"STANDIN_STEPS": "5", "STANDIN_STEP_SECONDS": "0.001"})
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stderr.splitlines() if "changed since" in l]
+    assert warnings == [
+        f"warning: configs/v1/config.toml changed since its last run ({first['id']}); `make resume` goes on with "
+        "the changed files (a changed config is a new version: `make new`)"
+    ]
+
+
+def test_resume_with_the_same_config_does_not_warn(cached):
+    trained(cached)
+    r = cached.make("resume", "AUTO_STOP=0", env={"STANDIN_STEPS": "5", "STANDIN_STEP_SECONDS": "0.001"})
+    assert r.returncode == 0, r.stderr
+    assert "changed since" not in r.stderr
