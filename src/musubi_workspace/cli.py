@@ -8,6 +8,7 @@ import sys
 
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.paths import Workspace
+from musubi_workspace.runs.lock import held
 
 # The values of a switch such as DRY_RUN. The Makefile knows the same sets (its GPU_STACK installs the GPU stack
 # only for a "no"), so the two always agree; anything else is refused here before a thing runs.
@@ -318,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ws = Workspace.find()
     try:
-        args.func(ws, args)
+        with held():  # the run locks a command takes (runs/lock.py) end with it
+            args.func(ws, args)
     except WorkspaceError as e:
         print(f"error: {e.message}", file=sys.stderr)
         if os.environ.get("WS_DEBUG") == "1":

@@ -9,6 +9,7 @@ propagate with their traceback.
 EXIT_USER = 2  # bad input: config, version, arguments
 EXIT_CHECK = 3  # `make check` found errors
 EXIT_CHILD = 4  # a program the workspace ran (trainer, cache script) failed; its own code is reported too
+EXIT_BUSY = 5  # the version (or a cache folder) is in use by another run: nothing was done
 
 
 class WorkspaceError(Exception):

@@ -31,6 +31,11 @@ class Workspace:
         return self.root / "runs"
 
     @property
+    def locks(self) -> Path:
+        """The run locks (runs/lock.py), in the workspace tool's git-ignored cache."""
+        return self.root / ".cache" / "ws" / "locks"
+
+    @property
     def env_file(self) -> Path:
         return self.root / ".env"
 

@@ -6,6 +6,8 @@ musubi-tuner's training loop as far as the workspace can see it, per environment
   STANDIN_FAIL_AT=<k>          after step k: a traceback and exit 1
   STANDIN_KILL_AT=<k>          after step k: SIGKILL itself (what an out-of-memory kill looks like)
   STANDIN_HANG_AT=<k>          after step k: sleep for an hour, printing nothing
+  STANDIN_WAIT_FOR=<path>      before anything else, wait (printing nothing) while this file is absent, at most
+                               STANDIN_WAIT_SECONDS (default 60): a test holds the run there until it is ready
   STANDIN_UPLOAD_SECONDS=<s>   at the end, leave a process in the group that "uploads" for s seconds, then
                                records prog "upload-done" (musubi-tuner's async upload, wandb's sync)
   STANDIN_LEAK=1               print the HF_TOKEN and WANDB_API_KEY values (a library logging its secrets)
@@ -102,6 +104,10 @@ def behave(argv: list[str]) -> int | None:
         from _behave_tune import behave as probe
 
         return probe(argv)
+    if os.environ.get("STANDIN_WAIT_FOR"):
+        deadline = time.monotonic() + float(os.environ.get("STANDIN_WAIT_SECONDS", "60"))
+        while not os.path.exists(os.environ["STANDIN_WAIT_FOR"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     steps_env = os.environ.get("STANDIN_STEPS", "0")
     if steps_env == "0" and not os.environ.get("STANDIN_LEAK"):
         return None

@@ -17,7 +17,7 @@ from pathlib import Path
 from musubi_workspace.checks import preflight
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.paths import Workspace
-from musubi_workspace.runs import cache_plan
+from musubi_workspace.runs import cache_plan, lock
 from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.pod import grace_seconds
 
@@ -31,6 +31,10 @@ def train_bg(
     from musubi_workspace.runs import outputs
 
     cfg = load_config(ws, config)
+    if dry_run:
+        lock.take(cfg, "train-bg", dry_run=True)  # a warning when the version is in use
+    else:  # refused at once where the run inside tmux would be; that run takes the locks
+        lock.check(cfg, lock.cache_locks(cfg, lock.SHARED))
     grace_seconds(auto_stop, cfg.settings.auto_stop)
     if not restart:
         outputs.refuse_if_taken(cfg, target="train-bg")  # before tmux starts; the run in it moves them with RESTART=1

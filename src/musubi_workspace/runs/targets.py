@@ -14,7 +14,7 @@ from musubi_workspace.environment import child_env, secret_values
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.gpus import visible_gpu_count
 from musubi_workspace.paths import Workspace
-from musubi_workspace.runs import cache_plan, outputs, process
+from musubi_workspace.runs import cache_plan, lock, outputs, process
 from musubi_workspace.runs.console import say
 from musubi_workspace.runs.estimate import speed_lines
 from musubi_workspace.runs.ledger import RunRecord
@@ -25,6 +25,7 @@ from musubi_workspace.runs.progress import Progress, duration
 def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force: bool = False) -> None:
     """Only the scripts with stale or missing files run; each one's manifest entries are written after it."""
     cfg = load_config(ws, config)
+    lock.take(cfg, "cache", lock.cache_locks(cfg, lock.EXCLUSIVE), dry_run)
     preflight(cfg, target="cache", dry_run=dry_run, strict=strict)
     plan = cache_plan.plan(cfg, force=force)
     plan.report()
@@ -47,6 +48,7 @@ def train(
     """RESTART=1 moves the earlier run's outputs aside (outputs.py) just before the trainer starts; without it,
     outputs of this output_name stop the run (a dry run too: it says what the run would do)."""
     cfg = load_config(ws, config)
+    lock.take(cfg, "train", lock.cache_locks(cfg, lock.SHARED), dry_run)
     grace_seconds(auto_stop, cfg.settings.auto_stop)  # AUTO_STOP=banana is refused in a dry run too
     if not restart:
         outputs.refuse_if_taken(cfg)
@@ -69,6 +71,7 @@ def generate(
     ws: Workspace, config: str, dry_run: bool, lora: str = "", multiplier: str = "", strict: bool = False
 ) -> None:
     cfg = load_config(ws, config)
+    lock.take(cfg, "generate", dry_run=dry_run)  # it reads no cache folder
     preflight(cfg, target="generate", dry_run=dry_run, strict=strict)
     if not lora:
         newest = newest_lora(cfg)
@@ -96,6 +99,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
     from musubi_workspace.runs import resume as resuming
 
     cfg = load_config(ws, config)
+    lock.take(cfg, "resume", lock.cache_locks(cfg, lock.SHARED), dry_run)
     grace_seconds(auto_stop, cfg.settings.auto_stop)
     outputs.warn_if_changed(cfg, warn=lambda m: print(m, file=sys.stderr))
     preflight(cfg, target="resume", dry_run=dry_run, strict=strict, speed=speed_lines)
@@ -151,6 +155,7 @@ def recorded_run(
 ) -> tuple[RunRecord, process.Outcome]:
     """Run with a record in runs/<version>/: written at the start, completed at the end, log tee'd."""
     rec = RunRecord.start(cfg, target, cmds, env, secret_values(env), **extra)
+    lock.note_log(cfg.ws, rec.log_path)
     say(f"==> run record: {cfg.ws.rel(rec.folder)} (`make runs` lists runs, `make logs` follows this one)")
     outcome = process.Outcome("failed", note="the workspace tool failed")
     try:

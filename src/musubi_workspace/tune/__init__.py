@@ -1445,11 +1445,14 @@ def tune(
 ) -> None:
     """`make tune`: the candidates on the version's real models and caches."""
     from musubi_workspace.checks import preflight
+    from musubi_workspace.runs import lock
 
+    lock.take(cfg, "tune", lock.cache_locks(cfg, lock.SHARED))
     parse_memory(memory)
     preflight(cfg, target="tune")
     timeout = _run_timeout(run_timeout)
     sess = _session(ws, cfg, _steps(steps), "tune", memory, gpus_per_run, continue_)
+    lock.note_log(ws, sess.folder)
     sess.run_timeout = timeout
     data = sess.dataset
     for d in data.get("datasets", []):
@@ -1495,7 +1498,12 @@ def bench(
     run_timeout: str = "",
 ) -> None:
     """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
+    from musubi_workspace.runs import lock
     from musubi_workspace.tune.synthetic import CacheLayout, Plan
+
+    # Shared: benches of one version on two GPUs go side by side (their synthetic caches have a lock of their
+    # own); a cache, train or generate of the version waits for them.
+    lock.take(cfg, "bench", version_mode=lock.SHARED)
 
     if cfg.get("one_frame") is not True:
         raise WorkspaceError(
@@ -1505,6 +1513,7 @@ def bench(
     parse_memory(memory)
     timeout = _run_timeout(run_timeout)
     sess = _session(ws, cfg, _steps(steps), "bench", memory, gpus_per_run, continue_)
+    lock.note_log(ws, sess.folder)
     sess.run_timeout = timeout
     data, batch, (width, height) = dataset_values(cfg)
     first = (data.get("datasets") or [{}])[0]
