@@ -316,10 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     ws = Workspace.find()
     try:
-        with held():  # the run locks a command takes (runs/lock.py) end with it
+        with held(argv):  # the run locks a command takes (runs/lock.py) end with it
             args.func(ws, args)
     except WorkspaceError as e:
         print(f"error: {e.message}", file=sys.stderr)

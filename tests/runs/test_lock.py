@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from datetime import datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 from conftest import error_line
 
 from runs.test_ledger import records
-from runs.test_pod import wait_for
+from runs.test_pod import ended, popen_make, wait_for
 
 LOCK = ".cache/ws/locks/version-v1.lock"
 SEE = "see it with make runs or make logs, or wait for it to end"
@@ -163,3 +164,21 @@ def test_two_versions_train_side_by_side_on_one_cache_folder_whose_cache_is_refu
     assert [d["status"] for d in records(cached, "train", "v1") + records(cached, "train", "v2")] == ["succeeded"] * 2
     assert (cached.root / "outputs/v2/example-1f_v2.safetensors").is_file()
     assert [c["prog"] for c in cached.calls()[calls:]] == ["accelerate", "accelerate"]
+
+
+def test_a_finished_train_lets_go_of_the_version_while_the_pod_stop_counts_down(cached):
+    (cached.root.parent / "rp_environment").write_text('export RUNPOD_POD_ID="pod123"\n')
+    p = popen_make(cached, "train", "AUTO_STOP=30s", env={"STANDIN_STEPS": "2"})
+    try:
+        wait_for(lambda: ended(cached))
+        assert p.poll() is None  # counting down
+        cache = cached.make("cache")
+        assert cache.returncode == 0, cache.stderr
+        assert cached.read(LOCK) == ""
+        assert cached.make("cancel-stop").returncode == 0
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, err
+    assert "auto-stop: cancelled (`make cancel-stop`): pod pod123 keeps running" in out

@@ -63,6 +63,8 @@ class _Held:
 # This process's locks, by lock file: a command that takes one twice (or a version and a cache folder that are
 # the same file) holds it once.
 _HELD: dict[Path, _Held] = {}
+# The command the locks are taken for (`held`), as their records show it.
+_COMMAND: list[str] = []
 
 
 def version_lock(cfg: Config, mode: int = EXCLUSIVE) -> Lock:
@@ -104,7 +106,7 @@ def take(
         for lock in wanted:
             holder = _live_holder(lock, exclusive_only=lock.mode == SHARED)
             if holder is not None:
-                print(f"warning: {in_use(lock, holder, cfg)} (a dry run takes no lock)", file=sys.stderr)
+                print(f"warning: {in_use(lock, holder)} (a dry run takes no lock)", file=sys.stderr)
         return
     record = {
         "target": f"make {target}",
@@ -113,13 +115,13 @@ def take(
         "host": socket.gethostname(),
         "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "log": None,
-        "command": shlex.join([os.path.basename(sys.argv[0]) or "ws", *sys.argv[1:]]),
+        "command": shlex.join(["ws", *_COMMAND]),
     }
     taken: list[Path] = []
     try:
         # Those with a file first: a refusal comes before this call made any new lock file.
         for lock in sorted(wanted, key=lambda lock: not lock.path.exists()):
-            if _take_one(lock, record, cfg):
+            if _take_one(lock, record):
                 taken.append(lock.path)
     except BaseException:
         for path in reversed(taken):
@@ -135,7 +137,7 @@ def check(cfg: Config, locks: Iterable[Lock] = ()) -> None:
             continue
         with _open(lock.path) as f:
             if not _try_flock(f, lock.mode):
-                raise WorkspaceError(in_use(lock, _holder(lock, f), cfg), EXIT_BUSY)
+                raise WorkspaceError(in_use(lock, _holder(lock, f)), EXIT_BUSY)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -147,17 +149,23 @@ def note_log(ws: Workspace, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def held() -> Iterator[None]:
-    """Around one `ws` command: whatever locks it took are let go of when it ends, however it ends."""
-    before = set(_HELD)
+def held(argv: list[str]) -> Iterator[None]:
+    """Around one `ws` command (its arguments: `argv`): whatever locks it took are let go of when it ends,
+    however it ends."""
+    _COMMAND[:] = argv
     try:
         yield
     finally:
-        for path in [p for p in _HELD if p not in before][::-1]:
-            _release(path)
+        release()
 
 
-def in_use(lock: Lock, holder: dict | None, cfg: Config) -> str:
+def release() -> None:
+    """Let go of every lock this process holds (before the pod's stop counts down: it writes no version's files)."""
+    for path in list(_HELD)[::-1]:
+        _release(path)
+
+
+def in_use(lock: Lock, holder: dict | None) -> str:
     """The one line of a refusal: who holds the lock, since when, its pid and where to see it."""
     how = "see it with make runs or make logs, or wait for it to end"
     if holder is None:
@@ -175,20 +183,20 @@ def in_use(lock: Lock, holder: dict | None, cfg: Config) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The lock files
 # ---------------------------------------------------------------------------------------------------------------
-def _take_one(lock: Lock, record: dict, cfg: Config) -> bool:
+def _take_one(lock: Lock, record: dict) -> bool:
     """Take one lock; False when this process holds it already."""
     held = _HELD.get(lock.path)
     if held is not None:
         if lock.mode == EXCLUSIVE and held.lock.mode != EXCLUSIVE:
             if not _try_flock(held.file, EXCLUSIVE):
-                raise WorkspaceError(in_use(lock, _holder(lock, held.file, skip_mine=True), cfg), EXIT_BUSY)
+                raise WorkspaceError(in_use(lock, _holder(lock, held.file, skip_mine=True)), EXIT_BUSY)
             held.lock, held.record["shared"] = lock, False
             _edit(held, keep=lambda r: not _mine(r), add=held.record)
         return False
     f = _open(lock.path)
     try:
         if not _try_flock(f, lock.mode):
-            raise WorkspaceError(in_use(lock, _holder(lock, f), cfg), EXIT_BUSY)
+            raise WorkspaceError(in_use(lock, _holder(lock, f)), EXIT_BUSY)
         held = _Held(lock, f, {**record, "shared": lock.mode == SHARED})
         # Taken exclusive, every record there is of a process that let go without clearing it (killed); shared,
         # those of processes that are gone (the others share it now).

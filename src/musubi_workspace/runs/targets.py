@@ -210,6 +210,7 @@ def train_run(
         )
         upload_record(cfg, rec, env)
     finally:
+        lock.release()  # the training is over: while the pod's stop counts down, `make generate` may start
         result = stop.finish(say=say)
         if rec is not None:
             rec.data["auto_stop"] = {**stop.record(), "outcome": result}
