@@ -639,3 +639,51 @@ def test_the_sample_grid_png_carries_the_prompt_text(tmp_path):
         assert shown.height > bare.height + 2 * 15  # the text, wrapped over several lines
         strip = shown.convert("L").crop((6, 32, shown.width - 6, 47))
         assert strip.getextrema()[0] < 128  # dark text in the line under "prompt 00"
+
+
+# A restarted run (`make train RESTART=1`) ------------------------------------------------------------------------
+
+
+def test_a_restarted_run_is_drawn_apart_from_the_earlier_one_by_its_run_record(cached):
+    """The real `make train` twice, the second with RESTART=1: the earlier run's samples were moved into
+    outputs/v1/earlier-<time>/, its tensorboard folder stayed in outputs/v1/logs; the report draws two series and
+    two sample columns, the earlier one named by the time its files were moved, neither curve holding the other's
+    steps."""
+    env = {**OUTPUTS, "STANDIN_STEPS": "200"}
+    assert cached.make("train", "AUTO_STOP=0", env=env).returncode == 0
+    # A real restart comes minutes after the run it moves aside; the earlier-<time> folder's name (what places the
+    # runs without records) keeps whole seconds: the earlier run's first step must be before the move's second.
+    time.sleep(1.1)
+    r = cached.make("train", "AUTO_STOP=0", "RESTART=1", env=env)
+    assert r.returncode == 0, r.stderr
+    [folder] = [p for p in (cached.root / "outputs/v1").iterdir() if p.name.startswith("earlier-")]
+    stamp = re.fullmatch(r"earlier-(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)\d\dZ", folder.name).groups()
+    earlier = f"v1 (earlier {stamp[0]}-{stamp[1]}-{stamp[2]} {stamp[3]}:{stamp[4]}Z)"
+    assert len(list((cached.root / "outputs/v1/logs").iterdir())) == 2  # both runs' tensorboard folders, in place
+
+    def check(w) -> None:
+        r = w.tool("report")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[:3] == [
+            f"report: {earlier}, v1",
+            f"  {earlier}: 1 run(s), 200 logged steps; 3 sample(s) for 1 prompt(s)",
+            "  v1: 1 run(s), 200 logged steps; 3 sample(s) for 1 prompt(s)",
+        ]
+        page = html_of(w)
+        assert f'alt="loss by step: {html_lib.escape(earlier)}, v1"' in page
+        assert f"<th>{html_lib.escape(earlier)}</th><th>v1</th></tr>" in page  # two sample columns
+        links = re.findall(r'<a class="frames" href="([^"]+)">', page)
+        assert sorted({l.split("/")[1] for l in links}) == ["v1", f"v1-{folder.name}"]
+        assert all((w.root / "runs/report" / l).is_file() for l in links)
+        from musubi_workspace.paths import Workspace
+        from musubi_workspace.report import gather_all
+
+        old, new = gather_all(Workspace(w.root), "v1")
+        assert [line.loss[0] for line in old.lines] == [list(range(1, 201))]  # not merged into one curve
+        assert [line.loss[0] for line in new.lines] == [list(range(1, 201))]
+        assert {s.path.parent for s in old.samples} == {folder / "sample"}
+        assert {s.path.parent for s in new.samples} == {w.root / "outputs/v1/sample"}
+
+    check(cached)
+    shutil.rmtree(cached.root / "runs/v1")  # only the pod's outputs/ copied here: placed by the folder's name
+    check(cached)

@@ -11,6 +11,14 @@ A run of `make resume` logs from step 1 again in a new tensorboard folder and na
 run was going when the folder's first step was logged; `resume.step_offset`), or, without records, from the
 sample names of the resumed run that started after the folder did. It is drawn as the continuation of the run
 before it, at its true steps.
+
+A `make train RESTART=1` moved the earlier run's LoRAs, states and samples into `output_dir/earlier-<UTC time>/`
+(runs/outputs.py) and left its tensorboard folders in logging_dir. The report keeps the two apart by the run
+records: the restarted run's record (`restart.moved_to`) marks when the earlier run's outputs were moved; the
+tensorboard folders logged before that, and the samples in that folder, are drawn as `v1 (earlier 2026-12-03
+10:20Z)`, each earlier run beside the current `v1`, in the curves and as its own column of the sample grids. An
+earlier-<time> folder without a record (only the outputs copied here) is placed by the time in its name (whole
+seconds: the earlier run's first step came long before, the next run's after the check that preceded the move).
 """
 
 from __future__ import annotations
@@ -52,6 +60,12 @@ class VersionData:
     samples: list[Sample] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
     epoch_steps: dict[tuple[int, int], int] = field(default_factory=dict)  # (epoch, run offset) -> true step
+    label: str = ""  # how the page names it: the version, or `v1 (earlier 2026-12-03 10:20Z)` (an earlier run)
+    key: str = ""  # its folder under runs/report/samples/: the version, or `v1-earlier-20261203T102000Z`
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.version
+        self.key = self.key or self.version
 
     @property
     def has_data(self) -> bool:
@@ -88,22 +102,89 @@ def prompt_texts(cfg: Config) -> list[str]:
     return [l.split(" --")[0].strip() for l in lines]
 
 
+@dataclass(frozen=True)
+class Era:
+    """The outputs of one run of a version (with its resumes): the current ones in output_dir, or an earlier
+    run's, moved by RESTART=1 into output_dir/earlier-<stamp>/ at `until`."""
+
+    sample_dir: Path | None
+    until: float | None = None  # when RESTART=1 moved them (seconds since the epoch); None: the current outputs
+    folder: str = ""  # earlier-<stamp>
+
+
+def eras(ws: Workspace, version: str, output_dir: Path | None) -> list[Era]:
+    """The version's earlier runs, oldest first, then its current one: each restart's `restart.moved_to` from
+    its run record, and any earlier-<time> folder in output_dir that no record names (placed by its name)."""
+    from musubi_workspace.runs.outputs import earlier_time
+
+    moves: dict[Path, float] = {}
+    for start, _end, rec in train_records(ws, version):
+        restart = rec.get("restart")
+        if isinstance(restart, dict) and isinstance(restart.get("moved_to"), str):
+            moves[ws.resolve(restart["moved_to"])] = start
+    if output_dir is not None and output_dir.is_dir():
+        for p in output_dir.iterdir():
+            at = earlier_time(p.name)
+            if at is not None and p.is_dir() and p not in moves:
+                moves[p] = at
+    ordered = sorted(moves.items(), key=lambda kv: (kv[1], kv[0].name))
+    return [Era(folder / "sample", at, folder.name) for folder, at in ordered] + [
+        Era(output_dir / "sample" if output_dir else None)
+    ]
+
+
+def era_label(version: str, era: Era) -> tuple[str, str]:
+    """(label, key) of an era: `v1 (earlier 2026-12-03 10:20Z)` and `v1-earlier-20261203T102000Z`."""
+    if era.until is None:
+        return version, version
+    when = datetime.fromtimestamp(era.until, timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+    return f"{version} (earlier {when})", f"{version}-{era.folder}"
+
+
 def gather(ws: Workspace, version: str) -> VersionData:
+    """The version's current run (its outputs in output_dir), resumes included."""
+    return gather_all(ws, version)[-1]
+
+
+def gather_all(ws: Workspace, version: str) -> list[VersionData]:
+    """The version's earlier runs (moved aside by RESTART=1) that left data, oldest first, then its current run."""
     cfg = Config.load(ws, ws.configs / version / "config.toml")
     logging_dir = cfg.path_of("logging_dir")
     output_dir = cfg.path_of("output_dir")
-    d = VersionData(version, cfg, logging_dir, output_dir / "sample" if output_dir else None)
-    if logging_dir:
-        d.runs = curves.read_runs(version, logging_dir, str(cfg.get("log_prefix") or ""))
+    runs = curves.read_runs(version, logging_dir, str(cfg.get("log_prefix") or "")) if logging_dir else []
+    out = []
+    for era in eras(ws, version, output_dir):
+        label, key = era_label(version, era)
+        mine = [r for r in runs if era.until is None or r.start_time < era.until]
+        runs = [r for r in runs if not any(r is m for m in mine)]
+        d = gather_era(ws, version, cfg, logging_dir, era, mine, label, key)
+        if d.has_data or era.until is None:
+            out.append(d)
+    return out
+
+
+def gather_era(
+    ws: Workspace,
+    version: str,
+    cfg: Config,
+    logging_dir: Path | None,
+    era: Era,
+    runs: list[Series],
+    label: str,
+    key: str,
+) -> VersionData:
+    d = VersionData(version, cfg, logging_dir, era.sample_dir, runs=runs, label=label, key=key)
+    for run in d.runs:
+        run.version = label
     if d.sample_dir:
-        d.samples = samples.find_samples(version, d.sample_dir, str(cfg.get("output_name") or ""))
+        d.samples = samples.find_samples(label, d.sample_dir, str(cfg.get("output_name") or ""))
     d.prompts = prompt_texts(cfg)
     place_resumed_runs(ws, version, d.runs, d.samples)
     d.lines = curves.join(d.runs)
     continues = next((k for k in curves.CONTINUES_FROM if cfg.get(k)), "")
     for line in d.lines:
         first = line.parts[0]
-        label = version if len(d.lines) == 1 else f"{version} {first.run}"
+        label = d.label if len(d.lines) == 1 else f"{d.label} {first.run}"
         line.label = label + (f" (resumed at {', '.join(map(str, line.resumes))})" if line.resumes else "")
         line.continues_from = continues or (f"a state at step {first.offset}" if first.offset else "")
         line.flags = curves.judge(line)
@@ -165,14 +246,14 @@ def place_resumed_runs(ws: Workspace, version: str, runs: list[Series], found: l
 def where_looked(ws: Workspace, d: VersionData) -> str:
     logs = ws.rel(d.logging_dir) if d.logging_dir else "no logging_dir"
     sample = ws.rel(d.sample_dir) if d.sample_dir else "no output_dir"
-    return f"{d.version} ({logs}, {sample})"
+    return f"{d.label} ({logs}, {sample})"
 
 
 def report(ws: Workspace, versions: str = "") -> Path:
     names = parse_versions(ws, versions)
     if not names:
         raise WorkspaceError("configs/: no version found (configs/v1/config.toml); restore configs/v1 from git")
-    data = [gather(ws, v) for v in names]
+    data = [d for v in names for d in gather_all(ws, v)]
     if not any(d.has_data for d in data):
         looked = "; ".join(where_looked(ws, d) for d in data)
         raise WorkspaceError(
@@ -199,7 +280,7 @@ def report(ws: Workspace, versions: str = "") -> Path:
         frames = {k: (c[1] if isinstance(c, tuple) else c) for k, c in grid.cells.items()}
         samples.grid(
             prompt,
-            [d.version for d in data],
+            [d.label for d in data],
             grid.rows,
             frames,
             out / name,
@@ -211,7 +292,7 @@ def report(ws: Workspace, versions: str = "") -> Path:
     page = out / "index.html"
     page.write_text(render_html(ws, data, grids, out, copied), encoding="utf-8")
 
-    print(f"report: {', '.join(d.version for d in data)}")
+    print(f"report: {', '.join(d.label for d in data)}")
     for d in data:
         print(f"  {summary(ws, d)}")
     for line in lines:
@@ -234,12 +315,12 @@ def summary(ws: Workspace, d: VersionData) -> str:
         parts.append(f"{len(d.samples)} sample(s) for {len({s.prompt for s in d.samples})} prompt(s)")
     else:
         parts.append(f"no samples in {ws.rel(d.sample_dir) if d.sample_dir else '(output_dir not set)'}")
-    return f"{d.version}: " + "; ".join(parts)
+    return f"{d.label}: " + "; ".join(parts)
 
 
 def prompt_of(data: list[VersionData], prompt: int) -> dict[str, str]:
     """The text of prompt NN in each version that has it."""
-    return {d.version: d.prompts[prompt] for d in data if prompt < len(d.prompts)}
+    return {d.label: d.prompts[prompt] for d in data if prompt < len(d.prompts)}
 
 
 @dataclass
@@ -286,7 +367,7 @@ def sample_grids(data: list[VersionData]) -> dict[int, Grid]:
             if s.row not in g.rows:
                 g.rows.append(s.row)
             shown = samples.frames(s)
-            g.cells[(s.row, d.version)] = shown if isinstance(shown, str) else (s, shown)
+            g.cells[(s.row, d.label)] = shown if isinstance(shown, str) else (s, shown)
     for g in grids.values():
         g.rows.sort(key=lambda row: (min(at for at, _ in where[row]), row))
         for row in g.rows:
@@ -304,13 +385,13 @@ def copy_full_size(data: list[VersionData], folder: Path) -> dict[Path, str]:
     links = {}
     for d in data:
         for s in d.samples:
-            target = folder / d.version / s.path.name
+            target = folder / d.key / s.path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(s.path, target)
             except OSError:
                 shutil.copy2(s.path, target)
-            links[s.path] = f"{FULL_SIZE}/{d.version}/{s.path.name}"
+            links[s.path] = f"{FULL_SIZE}/{d.key}/{s.path.name}"
     return links
 
 
@@ -352,7 +433,7 @@ def render_html(
 ) -> str:
     e = html.escape
     lines = [line for d in data for line in d.lines]
-    names = ", ".join(d.version for d in data)
+    names = ", ".join(d.label for d in data)
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>",
@@ -387,7 +468,7 @@ def render_html(
     ]
     for d in data:
         if not d.runs:
-            parts.append(f'<tr><td>{e(d.version)}</td><td colspan=6 class="missing">{e(summary(ws, d))}</td></tr>')
+            parts.append(f'<tr><td>{e(d.label)}</td><td colspan=6 class="missing">{e(summary(ws, d))}</td></tr>')
         for line in d.lines:
             for i, run in enumerate(line.parts):
                 parts.append(_run_row(ws, line, i, run))
@@ -420,15 +501,15 @@ def render_html(
             parts += [f'<p class="prompt"><b>{e(v)}</b>: {e(t)}</p>' for v, t in texts.items()]
         parts.append(
             '<div class="scroll"><table class="samples"><tr><th></th>'
-            + "".join(f"<th>{e(d.version)}</th>" for d in data)
+            + "".join(f"<th>{e(d.label)}</th>" for d in data)
             + "</tr>"
         )
         for row in grid.rows:
             label = grid.labels[row]
             parts.append(f"<tr><th>{e(label)}</th>")
             for d in data:
-                cell = grid.cells.get((row, d.version))
-                parts.append(f"<td>{_cell(cell, d.version, prompt, label, links, len(data))}</td>")
+                cell = grid.cells.get((row, d.label))
+                parts.append(f"<td>{_cell(cell, d.label, prompt, label, links, len(data))}</td>")
             parts.append("</tr>")
         parts.append("</table></div>")
     parts.append("</body></html>")

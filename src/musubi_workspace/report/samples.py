@@ -136,6 +136,9 @@ def grid(
     widths = [sum(i.width for i in c) + gap * (len(c) - 1) for c in cells.values() if isinstance(c, list)]
     heights = [max(i.height for i in c) for c in cells.values() if isinstance(c, list)]
     cell_w, cell_h = max(widths, default=THUMB), max(heights, default=THUMB // 2)
+    # a long column name (`v1 (earlier 2026-12-03 10:20Z)`) wraps to its column, at least 16 characters wide
+    names = {v: textwrap.wrap(v, max(16, cell_w // 10)) or [v] for v in versions}
+    cell_w = max([cell_w] + [round(font(18).getlength(line)) + gap for n in names.values() for line in n])
     W = label_w + len(versions) * (cell_w + gap) + gap
     shared = len(set(texts.values())) == 1 and len(texts) == len(versions)
     top = textwrap.wrap(next(iter(texts.values())), max(20, (W - 2 * gap) // small_w)) if shared else []
@@ -148,7 +151,8 @@ def grid(
         }
     )
     y_names = 32 + 15 * len(top) + (6 if top else 0)
-    head_h = y_names + 24 + 15 * max((len(t) for t in per_version.values()), default=0) + 4
+    names_h = 22 * max((len(n) for n in names.values()), default=1)
+    head_h = y_names + names_h + 2 + 15 * max((len(t) for t in per_version.values()), default=0) + 4
     H = head_h + len(rows) * (cell_h + gap) + gap
     canvas = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(canvas)
@@ -158,9 +162,10 @@ def grid(
         draw.text((gap, 32 + 15 * k), line, fill="#333333", font=small)
     for j, v in enumerate(versions):
         x = label_w + j * (cell_w + gap) + gap
-        draw.text((x, y_names), v, fill="black", font=big)
+        for k, line in enumerate(names[v]):
+            draw.text((x, y_names + 22 * k), line, fill="black", font=big)
         for k, line in enumerate(per_version.get(v, [])):
-            draw.text((x, y_names + 24 + 15 * k), line, fill="#333333", font=small)
+            draw.text((x, y_names + names_h + 2 + 15 * k), line, fill="#333333", font=small)
     for i, row in enumerate(rows):
         y = head_h + i * (cell_h + gap)
         for k, line in enumerate(textwrap.wrap(labels.get(row) or row_label(row), 18)):
