@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 from conftest import error_line
 
 from runs.test_ledger import records
+from runs.test_pod import wait_for
 
 NAME = "example-1f_v1"
 # 200 of the 1000 steps: LoRAs and states at steps 100 and 200 (save_every_n_steps = 100, save_state), samples at
@@ -184,3 +186,34 @@ def test_resume_with_the_same_config_does_not_warn(cached):
     r = cached.make("resume", "AUTO_STOP=0", env={"STANDIN_STEPS": "5", "STANDIN_STEP_SECONDS": "0.001"})
     assert r.returncode == 0, r.stderr
     assert "changed since" not in r.stderr
+
+
+def test_restart_while_the_version_trains_stops_and_moves_nothing(cached):
+    trained(cached)
+    slow = {"STANDIN_STEPS": "200", "STANDIN_STEP_SECONDS": "0.03"}
+    first = subprocess.Popen(
+        ["make", "--no-print-directory", "train", "AUTO_STOP=0", "RESTART=1"],
+        cwd=cached.root,
+        env={**cached.env, **slow},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: len(records(cached, "train")) == 2 and cached.calls("accelerate")[1:], timeout=60)
+        [folder] = [p for p in (cached.root / "outputs/v1").iterdir() if p.name.startswith("earlier-")]
+        running = records(cached, "train")[1]
+        moved = tree(folder)
+        r = cached.make("train", "AUTO_STOP=0", "RESTART=1", env=FIRST_RUN)
+        assert r.returncode == 2
+        assert error_line(r) == (
+            f"error: RESTART=1: v1 is training now (run {running['id']}, pid {running['pid']}, since "
+            f"{running['start']}): moving its outputs would pull them from under it; wait for it to end "
+            "(`make logs` follows it) and restart then"
+        )
+        assert tree(folder) == moved  # the first restart's folder as it was; no second one
+        assert [p.name for p in (cached.root / "outputs/v1").iterdir() if p.name.startswith("earlier-")] == [
+            folder.name
+        ]
+    finally:
+        assert first.wait(timeout=120) == 0
+    assert len(records(cached, "train")) == 2

@@ -36,8 +36,8 @@ def train_bg(
     else:  # refused at once where the run inside tmux would be; that run takes the locks
         lock.check(cfg, lock.cache_locks(cfg, lock.SHARED))
     grace_seconds(auto_stop, cfg.settings.auto_stop)
-    if not restart:
-        outputs.refuse_if_taken(cfg, target="train-bg")  # before tmux starts; the run in it moves them with RESTART=1
+    # before tmux starts; with RESTART=1 the run in it moves the earlier files
+    outputs.refuse_if_running(cfg) if restart else outputs.refuse_if_taken(cfg, target="train-bg")
     preflight(cfg, target="train-bg", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_plan.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"

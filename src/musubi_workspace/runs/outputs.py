@@ -143,6 +143,18 @@ def refuse_if_taken(cfg: Config, target: str = "train") -> None:
     )
 
 
+def refuse_if_running(cfg: Config) -> None:
+    """RESTART=1 while a run of the version is going (its record says running, its process is alive) would move
+    the files it is writing: stop."""
+    last = last_training_run(cfg)
+    if last and last.get("status") == "running":
+        raise WorkspaceError(
+            f"RESTART=1: {cfg.name} is training now (run {last.get('id')}, pid {last.get('pid')}, since "
+            f"{last.get('start')}): moving its outputs would pull them from under it; wait for it to end "
+            f"(`make logs` follows it) and restart then"
+        )
+
+
 def earlier_folder(output_dir: Path, now: datetime | None = None) -> Path:
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1, 1000):
@@ -163,6 +175,7 @@ def move_aside(cfg: Config, say=print) -> dict | None:
     """RESTART=1: move this output_name's outputs into output_dir/earlier-<UTC time>/ (same places below it);
     what moved, for the new run record (None: nothing to move). A move that fails stops the run, saying what
     moved already and where."""
+    refuse_if_running(cfg)
     earlier, folder = restart_plan(cfg)
     if not earlier or folder is None:
         say("RESTART=1: no earlier outputs of this output_name in output_dir; nothing to move")

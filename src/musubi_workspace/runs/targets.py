@@ -50,8 +50,7 @@ def train(
     cfg = load_config(ws, config)
     lock.take(cfg, "train", lock.cache_locks(cfg, lock.SHARED), dry_run)
     grace_seconds(auto_stop, cfg.settings.auto_stop)  # AUTO_STOP=banana is refused in a dry run too
-    if not restart:
-        outputs.refuse_if_taken(cfg)
+    outputs.refuse_if_running(cfg) if restart else outputs.refuse_if_taken(cfg)
     preflight(cfg, target="train", dry_run=dry_run, strict=strict, speed=speed_lines)
     cache_plan.require_fresh(cfg, dry_run)
     env = child_env(ws)
