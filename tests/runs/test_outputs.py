@@ -5,6 +5,7 @@ them. Through the real Makefile, the trainer stand-in writing LoRAs, states and 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import subprocess
@@ -189,6 +190,7 @@ def test_resume_with_the_same_config_does_not_warn(cached):
 
 
 def test_restart_while_the_version_trains_stops_and_moves_nothing(cached):
+    """Here the version's lock (runs/lock.py) stops the second run first; the run record guards as well."""
     trained(cached)
     slow = {"STANDIN_STEPS": "200", "STANDIN_STEP_SECONDS": "0.03"}
     first = subprocess.Popen(
@@ -201,15 +203,9 @@ def test_restart_while_the_version_trains_stops_and_moves_nothing(cached):
     try:
         wait_for(lambda: len(records(cached, "train")) == 2 and cached.calls("accelerate")[1:], timeout=60)
         [folder] = [p for p in (cached.root / "outputs/v1").iterdir() if p.name.startswith("earlier-")]
-        running = records(cached, "train")[1]
         moved = tree(folder)
         r = cached.make("train", "AUTO_STOP=0", "RESTART=1", env=FIRST_RUN)
-        assert r.returncode == 2
-        assert error_line(r) == (
-            f"error: RESTART=1: v1 is training now (run {running['id']}, pid {running['pid']}, since "
-            f"{running['start']}): moving its outputs would pull them from under it; wait for it to end "
-            "(`make logs` follows it) and restart then"
-        )
+        assert r.returncode != 0 and error_line(r)
         assert tree(folder) == moved  # the first restart's folder as it was; no second one
         assert [p.name for p in (cached.root / "outputs/v1").iterdir() if p.name.startswith("earlier-")] == [
             folder.name
@@ -217,3 +213,22 @@ def test_restart_while_the_version_trains_stops_and_moves_nothing(cached):
     finally:
         assert first.wait(timeout=120) == 0
     assert len(records(cached, "train")) == 2
+
+
+def test_restart_while_a_run_of_another_machine_trains_on_the_shared_volume_stops(cached):
+    """A run record of another host (two pods on one volume) that says running: no lock of this machine sees it."""
+    trained(cached)
+    [rec_path] = (cached.root / "runs/v1").glob("*-train/run.json")
+    data = json.loads(rec_path.read_text())
+    data.update(status="running", host="pod-b", pid=4242, end=None)
+    rec_path.write_text(json.dumps(data))
+    before = tree(cached.root / "outputs")
+    for target in ("train", "train-bg"):
+        r = cached.make(target, "AUTO_STOP=0", "RESTART=1", env=FIRST_RUN)
+        assert r.returncode == 2
+        assert error_line(r) == (
+            f"error: RESTART=1: v1 is training now (run {data['id']}, pid 4242, since {data['start']}): moving its "
+            "outputs would pull them from under it; wait for it to end (`make logs` follows it) and restart then"
+        )
+    assert tree(cached.root / "outputs") == before
+    assert cached.calls("tmux") == []
