@@ -8,12 +8,13 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
 from conftest import error_line
 
-from runs.test_ledger import records
+from runs.test_ledger import HF_TOKEN, PYLIB, records
 from runs.test_pod import wait_for
 
 NAME = "example-1f_v1"
@@ -36,8 +37,8 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
-def trained(w) -> None:
-    r = w.make("train", "AUTO_STOP=0", env=FIRST_RUN)
+def trained(w, env: dict | None = None) -> None:
+    r = w.make("train", "AUTO_STOP=0", env={**FIRST_RUN, **(env or {})})
     assert r.returncode == 0, r.stderr
     assert (w.root / "outputs/v1" / EARLIER[1]).is_file()
 
@@ -232,3 +233,33 @@ def test_restart_while_a_run_of_another_machine_trains_on_the_shared_volume_stop
         )
     assert tree(cached.root / "outputs") == before
     assert cached.calls("tmux") == []
+
+
+def test_after_a_restart_resume_takes_no_state_of_the_earlier_run_from_hugging_face(cached):
+    cfg = cached.read("configs/v1/config.toml")
+    assert '# huggingface_repo_id = "your-hf-name/example-1f"' in cfg
+    cached.write(
+        "configs/v1/config.toml",
+        cfg.replace('# huggingface_repo_id = "your-hf-name/example-1f"', 'huggingface_repo_id = "me/example-1f"'),
+    )
+    cached.write(".env", f"HF_TOKEN={HF_TOKEN}\n")
+    trained(cached, PYLIB)  # states at steps 100 and 200, "uploaded"
+    r = cached.make("train", "AUTO_STOP=0", "RESTART=1", env={**FIRST_RUN, "STANDIN_STEPS": "100", **PYLIB})
+    assert r.returncode == 0, r.stderr
+    assert (
+        "RESTART=1: note: me/example-1f gets this run's uploads under the earlier run's names (Hugging Face keeps the "
+        "earlier files in the repository's history); `make resume` takes only the states this run saved"
+    ) in r.stdout.splitlines()
+    # the repository: the restarted run's step-100 state over the earlier one's, the earlier run's step-200 state
+    files = [f"v1/{NAME}-step00000100-state/model.safetensors", f"v1/{NAME}-step00000200-state/model.safetensors"]
+    shutil.rmtree(cached.root / f"outputs/v1/{NAME}-step00000100-state")  # only the Hugging Face copies count
+    r = cached.make("resume", "DRY_RUN=1", env={"STANDIN_HF_FILES": json.dumps(files), **PYLIB})
+    assert r.returncode == 0, r.stderr
+    [restart] = [d for d in records(cached, "train") if "restart" in d]
+    assert (
+        f"resume: 1 state(s) on Hugging Face are from before the RESTART=1 of run {restart['id']} and not taken: "
+        f"{NAME}-step00000200-state"
+    ) in r.stderr.splitlines()
+    assert (
+        f"resume: from me/example-1f/v1/{NAME}-step00000100-state (Hugging Face, the newest state: step 100 of 1000)"
+    ) in r.stdout.splitlines()

@@ -143,6 +143,20 @@ def refuse_if_taken(cfg: Config, target: str = "train") -> None:
     )
 
 
+def restart_cut(cfg: Config) -> tuple[dict, set[str]] | None:
+    """The version's newest RESTART=1 run record and the state names its records since saw saved (None: the
+    version never restarted). A state on Hugging Face named otherwise is the earlier run's."""
+    from musubi_workspace.runs.ledger import load_runs
+
+    runs = [r for r in load_runs(cfg.ws) if r.get("version") == cfg.name and r.get("target") in ("train", "resume")]
+    marks = [i for i, r in enumerate(runs) if isinstance(r.get("restart"), dict)]
+    if not marks:
+        return None
+    since = runs[marks[-1] :]
+    names = {s["name"] for r in since for s in r.get("states") or [] if isinstance(s, dict) and s.get("name")}
+    return runs[marks[-1]], names
+
+
 def refuse_if_running(cfg: Config) -> None:
     """RESTART=1 while a run of the version is going (its record says running, its process is alive) would move
     the files it is writing: stop."""
@@ -202,6 +216,12 @@ def move_aside(cfg: Config, say=print) -> dict | None:
         f"RESTART=1: moved {len(moved)} output(s) of the earlier run into {shown}/ (nothing deleted; "
         f"the run record lists them): {', '.join(moved)}"
     )
+    if cfg.get("huggingface_repo_id"):
+        say(
+            f"RESTART=1: note: {cfg.get('huggingface_repo_id')} gets this run's uploads under the earlier run's "
+            f"names (Hugging Face keeps the earlier files in the repository's history); `make resume` takes only "
+            f"the states this run saved"
+        )
     return {
         "moved_to": shown,
         "moved": moved,

@@ -6,7 +6,8 @@ repository under huggingface_path_in_repo. On `--resume` it restores weights, op
 its step counter, its step budget and its file names at 0 again. So the workspace passes
 `--max_train_steps <left>` and names the resumed run's files `{output_name}-resume{S}` (S: the steps the state
 holds): they never overwrite the earlier run's files, and the name tells the next resume where it stands.
-A state's step count comes from its name (step states), else from the run record that saw it saved.
+A state's step count comes from its name (step states), else from the run record that saw it saved. After a
+`make train RESTART=1` the repository still holds the earlier run's states: only those the runs since saved count.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from musubi_workspace.config import Config
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.runs.ledger import RUN_FILE
+from musubi_workspace.runs.outputs import restart_cut
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,16 @@ def find(cfg: Config, env: dict[str, str], warn=print) -> ResumePoint:
     recorded = recorded_states(cfg)
     local = sorted(local_states(cfg, recorded), key=lambda s: (s.mtime, s.name))
     remote = hub_states(cfg, env, recorded, warn)
+    cut = restart_cut(cfg)
+    if cut and remote:  # after RESTART=1 the repository still holds the earlier run's states under its own names
+        restart, saved = cut
+        older = [s for s in remote if s.name not in saved]
+        remote = [s for s in remote if s.name in saved]
+        if older:
+            warn(
+                f"resume: {len(older)} state(s) on Hugging Face are from before the RESTART=1 of run "
+                f"{restart.get('id')} and not taken: {', '.join(s.name for s in older)}"
+            )
     candidates = ([local[-1]] if local else []) + sorted(
         [s for s in remote if s.step is not None], key=lambda s: s.step
     )[-1:]
