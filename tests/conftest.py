@@ -156,6 +156,15 @@ def write_safetensors(path: Path, names, metadata: dict | None = None) -> Path:
     return write_placeholder(path, names, metadata)
 
 
+def split_env(line: str) -> tuple[dict[str, str], list[str]]:
+    """A printed (pasteable) command line as a shell reads it: the `VAR=value` words in front, and the argv."""
+    words = shlex.split(line)
+    n = 0
+    while n < len(words) and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[n]):
+        n += 1
+    return dict(w.split("=", 1) for w in words[:n]), words[n:]
+
+
 def error_line(r) -> str:
     """The tool's one error line (make adds its own `make: *** ...` line after it)."""
     lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]

@@ -195,8 +195,9 @@ def generate_folder(cfg: Config, lora: str | None, multiplier: float) -> str:
     return str(Path(out_dir) / "generate" / f"{stem}_x{multiplier:g}")
 
 
-def generate_command(cfg: Config, lora: str | None, multiplier: float) -> Command:
-    """`fpack_generate_video --from_file <prompts.txt>` with the version's models and the chosen LoRA."""
+def generate_command(cfg: Config, lora: str | None, multiplier: float, folder: str | None = None) -> Command:
+    """`fpack_generate_video --from_file <prompts.txt>` with the version's models and the chosen LoRA, into
+    `folder` (default: generate_folder of the LoRA)."""
     s = cfg.settings
     argv = ["python", "-m", GENERATE_MODULE]
     argv += ["--dit", _p(cfg, "dit", "make generate"), "--vae", _p(cfg, "vae", "make generate")]
@@ -214,7 +215,7 @@ def generate_command(cfg: Config, lora: str | None, multiplier: float) -> Comman
         # as musubi-tuner's one-frame guide runs it (a smoke on the GPU found no PNG).
         argv += ["--output_type", "latent_images"]
     argv += ["--from_file", _p(cfg, "sample_prompts", "make generate")]
-    argv += ["--save_path", generate_folder(cfg, lora, multiplier)]
+    argv += ["--save_path", folder or generate_folder(cfg, lora, multiplier)]
     if lora:
         argv += ["--lora_weight", lora, "--lora_multiplier", f"{multiplier:g}"]
     return Command("generate", argv)

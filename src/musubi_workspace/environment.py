@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -85,6 +86,36 @@ def secret_values(env: dict[str, str]) -> list[str]:
     """Values to hide: every variable named like a secret, at least 6 characters long."""
     found = {v for k, v in env.items() if (k in SECRET_NAMES or SECRET_NAME_RE.search(k)) and v and len(v) >= 6}
     return sorted(found, key=len, reverse=True)
+
+
+def is_secret(name: str) -> bool:
+    return name in SECRET_NAMES or bool(SECRET_NAME_RE.search(name))
+
+
+def pasteable(argv: list[str], env: dict[str, str], base: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """`argv` as one line a shell started from `base` (default: this process's environment, the user's shell)
+    reads as the run: every variable `env` sets otherwise (the workspace's additions: PATH, the compile
+    environment, the launcher's WS_*, .env values the shell lacks) in front as `VAR=value`, quoted as a shell
+    reads it; PATH as `PATH=<added>:"$PATH"` when the run's PATH is the shell's with folders in front. A variable
+    `env` drops starts an `env -u VAR` prefix. Secrets are never printed: the second value names the ones the
+    run gets that the shell lacks (from .env), so the caller can say where they come from."""
+    base = dict(os.environ if base is None else base)
+    secrets = set(secret_values(env))
+    missing: list[str] = []
+    parts = [f"-u {shlex.quote(k)}" for k in base if k not in env]
+    parts = ["env", *parts] if parts else []
+    for key, value in env.items():
+        if base.get(key) == value:
+            continue
+        if is_secret(key) or any(s in value for s in secrets):
+            missing.append(key)
+            continue
+        old = base.get("PATH") or ""
+        if key == "PATH" and old and value.endswith(os.pathsep + old):
+            parts.append(f'PATH={shlex.quote(value[: -len(old)])}"$PATH"')
+        else:
+            parts.append(f"{key}={shlex.quote(value)}")
+    return " ".join([*parts, shlex.join(argv)]), missing
 
 
 def redact(text: str, secrets: list[str]) -> str:

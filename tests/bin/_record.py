@@ -6,6 +6,7 @@ look at. What it then does is set by environment variables, so a test can make i
   STANDIN_EXIT=<n>            exit with code n (default 0)
   STANDIN_EXIT_<PROG>=<n>     the same for one program (PROG upper-cased, e.g. ACCELERATE, RUNPODCTL)
   STANDIN_STDOUT=<text>       print this first
+  STANDIN_RECORD_ENV=all      record the whole environment too (as "env_all"), for tests of whole commands
 Program-specific behaviour (writing cache files, printing training steps, hanging) lives in
 `_behave_<name>.py` beside this file: when it exists, its `behave(argv) -> int | None` runs after recording and
 its return value (if not None) is the exit code.
@@ -49,6 +50,7 @@ def record(prog: str, argv: list[str]) -> None:
         "argv": argv,
         "cwd": os.getcwd(),
         "env": {k: os.environ[k] for k in WATCHED_ENV if k in os.environ},
+        **({"env_all": dict(os.environ)} if os.environ.get("STANDIN_RECORD_ENV") == "all" else {}),
         "time": time.time(),
         "pid": os.getpid(),
     }

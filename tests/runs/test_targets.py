@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
-from conftest import write_safetensors
+from conftest import split_env, write_safetensors
 
 CACHE_LATENTS = [
     "-m",
@@ -146,12 +144,16 @@ def test_dry_run_prints_commands_and_runs_nothing_even_without_models(ws, target
     r = ws.make(target, "DRY_RUN=1")
     assert r.returncode == 0, r.stderr
     assert [c["prog"] for c in ws.calls()] in ([], ["nvidia-smi"])  # only asked how many GPUs there are
-    lines = r.stdout.strip().splitlines()
+    # Each line is whole: the variables the run gets lead it (tests/runs/test_pasteable.py pastes them).
+    lines = [split_env(l) for l in r.stdout.strip().splitlines()]
     if target == "cache":
-        assert [shlex.split(l) for l in lines] == [["python", *CACHE_LATENTS], ["python", *CACHE_TE]]
+        assert [argv for _, argv in lines] == [["python", *CACHE_LATENTS], ["python", *CACHE_TE]]
     else:
+        [(env, argv)] = lines
+        assert argv == ["accelerate", *TRAIN_1GPU]
         # The shipped version compiles: its environment leads the line (data/compile_env.toml).
-        assert [shlex.split(l) for l in lines] == [[*COMPILE_ENV, "accelerate", *TRAIN_1GPU]]
+        assert [f"{k}={v}" for k, v in env.items()][: len(COMPILE_ENV)] == COMPILE_ENV
+        assert env["TORCHINDUCTOR_CACHE_DIR"].endswith("/cache/torch_compile/" + env["TORCHINDUCTOR_CACHE_DIR"][-12:])
     assert "not found; run `make models` to download it (dry run: not needed now)" in r.stderr
 
 
@@ -219,6 +221,8 @@ def test_train_on_several_machines_uses_the_accelerate_config_and_each_machines_
         "--config_file",
         "configs/v1/config.toml",
     ]
-    assert shlex.split(dry.stdout.strip()) == [*COMPILE_ENV, "accelerate", *expected]
+    env, argv = split_env(dry.stdout.strip())
+    assert argv == ["accelerate", *expected]
+    assert [f"{k}={v}" for k, v in env.items()][: len(COMPILE_ENV)] == COMPILE_ENV
     assert ready.tool("train", env=machine).returncode == 0
     assert ready.calls("accelerate")[0]["argv"] == expected

@@ -42,7 +42,9 @@ def train_bg(
     cache_plan.require_fresh(cfg, dry_run, target="train-bg")
     session = f"train-{cfg.name}"
     ws_exe = str(Path(sys.executable).parent / "ws")
-    inner = [ws_exe, "train", "--config", cfg.shown, "--strict", "1" if strict else "0", "--auto-stop", auto_stop]
+    inner = [ws_exe, "train", "--config", cfg.shown, "--strict", "1" if strict else "0"]
+    # An empty AUTO_STOP is `ws train`'s default: left out, so the line shows no quotes inside quotes for it.
+    inner += ["--auto-stop", auto_stop] if auto_stop else []
     inner += ["--restart", "1" if restart else "0"]
     argv = ["tmux", "-L", SOCKET, "new-session", "-d", "-s", session, "-c", str(ws.root), shlex.join(inner)]
     if dry_run:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from musubi_workspace.commands import Command
-from musubi_workspace.environment import child_env, redact, secret_values
+from musubi_workspace.environment import child_env, pasteable, redact, secret_values
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
 from musubi_workspace.paths import Workspace
 from musubi_workspace.runs.console import Display
@@ -38,10 +38,22 @@ HANG_GRACE = 10
 RECORD_EVERY = 30
 
 
-def show(commands: list[Command]) -> None:
-    """DRY_RUN: every command exactly as it would run, one per line; nothing runs."""
+def show(commands: list[Command], env: dict[str, str]) -> None:
+    """DRY_RUN: every command as it would run in `env` (the run's whole environment), one pasteable line each:
+    the variables the run gets that this shell lacks in front of it (environment.pasteable); nothing runs.
+    Secrets stay out of the line; a note on stderr says which the run takes from .env."""
+    missing: set[str] = set()
     for c in commands:
-        print(c.shell())
+        # as execute() runs it ({**env, **c.env}), the command's own variables (the compile fixes) shown first
+        line, secret = pasteable(c.argv, {**c.env, **{k: v for k, v in env.items() if k not in c.env}})
+        missing.update(secret)
+        print(line, flush=True)
+    if missing:
+        print(
+            f"{', '.join(sorted(missing))}: from .env, in the run's environment and not printed (secrets never go "
+            f"on a command line); to paste the line, export them first (`set -a; . ./.env; set +a`)",
+            file=sys.stderr,
+        )
 
 
 @dataclass

@@ -8,7 +8,7 @@ import sys
 
 from musubi_workspace.checks import preflight
 from musubi_workspace.checks.combinations import compile_env
-from musubi_workspace.commands import generate_command, newest_lora, train_command
+from musubi_workspace.commands import generate_command, generate_folder, newest_lora, train_command
 from musubi_workspace.config import Config, load_config
 from musubi_workspace.environment import child_env, secret_values
 from musubi_workspace.errors import WorkspaceError
@@ -31,7 +31,7 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
     plan.report()
     steps = plan.steps()
     if dry_run:
-        return process.show([cmd for _, cmd in steps])
+        return process.show([cmd for _, cmd in steps], child_env(ws))
     plan.prepare()
     if steps:
         side_of = {id(cmd): side for side, cmd in steps}
@@ -59,7 +59,7 @@ def train(
     if dry_run:
         if restart:
             outputs.show_restart(cfg)
-        return process.show([cmd])
+        return process.show([cmd], env)
     moved = outputs.move_aside(cfg, say=say) if restart else None
     train_run(
         cfg, "train", cmd, env, auto_stop, estimate=run_estimate(cfg, env), **({"restart": moved} if moved else {})
@@ -72,24 +72,34 @@ def generate(
     cfg = load_config(ws, config)
     lock.take(cfg, "generate", dry_run=dry_run)  # it reads no cache folder
     preflight(cfg, target="generate", dry_run=dry_run, strict=strict)
-    if not lora:
-        newest = newest_lora(cfg)
-        if newest is None:
-            out = cfg.get("output_dir") or "output_dir"
-            raise WorkspaceError(
-                f"{cfg.shown}: no LoRA of `{cfg.get('output_name')}` in {out} yet; train first (`make train`) or pass LORA=path/to/lora.safetensors"
-            )
-        lora = ws.rel(newest)
-        print(f"LORA not set: using {lora} (the newest of this version)", file=sys.stderr)
-    else:
-        lora_problem(ws, lora)  # in a dry run too: a missing LoRA is no matter of the machine
     try:
         mult = float(multiplier) if multiplier else 1.0
     except ValueError:
         raise WorkspaceError(f"MULTIPLIER={multiplier}: expected a number such as 0.8 or 1.0") from None
-    cmd = generate_command(cfg, lora, mult)
+    folder = None
+    if not lora:
+        newest = newest_lora(cfg)
+        out = cfg.get("output_dir") or "output_dir"
+        if newest is None and not dry_run:
+            raise WorkspaceError(
+                f"{cfg.shown}: no LoRA of `{cfg.get('output_name')}` in {out} yet; train first (`make train`) or pass LORA=path/to/lora.safetensors"
+            )
+        if newest is None:  # the dry run of the laptop loop, before `make train`: the LoRA named as at run time
+            lora = f"<the newest LoRA of {cfg.get('output_name')} in {out} at run time>"
+            folder = generate_folder(cfg, "<its name>", mult)
+            print(
+                f"LORA not set and no LoRA of `{cfg.get('output_name')}` in {out} yet: the run takes the newest one "
+                f"there at run time (after `make train`); LORA=path/to/lora.safetensors picks one",
+                file=sys.stderr,
+            )
+        else:
+            lora = ws.rel(newest)
+            print(f"LORA not set: using {lora} (the newest of this version)", file=sys.stderr)
+    else:
+        lora_problem(ws, lora)  # in a dry run too: a missing LoRA is no matter of the machine
+    cmd = generate_command(cfg, lora, mult, folder=folder)
     if dry_run:
-        return process.show([cmd])
+        return process.show([cmd], child_env(ws))
     _raise_unless_ok(recorded_run(cfg, "generate", [cmd], child_env(ws)))
 
 
@@ -110,7 +120,7 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
         print(line, flush=True)
     cmd = train_command(cfg, visible_gpu_count(env), extra=point.args(), env=env)
     if dry_run:
-        return process.show([cmd])
+        return process.show([cmd], env)
     train_run(cfg, "resume", cmd, env, auto_stop, offset=point.state.step, resume=point.record())
 
 
