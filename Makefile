@@ -69,7 +69,7 @@ endif
 
 # The workspace tool, run straight from the venv (no per-call `uv run` re-check: the stamps below guard it).
 WS := .venv/bin/ws
-# The installed GPU stack, needed by cache/train/generate unless DRY_RUN. Only a "no" (the values `ws` takes for
+# The installed GPU stack, needed by cache/train/generate/tune/bench unless DRY_RUN. Only a "no" (the values `ws` takes for
 # off) installs it: a dry run, or a value `ws` refuses (DRY_RUN=banana), never starts a download of several GB.
 GPU_STACK := $(if $(filter-out 0 false no off,$(strip $(DRY_RUN))),.venv/.stamp-base,.venv/.stamp-train)
 # Common options of the targets that read a version.
@@ -137,12 +137,12 @@ runs: .venv/.stamp-base ## List every run: version, target, status, duration, st
 ##@ Speed and memory: the fastest settings that fit the GPU
 
 .PHONY: tune
-tune: .venv/.stamp-train ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE APPLY ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE RUN_TIMEOUT]
-	@$(WS) tune --config "$(CONFIG_FILE)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)" --run-timeout "$(RUN_TIMEOUT)"
+tune: $(GPU_STACK) ## Time the memory/speed settings on this version's models and caches; pick the fastest that fits  [CONFIG_FILE DRY_RUN APPLY ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE RUN_TIMEOUT]
+	@$(WS) tune --config "$(CONFIG_FILE)" --dry-run "$(DRY_RUN)" --apply "$(APPLY)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)" --run-timeout "$(RUN_TIMEOUT)"
 
 .PHONY: bench
-bench: .venv/.stamp-train ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE RUN_TIMEOUT]
-	@$(WS) bench --config "$(CONFIG_FILE)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)" --run-timeout "$(RUN_TIMEOUT)"
+bench: $(GPU_STACK) ## The same on random weights and caches, no downloads: which GPU and settings to rent  [CONFIG_FILE DRY_RUN ONLY STEPS ALLOW_CHANGES MEMORY GPUS_PER_RUN CONTINUE RUN_TIMEOUT]
+	@$(WS) bench --config "$(CONFIG_FILE)" --dry-run "$(DRY_RUN)" --only "$(ONLY)" --steps "$(STEPS)" --allow-changes "$(ALLOW_CHANGES)" --memory "$(MEMORY)" --gpus-per-run "$(GPUS_PER_RUN)" --continue "$(CONTINUE)" --run-timeout "$(RUN_TIMEOUT)"
 
 .PHONY: smoke
 smoke: .venv/.stamp-train ## The whole loop (cache, train, resume, generate, report) on random weights, no downloads: a health check of a fresh pod  [SMOKE_FROM]

@@ -119,6 +119,11 @@ def cmd_generate(ws, a):
 
 def cmd_tune(ws, a):
     from musubi_workspace.config import load_config
+
+    if _flag(a.dry_run, "DRY_RUN"):
+        from musubi_workspace.tune.dry_run import show
+
+        return show(ws, load_config(ws, a.config), "tune", apply_=_flag(a.apply, "APPLY"), **_tune_args(a))
     from musubi_workspace.tune import tune
 
     tune(
@@ -137,11 +142,29 @@ def cmd_tune(ws, a):
 
 def cmd_bench(ws, a):
     from musubi_workspace.config import load_config
+
+    if _flag(a.dry_run, "DRY_RUN"):
+        from musubi_workspace.tune.dry_run import show
+
+        return show(ws, load_config(ws, a.config), "bench", **_tune_args(a))
     from musubi_workspace.tune import bench
 
     bench(
         ws,
         load_config(ws, a.config),
+        only=a.only,
+        steps=a.steps,
+        allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
+        memory=a.memory,
+        gpus_per_run=a.gpus_per_run,
+        continue_=_flag(a.continue_, "CONTINUE"),
+        run_timeout=a.run_timeout,
+    )
+
+
+def _tune_args(a) -> dict:
+    """The make variables a dry run of tune/bench shows the search for (APPLY only decides what comes after it)."""
+    return dict(
         only=a.only,
         steps=a.steps,
         allow_changes=_flag(a.allow_changes, "ALLOW_CHANGES"),
@@ -267,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("tune", cmd_tune, "measure memory/speed settings on the version's models and caches"),
         ("bench", cmd_bench, "measure them on a random DiT and synthetic caches"),
     ):
-        t = add(name, func, help_, config=True)
+        t = add(name, func, help_, config=True, dry_run=True)
         t.add_argument(
             "--only", default="", help="settings to run, e.g. current,swap12,fp8+swap0 (default: the candidates)"
         )

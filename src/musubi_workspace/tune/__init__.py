@@ -41,7 +41,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from musubi_workspace import dataset as dataset_model
-from musubi_workspace.commands import train_command
+from musubi_workspace.commands import Command, train_command
 from musubi_workspace.config import WORKSPACE_TABLE, Config, WorkspaceSettings
 from musubi_workspace.environment import child_env, redact, secret_values
 from musubi_workspace.errors import EXIT_CHILD, WorkspaceError
@@ -629,11 +629,12 @@ class Session:
         tmp.replace(path)
         return path
 
-    def run(self, s: Setting, index: int, total: int, slot: str | None = None) -> Result:
+    def prepare(self, s: Setting, slot: str | None = None) -> tuple[Path, Path, Command, dict]:
+        """A candidate's scratch folder with its derived config.toml and dataset.toml, its command and the whole
+        environment it runs in (the dry run shows these too)."""
         import tomlkit  # the measuring runs and APPLY=1 write TOML; `make check` imports this package
 
-        name = s.name(self.base)
-        work = self.scratch / re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+        work = self.scratch / re.sub(r"[^A-Za-z0-9_.+-]", "_", s.name(self.base))
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
@@ -648,10 +649,16 @@ class Session:
             if self.processes > 1:  # side by side, each run's processes meet on a port of their own
                 run_env["MAIN_PROCESS_PORT"] = str(MAIN_PORT + 1 + self.slots.index(slot))
         cmd = train_command(cfg, self.processes, module=PROBE_MODULE, env=run_env)
-        probe_out = work / "probe.json"
-        env = {**run_env, **cmd.env, "WS_PROBE_OUT": str(probe_out), "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")}
+        env = {**run_env, **cmd.env, "WS_PROBE_OUT": str(work / "probe.json")}
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")
         if self.memory_cap:
             env[MEMORY_ENV] = str(self.memory_cap)
+        return work, config_path, cmd, env
+
+    def run(self, s: Setting, index: int, total: int, slot: str | None = None) -> Result:
+        name = s.name(self.base)
+        work, config_path, cmd, env = self.prepare(s, slot)
+        probe_out = Path(env["WS_PROBE_OUT"])
         log = self.folder / f"{name}.log"
         # The scratch folder is temporary and machine-local: the record names it <scratch>.
         self.commands.append(f"{name}: {cmd.shell().replace(str(self.scratch), '<scratch>')}")
@@ -1499,58 +1506,23 @@ def bench(
 ) -> None:
     """`make bench`: the candidates on a random DiT and random caches of the version's resolution."""
     from musubi_workspace.runs import lock
-    from musubi_workspace.tune.synthetic import CacheLayout, Plan
 
     # Shared: benches of one version on two GPUs go side by side (their synthetic caches have a lock of their
     # own); a cache, train or generate of the version waits for them.
     lock.take(cfg, "bench", version_mode=lock.SHARED)
-
-    if cfg.get("one_frame") is not True:
-        raise WorkspaceError(
-            f"{cfg.shown}: `make bench` makes one-frame caches only (one_frame = true); for video "
-            f"sections run `make tune` on your real caches"
-        )
+    require_one_frame(cfg)
     parse_memory(memory)
     timeout = _run_timeout(run_timeout)
     sess = _session(ws, cfg, _steps(steps), "bench", memory, gpus_per_run, continue_)
     lock.note_log(ws, sess.folder)
     sess.run_timeout = timeout
-    data, batch, (width, height) = dataset_values(cfg)
-    first = (data.get("datasets") or [{}])[0]
-    s = cfg.settings
-    layout = CacheLayout(
-        width=width,
-        height=height,
-        clean_indices=tuple(first.get("fp_1f_clean_indices") or [0]),
-        target_index=int(first.get("fp_1f_target_index", 1)),
-        no_post=bool(first.get("fp_1f_no_post", False)),
-        no_2x=s.one_frame_no_2x,
-        no_4x=s.one_frame_no_4x,
-        window=int(first.get("fp_latent_window_size", 9)),
-    )
     names = _only(only)
-
-    def items_for(batches: list[int]) -> int:  # every process a new batch at every step
-        return max(batches) * sess.processes * (WARMUP_STEPS + sess.steps)
-
-    full = [batch, batch * 2]  # the full search's batch sizes
-    items = items_for([parse_name(n, sess.base).batch_size for n in names] or full)
-    if sess.continued:  # the same synthetic batches as the session continued, so its losses compare
-        old = sess.continued
-        items = int(old.get("synthetic_items") or 0) or (items if ran_only(old.get("command")) else items_for(full))
-    sess.synthetic_items = items
-    plan = Plan(folder=ws.root / "cache" / "bench", layout=layout, items=items)
+    plan = synthetic_inputs(sess, names)
     synth = plan.argv()
     print(f"==> synthetic inputs: {' '.join(synth)}", flush=True)
     code = subprocess.call(synth, cwd=ws.root, env=sess.env)
     if code != 0:
         raise WorkspaceError(f"making the synthetic DiT and caches failed with exit code {code}", EXIT_CHILD)
-    general = {k: v for k, v in (data.get("general") or {}).items() if k in ("resolution", "batch_size")}
-    general.update(resolution=[width, height], batch_size=batch, enable_bucket=False, caption_extension=".txt")
-    entry = {k: v for k, v in first.items() if k.startswith("fp_")}
-    entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
-    sess.dataset = {"general": general, "datasets": [entry]}
-    sess.dit = str(plan.dit)
     command = _command("bench", cfg, only, steps, sess, gpus_per_run, run_timeout)
     sess.command, sess.allow_changes = command, allow_changes
     run_all(sess, names, available_attention(), allow_changes)
@@ -1561,3 +1533,49 @@ def bench(
         f"make bench: {cfg.shown} on {gpu} (random weights, synthetic caches)",
         table=table_path(ws.root, gpu, cfg.name, sess.memory, sess.processes),
     )
+
+
+def require_one_frame(cfg: Config) -> None:
+    if cfg.get("one_frame") is not True:
+        raise WorkspaceError(
+            f"{cfg.shown}: `make bench` makes one-frame caches only (one_frame = true); for video "
+            f"sections run `make tune` on your real caches"
+        )
+
+
+def synthetic_inputs(sess: Session, names: list[str]):
+    """`make bench`'s synthetic.Plan for this session (cache/bench/: the random DiT, enough random caches for
+    the largest batch of every step of every process), and the session's dataset and DiT pointed at it."""
+    from musubi_workspace.tune.synthetic import CacheLayout, Plan
+
+    data, batch, (width, height) = dataset_values(sess.cfg)
+    first = (data.get("datasets") or [{}])[0]
+    s = sess.cfg.settings
+    layout = CacheLayout(
+        width=width,
+        height=height,
+        clean_indices=tuple(first.get("fp_1f_clean_indices") or [0]),
+        target_index=int(first.get("fp_1f_target_index", 1)),
+        no_post=bool(first.get("fp_1f_no_post", False)),
+        no_2x=s.one_frame_no_2x,
+        no_4x=s.one_frame_no_4x,
+        window=int(first.get("fp_latent_window_size", 9)),
+    )
+
+    def items_for(batches: list[int]) -> int:  # every process a new batch at every step
+        return max(batches) * sess.processes * (WARMUP_STEPS + sess.steps)
+
+    full = [batch, batch * 2]  # the full search's batch sizes
+    items = items_for([parse_name(n, sess.base).batch_size for n in names] or full)
+    if sess.continued:  # the same synthetic batches as the session continued, so its losses compare
+        old = sess.continued
+        items = int(old.get("synthetic_items") or 0) or (items if ran_only(old.get("command")) else items_for(full))
+    sess.synthetic_items = items
+    plan = Plan(folder=sess.ws.root / "cache" / "bench", layout=layout, items=items)
+    general = {k: v for k, v in (data.get("general") or {}).items() if k in ("resolution", "batch_size")}
+    general.update(resolution=[width, height], batch_size=batch, enable_bucket=False, caption_extension=".txt")
+    entry = {k: v for k, v in first.items() if k.startswith("fp_")}
+    entry.update(image_directory=str(plan.image_dir), cache_directory=str(plan.cache_dir))
+    sess.dataset = {"general": general, "datasets": [entry]}
+    sess.dit = str(plan.dit)
+    return plan
