@@ -79,7 +79,7 @@ def dry_run(fresh, target: str) -> subprocess.CompletedProcess:
 
 
 def candidates(out: str) -> list[str]:
-    return [m.group(2) for m in re.finditer(r"^\[(\d+)/18\] (\S+) ", out, re.M)]
+    return [m.group(2) for m in re.finditer(r"^\[(\d+)/18\] ([^\s:]+)", out, re.M)]
 
 
 @pytest.mark.parametrize("target", ["tune", "bench"])
