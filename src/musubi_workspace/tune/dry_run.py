@@ -47,9 +47,14 @@ def show(
     from musubi_workspace.checks import preflight
     from musubi_workspace.commands import process_count
     from musubi_workspace.gpus import visible_gpu_count
+    from musubi_workspace.runs import lock
     from musubi_workspace.runs.estimate import visible_gpu_name
 
-    if kind == "bench":
+    # as the real runs take them (tune: the version and its caches; bench: the version, shared): a warning only
+    if kind == "tune":
+        lock.take(cfg, "tune", lock.cache_locks(cfg, lock.SHARED), dry_run=True)
+    else:
+        lock.take(cfg, "bench", version_mode=lock.SHARED, dry_run=True)
         t.require_one_frame(cfg)
     cap = t.parse_memory(memory)
     n_steps, timeout, names = t._steps(steps), t._run_timeout(run_timeout), t._only(only)
