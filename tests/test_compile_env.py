@@ -4,9 +4,8 @@ shows it in front of the command; a value the user set is kept; a run without co
 
 from __future__ import annotations
 
-import shlex
-
 from checks.test_combinations import CONFIG, edit
+from conftest import split_env
 from runs.test_ledger import records
 from runs.test_pod import wait_for
 from runs.test_resume import NAME, state
@@ -22,6 +21,10 @@ def test_the_set_is_read_from_the_data_file_and_says_where_it_stands():
     assert all(v.why and v.verified for v in compile_vars())
 
 
+def shown(env: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in env.items()]
+
+
 def compiled_env(call) -> dict:
     return {k: call["env"].get(k) for k in VARS}
 
@@ -31,12 +34,16 @@ def test_compiled_train_gets_the_variables_and_the_dry_run_shows_them(cached):
     assert cached.tool("cache").returncode == 0
     dry = cached.tool("train", "DRY_RUN=1")
     assert dry.returncode == 0, dry.stderr
-    line = dry.stdout.strip().splitlines()[-1]
-    # configs/v1 also runs split_attn in one graph: the launcher's variable follows the compile environment
-    assert line.startswith(
-        "TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 WS_SPLIT_ATTN_ONE_GRAPH=1 accelerate launch "
-    )
-    assert shlex.split(line)[3:5] == ["accelerate", "launch"]
+    env, argv = split_env(dry.stdout.strip().splitlines()[-1])
+    # configs/v1 also runs split_attn in one graph: the launcher's variable follows the compile environment; the
+    # rest of what the run gets (the compile cache folder) after them
+    assert shown(env)[:3] == [
+        "TORCHINDUCTOR_AUTOGRAD_CACHE=0",
+        "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1",
+        "WS_SPLIT_ATTN_ONE_GRAPH=1",
+    ]
+    assert "TORCHINDUCTOR_CACHE_DIR" in env
+    assert argv[:2] == ["accelerate", "launch"]
     r = cached.tool("train", "AUTO_STOP=0")
     assert r.returncode == 0, r.stderr
     (call,) = cached.calls("accelerate")
@@ -50,7 +57,8 @@ def test_compiled_train_gets_the_variables_and_the_dry_run_shows_them(cached):
 def test_a_run_without_compile_gets_none_of_them(cached):
     cached.seed_setting()
     dry = cached.tool("train", "DRY_RUN=1")
-    assert dry.stdout.strip().splitlines()[-1].startswith("accelerate launch ")
+    env, argv = split_env(dry.stdout.strip().splitlines()[-1])
+    assert not VARS.keys() & env.keys() and argv[:2] == ["accelerate", "launch"]
     assert cached.tool("train", "AUTO_STOP=0").returncode == 0
     assert compiled_env(cached.calls("accelerate")[0]) == {k: None for k in VARS}
 
@@ -60,8 +68,10 @@ def test_the_users_own_value_is_kept(cached):
     assert cached.tool("cache").returncode == 0
     cached.write(".env", "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=0\n")
     dry = cached.tool("train", "DRY_RUN=1", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"})
-    # nothing of the compile environment added: both are the user's
-    assert dry.stdout.strip().splitlines()[-1].startswith("WS_SPLIT_ATTN_ONE_GRAPH=1 accelerate launch ")
+    # nothing of the compile environment added: both are the user's (the one from .env shown, as the run gets it)
+    env, argv = split_env(dry.stdout.strip().splitlines()[-1])
+    assert shown(env)[0] == "WS_SPLIT_ATTN_ONE_GRAPH=1" and argv[:2] == ["accelerate", "launch"]
+    assert "TORCHINDUCTOR_AUTOGRAD_CACHE" not in env and env["TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS"] == "0"
     assert cached.tool("train", "AUTO_STOP=0", env={"TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}).returncode == 0
     assert compiled_env(cached.calls("accelerate")[0]) == {
         "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
@@ -75,12 +85,11 @@ def test_compiled_resume_gets_them(cached):
     state(cached, f"{NAME}-step00000400-state", age=100)
     dry = cached.tool("resume", "DRY_RUN=1")
     assert dry.returncode == 0, dry.stderr
+    env, argv = split_env(dry.stdout.strip().splitlines()[-1])
     assert (
-        dry.stdout.strip()
-        .splitlines()[-1]
-        .startswith(
-            "TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 WS_SPLIT_ATTN_ONE_GRAPH=1 accelerate "
-        )
+        shown(env)[:3]
+        == ["TORCHINDUCTOR_AUTOGRAD_CACHE=0", "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1", "WS_SPLIT_ATTN_ONE_GRAPH=1"]
+        and argv[0] == "accelerate"
     )
     assert cached.tool("resume", "AUTO_STOP=0").returncode == 0
     assert compiled_env(cached.calls("accelerate")[-1]) == VARS
