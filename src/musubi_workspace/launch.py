@@ -18,6 +18,10 @@ per item of the batch, reading each item's length with `.item()` and padding onl
 the same sdpa calls on the same slices, reads the batch's lengths at once and pads every item (by zero rows where
 it is full), so torch can trace a compiled block as one graph (it does on the CPU; on an H200 at the shipped
 workload, compiled, 3% less time a block and a 2.5% faster step: README). The values are the same sdpa results; `$WS_SPLIT_ATTN_ONE_GRAPH=1` carries it.
+
+`[workspace] validation = "validation/dataset.toml"`: `$WS_VALIDATION` (with `$WS_VALIDATION_EVERY`,
+`$WS_VALIDATION_TIMESTEPS`, `$WS_VALIDATION_SET`) makes `main()` install the validating subclass of
+musubi-tuner's trainer (`musubi_workspace.validation.trainer`) before musubi-tuner's `main()` looks it up.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import sys
 
 ENV = "WS_BLOCKS_WITHOUT_CHECKPOINTING"
 ONE_GRAPH_ENV = "WS_SPLIT_ATTN_ONE_GRAPH"
+# The validation dataset.toml (musubi_workspace.validation.trainer reads it and its other variables).
+VALIDATION_ENV = "WS_VALIDATION"
 MODULE = "musubi_workspace.launch"
 # The FramePack DiT's blocks (hunyuan_video_packed.py at the pinned commit): 20 double-stream, 40 single-stream.
 DIT_BLOCKS = 60
@@ -128,6 +134,16 @@ def main() -> int:
     apply_from_env()
     from musubi_tuner import fpack_train_network
 
+    if os.environ.get(VALIDATION_ENV, "").strip():
+        from musubi_workspace.validation.trainer import install
+
+        install(fpack_train_network)
+        print(
+            f"musubi-workspace: validation loss on {os.environ[VALIDATION_ENV]} at step 0, every "
+            f"{os.environ.get('WS_VALIDATION_EVERY') or 'save_every_n_steps'} steps, at each save and at the end "
+            "([workspace] validation)",
+            flush=True,
+        )
     sys.argv[0] = fpack_train_network.__file__
     fpack_train_network.main()
     return 0

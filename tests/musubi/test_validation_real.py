@@ -1,0 +1,230 @@
+"""The validation loss against the real musubi-tuner: everything of musubi-tuner it uses still has the signature it
+was written for, and the pass on a tiny FramePack DiT on the CPU gives the same numbers twice, at any batch size
+and batch order, leaves the training's random state and the modules' modes as it found them, and two processes
+each scoring their share give one process's number."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+TIMESTEPS = [0.2, 0.8]
+
+
+def _tiny():
+    spec = importlib.util.spec_from_file_location("tiny_validation", HERE / "tiny_validation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny = _tiny()
+
+
+def resolve(name: str):
+    """musubi_tuner.<module>.<attr>...: the longest importable module, then attributes."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module("musubi_tuner." + ".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(name)
+
+
+def test_everything_the_validation_uses_has_the_signature_it_was_written_for(musubi):
+    from musubi_workspace.validation.trainer import MUSUBI_API, MUSUBI_ARGS
+
+    moved = []
+    for name, expected in MUSUBI_API:
+        if expected == "attribute":
+            owner, attr = name.rsplit(".", 1)
+            cls = resolve(owner)
+            # An instance attribute is set in __init__ (or, for the datasets, in prepare_for_training): read the
+            # class's source for `self.<attr>`.
+            src = inspect.getsource(cls) if inspect.isclass(cls) else ""
+            if not (hasattr(cls, attr) or f"self.{attr} =" in src or f"self.{attr}:" in src):
+                moved.append(f"{name}: no such attribute")
+            continue
+        try:
+            obj = resolve(name)
+        except (ImportError, AttributeError) as e:
+            moved.append(f"{name}: gone ({e})")
+            continue
+        if expected is None:
+            if not inspect.isclass(obj):
+                moved.append(f"{name}: not a class")
+            continue
+        got = tuple(inspect.signature(obj).parameters)
+        if got != tuple(expected):
+            moved.append(f"{name}: parameters {got}, written for {tuple(expected)}")
+    fp = musubi["fpack_train_network"]
+    parser = fp.framepack_setup_parser(musubi["training.parser_common"].setup_parser_common())
+    dests = {a.dest for a in parser._actions}
+    moved += [f"--{a}: no such training option" for a in MUSUBI_ARGS if a not in dests]
+    # main() looks the trainer class up in its module when it runs (so the launcher's subclass is the one used).
+    if "FramePackNetworkTrainer()" not in inspect.getsource(fp.main):
+        moved.append("fpack_train_network.main: no longer builds FramePackNetworkTrainer() by name")
+    assert moved == []
+
+
+@pytest.fixture
+def setup(musubi, tmp_path):
+    from accelerate import Accelerator
+
+    from musubi_workspace.paths import Workspace
+    from musubi_workspace.validation.score import ValidationSet
+
+    path = tiny.make_set(tmp_path)
+    trainer = musubi["fpack_train_network"].FramePackNetworkTrainer()
+    args = tiny.trainer_args()
+    model, network = tiny.build_model()
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    ws = Workspace(tmp_path)
+    vset = ValidationSet.build(args, trainer.architecture, str(path), ws=ws)
+
+    def run(vs=vset, **kw):
+        from musubi_workspace.validation.score import score
+
+        return score(trainer, args, accelerator, model, network, vs, TIMESTEPS, step=3, **kw)
+
+    return dict(
+        path=path, trainer=trainer, args=args, model=model, network=network, acc=accelerator, ws=ws, vset=vset, run=run
+    )
+
+
+def test_the_set_lists_each_cached_item_once_with_its_content_hash(setup):
+    from musubi_workspace.validation import items
+
+    vset = setup["vset"]
+    assert len(vset.items) == tiny.ITEMS
+    by_stem = items.item_hashes(setup["ws"], setup["path"])[0]
+    assert [it.hash for it in vset.items] == [by_stem[f"synthetic{i:05d}"] for i in range(tiny.ITEMS)]
+    assert vset.hash == items.set_hash(setup["ws"], setup["path"]) and len(vset.hash) == 16
+    assert [len(b) for b in vset.batches()] == [2, 2, 1]
+    assert [[it.index for it in b] for b in vset.batches(1, 2)] == [[1, 3]]
+
+
+def test_the_same_numbers_twice_and_at_any_batch_size_and_order(setup):
+    from musubi_workspace.validation.score import Item, ValidationSet
+
+    first, second = setup["run"](), setup["run"]()
+    assert first.by_timestep == second.by_timestep and first.loss == second.loss
+    assert list(first.by_timestep) == ["0.2", "0.8"] and first.items == tiny.ITEMS
+    assert first.loss == pytest.approx(sum(first.by_timestep.values()) / 2, rel=1e-12)
+    assert first.by_timestep["0.2"] != first.by_timestep["0.8"]
+    # batch size 1 and 5, from musubi-tuner's own dataset code
+    for bs in (1, 5):
+        path = tiny.write_toml(setup["path"].parents[1], bs)
+        vs = ValidationSet.build(setup["args"], setup["trainer"].architecture, str(path), ws=setup["ws"])
+        assert {len(b) for b in vs.batches()} == {bs}
+        other = setup["run"](vs)
+        for k, v in first.by_timestep.items():
+            assert other.by_timestep[k] == pytest.approx(v, rel=1e-5)
+    # the items in the reverse order (other batches, other positions in them)
+    vset = setup["vset"]
+    rev = ValidationSet(vset.dataset_config, vset.hash)
+    rev.items = [Item(i, it.hash, it.key, it.info, it.bucket, 2) for i, it in enumerate(reversed(vset.items))]
+    reversed_r = setup["run"](rev)
+    for k, v in first.by_timestep.items():
+        assert reversed_r.by_timestep[k] == pytest.approx(v, rel=1e-5)
+
+
+def test_the_base_model_is_the_lora_at_multiplier_zero_and_the_multiplier_comes_back(setup):
+    base = setup["run"](lora_multiplier=0.0)
+    with_lora = setup["run"](base_loss=base.loss)
+    assert base.loss != with_lora.loss
+    assert with_lora.ratio == pytest.approx(with_lora.loss / base.loss)
+    assert setup["network"].multiplier == 1.0
+    assert all(lora.multiplier == 1.0 for lora in setup["network"].unet_loras)
+    setup["network"].set_multiplier(0.0)
+    assert setup["run"]().loss == base.loss
+
+
+def test_the_training_random_state_and_modes_are_untouched_by_a_pass(setup):
+    import numpy as np
+    import torch
+
+    network, model = setup["network"], setup["model"]
+    network.train()
+    model.train()
+    modes = [m.training for m in [*network.modules(), *model.modules()]]
+
+    def states():
+        return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+    def train_step(with_pass: bool):
+        """A training step as musubi-tuner's loop makes it: noise from the global generator, process_batch."""
+        from musubi_tuner.modules.scheduling_flow_match_discrete import FlowMatchDiscreteScheduler
+
+        from musubi_workspace.validation.score import load_batch
+
+        torch.manual_seed(5)
+        random.seed(5)
+        np.random.seed(5)
+        if with_pass:
+            setup["run"]()
+        batch = load_batch(setup["vset"].items[:2], "cpu")
+        noise = torch.randn_like(batch["latents"])
+        sched = FlowMatchDiscreteScheduler(shift=setup["args"].discrete_flow_shift, reverse=True, solver="euler")
+        loss, _ = setup["trainer"].process_batch(
+            setup["args"],
+            setup["acc"],
+            model,
+            network,
+            batch,
+            batch["latents"],
+            noise,
+            sched,
+            torch.float32,
+            torch.float32,
+            None,
+            0,
+        )
+        return float(loss), random.random(), float(np.random.rand())
+
+    before = states()
+    setup["run"]()
+    after = states()
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()
+    assert [m.training for m in [*network.modules(), *model.modules()]] == modes
+    # LoRA dropout (0.1) and the timestep sampling draw from the global generator: equal losses mean equal draws
+    assert train_step(with_pass=True) == train_step(with_pass=False)
+
+
+def test_two_processes_each_score_their_share_and_give_one_process_number(setup, tmp_path):
+    folder = setup["path"].parents[1]
+    tiny.save_model(folder, setup["model"], setup["network"])
+    single = setup["run"]()
+    out = tmp_path / "two.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1] / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + [str(HERE / "tiny_validation.py"), str(folder), str(out)],
+        env={**env, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,  # a process left waiting on the collective would hang here, not pass
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["world"] == 2
+    assert got["shares"] == [[0, 2, 4], [1, 3]]  # uneven shares: each process still calls the collective once
+    two = got["record"]
+    assert two["items"] == tiny.ITEMS and two["set"] == single.set
+    for k, v in single.by_timestep.items():
+        assert two["by_timestep"][k] == pytest.approx(v, rel=1e-5)
