@@ -85,7 +85,7 @@ help: ## Show this help
 setup: .venv/.stamp-base ## Make the environment with the workspace tool (any machine; no GPU, no GitHub)
 
 .PHONY: example
-example: .venv/.stamp-base ## Write the tiny example datasets (datasets/example-1f for configs/v1, datasets/example-video); never overwrites
+example: .venv/.stamp-base ## Write the tiny example datasets (datasets/example-1f and its validation set validation/ for configs/v1, datasets/example-video); never overwrites
 	@$(WS) example
 
 .PHONY: new

@@ -117,3 +117,48 @@ def test_key_line_reads_table_headers_and_not_array_rows():
     assert key_line(text, "resolution", "datasets") == 5
     assert key_line(text, "batch_size", "datasets") == 9
     assert key_line(text, "batch_size", "workspace") is None
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            "validation_every_n_steps = -1",
+            "[workspace] validation_every_n_steps must be a whole number >= 0 (0: only at step 0, each save and the "
+            "end), got -1",
+        ),
+        (
+            "validation_timesteps = [0.1, 1.0]",
+            "[workspace] validation_timesteps has 1.0: each timestep must be a number between 0 and 1 (0 and 1 "
+            "excluded), e.g. [0.1, 0.3, 0.5, 0.7, 0.9]",
+        ),
+        (
+            "validation_timesteps = [0, 0.5]",
+            "[workspace] validation_timesteps has 0: each timestep must be a number between 0 and 1 (0 and 1 "
+            "excluded), e.g. [0.1, 0.3, 0.5, 0.7, 0.9]",
+        ),
+        (
+            "validation_timesteps = []",
+            "[workspace] validation_timesteps is empty; list at least one, e.g. [0.1, 0.3, 0.5, 0.7, 0.9] (the "
+            "default), or remove the key",
+        ),
+        (
+            "validation_timesteps = 0.5",
+            "[workspace] validation_timesteps must be a list of numbers between 0 and 1, e.g. [0.1, 0.3, 0.5, 0.7, "
+            "0.9], got 0.5",
+        ),
+        ("validation = 3", "[workspace] validation must be str, got 3"),
+    ],
+)
+def test_validation_key_errors_are_one_exact_line(ws, line, message):
+    text = ws.read("configs/v1/config.toml")
+    text = (
+        text.replace('\nvalidation = "validation/dataset.toml"\n', f"\n{line}\n", 1)
+        if line.startswith("validation =")
+        else text.replace("\n[workspace]\n", f"\n[workspace]\n{line}\n", 1)
+    )
+    ws.write("configs/v1/config.toml", text)
+    n = text.splitlines().index(line) + 1
+    r = ws.tool("check")
+    assert r.returncode == 2
+    assert last_line(r) == f"error: configs/v1/config.toml:{n}: {message}"

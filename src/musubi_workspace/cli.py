@@ -207,9 +207,19 @@ def cmd_models(ws, a):
 
 
 def cmd_example(ws, a):
-    from musubi_workspace.example import FOLDER, VIDEO_FOLDER, make_example_dataset, make_video_example
+    from musubi_workspace.example import (
+        FOLDER,
+        VIDEO_FOLDER,
+        make_example_dataset,
+        make_validation_set,
+        make_video_example,
+    )
 
-    for folder, make in ((FOLDER, make_example_dataset), (VIDEO_FOLDER, make_video_example)):
+    for folder, make in (
+        (FOLDER, make_example_dataset),
+        ("validation", make_validation_set),  # validation/dataset.toml and its items
+        (VIDEO_FOLDER, make_video_example),
+    ):
         written = make(ws)
         print(
             f"{folder}: {len(written)} file(s) written" + ("" if written else " (already present; nothing overwritten)")

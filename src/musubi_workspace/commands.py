@@ -68,9 +68,10 @@ def _flag_args(cfg: Config, keys) -> list[str]:
     return [f"--{key}" for key in keys if _flag(cfg, key)]
 
 
-def cache_commands(cfg: Config, skip_existing: bool = False) -> list[Command]:
-    """`fpack_cache_latents` then `fpack_cache_text_encoder_outputs`, both on the version's dataset.toml."""
-    dataset = _p(cfg, "dataset_config", "make cache")
+def cache_commands(cfg: Config, skip_existing: bool = False, dataset: str | None = None) -> list[Command]:
+    """`fpack_cache_latents` then `fpack_cache_text_encoder_outputs`, both on the version's dataset.toml (or on
+    `dataset`, as written: the validation set's, cached with the version's models and options)."""
+    dataset = dataset or _p(cfg, "dataset_config", "make cache")
     s = cfg.settings
     common: list[str] = []
     if s.cache_batch_size:
@@ -97,7 +98,8 @@ def cache_commands(cfg: Config, skip_existing: bool = False) -> list[Command]:
     ]
     te += ["--fp8_llm"] if _flag(cfg, "fp8_llm") else []
     te += common
-    return [Command("cache latents", latents), Command("cache text encoder outputs", te)]
+    of = " of the validation set" if dataset != cfg.get("dataset_config") else ""
+    return [Command(f"cache latents{of}", latents), Command(f"cache text encoder outputs{of}", te)]
 
 
 def process_count(cfg: Config, visible_gpus: int) -> int:
@@ -116,6 +118,31 @@ MACHINE_ENV = (
 )
 
 
+def validation_every(cfg: Config) -> int:
+    """Steps between validation passes: `[workspace] validation_every_n_steps`, else save_every_n_steps, else 0
+    (only step 0, the saves and the end)."""
+    every = cfg.settings.validation_every_n_steps
+    if every is None:
+        save = cfg.get("save_every_n_steps")
+        every = save if isinstance(save, int) and not isinstance(save, bool) and save > 0 else 0
+    return every
+
+
+def validation_env(cfg: Config, set_hash: str | None) -> dict:
+    """The launcher's validation variables (launch.py) for `[workspace] validation`; {} without it."""
+    s = cfg.settings
+    if not s.validation:
+        return {}
+    env = {
+        launch.VALIDATION_ENV: s.validation,
+        launch.VALIDATION_EVERY_ENV: str(validation_every(cfg)),
+        launch.VALIDATION_TIMESTEPS_ENV: ",".join(repr(float(t)) for t in s.validation_timesteps),
+    }
+    if set_hash:
+        env[launch.VALIDATION_SET_ENV] = set_hash
+    return env
+
+
 def train_command(
     cfg: Config,
     visible_gpus: int,
@@ -123,6 +150,7 @@ def train_command(
     env: dict | None = None,
     module: str = TRAIN_MODULE,
     compiled: bool | None = None,
+    validation_set: str | None = None,
 ) -> Command:
     """`accelerate launch ... -m musubi_tuner.fpack_train_network --config_file <config.toml> [extra]`.
 
@@ -132,13 +160,15 @@ def train_command(
     arguments (`make tune`'s probe). A compiled run (`compiled`, default: the config's `compile`) carries the
     compile environment (compile_env.py), less what `env` already sets. `[workspace] blocks_without_checkpointing`
     and `split_attn_one_graph` run the trainer through the workspace's thin launcher (launch.py), their values in
-    its environment variables.
+    its environment variables; so does `[workspace] validation` (`validation_env`, `validation_set` the set's
+    content hash), except for another `module` (the probe of `make tune` measures training steps only).
     """
     from musubi_workspace.compile_env import compile_run_env
 
     unchecked = cfg.settings.blocks_without_checkpointing
     one_graph = cfg.settings.split_attn_one_graph
-    if (unchecked or one_graph) and module == TRAIN_MODULE:
+    validating = validation_env(cfg, validation_set) if module == TRAIN_MODULE else {}
+    if (unchecked or one_graph or validating) and module == TRAIN_MODULE:
         module = launch.MODULE
 
     mixed = cfg.get("mixed_precision") or "bf16"
@@ -170,6 +200,7 @@ def train_command(
         run_env[launch.ENV] = str(unchecked)
     if one_graph:
         run_env[launch.ONE_GRAPH_ENV] = "1"
+    run_env.update(validating)
     return Command("train", argv, env=run_env)
 
 

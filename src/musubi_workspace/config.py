@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,15 @@ class WorkspaceSettings:
     """With split_attn and sdpa: its per-item attention without a host sync and a branch per item, so compile can
     trace a block as one graph (the same sdpa calls; a 2.5% faster compiled step on an H200). Training runs through
     musubi_workspace.launch."""
+    validation: str = ""
+    """A held-out musubi-tuner dataset.toml (its own items and cache_directory), relative to the workspace root,
+    shared by every version: training scores it at fixed timesteps (`loss/validation`) at step 0, every
+    validation_every_n_steps, at each save and at the end, through musubi_workspace.launch. Empty: no validation."""
+    validation_every_n_steps: int | None = None
+    """Steps between validation passes; unset: the version's save_every_n_steps; 0: only step 0, saves and end."""
+    validation_timesteps: list = field(default_factory=lambda: list(VALIDATION_TIMESTEPS))
+    """The raw timesteps (each between 0 and 1) the validation loss is the mean over; never passed through
+    timestep_sampling or discrete_flow_shift, which differ between versions."""
 
     @classmethod
     def from_table(cls, table: Any, where: str, text: str = "") -> WorkspaceSettings:
@@ -184,6 +193,8 @@ class WorkspaceSettings:
                     f"(TOML puts every key after the [workspace] header into it: training options go above it)"
                 )
             default = known[key].default
+            if default is MISSING:
+                default = known[key].default_factory()
             values[key] = _coerce(key, value, default, at)
         s = cls(**values)
         if s.generate_attn_mode not in ("sdpa", "sageattn", "flash", "xformers", "torch"):
@@ -196,6 +207,7 @@ class WorkspaceSettings:
                 f"{where}{f':{line}' if line else ''}: [workspace] blocks_without_checkpointing = "
                 f"{s.blocks_without_checkpointing}: the FramePack DiT has {DIT_BLOCKS} blocks; set 0 to {DIT_BLOCKS}"
             )
+        _validation_values(s, where, text)
         parse_duration(s.auto_stop, f"{where}: [workspace] auto_stop")
         parse_duration(s.hang_timeout, f"{where}: [workspace] hang_timeout")
         return s
@@ -203,6 +215,36 @@ class WorkspaceSettings:
     @property
     def hang_timeout_seconds(self) -> int:
         return parse_duration(self.hang_timeout, "[workspace] hang_timeout")
+
+
+# The default raw timesteps of the validation loss (issue 26): both ends of the schedule and its middle.
+VALIDATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _validation_values(s: WorkspaceSettings, where: str, text: str) -> None:
+    """validation_timesteps: a non-empty list of numbers strictly between 0 and 1, each once; validation a path."""
+
+    def at(key: str) -> str:
+        line = key_line(text, key, WORKSPACE_TABLE)
+        return f"{where}:{line}" if line else where
+
+    ts = s.validation_timesteps
+    if not ts:
+        raise WorkspaceError(
+            f"{at('validation_timesteps')}: [workspace] validation_timesteps is empty; list at least one, e.g. "
+            f"[{', '.join(map(str, VALIDATION_TIMESTEPS))}] (the default), or remove the key"
+        )
+    for t in ts:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+            raise WorkspaceError(
+                f"{at('validation_timesteps')}: [workspace] validation_timesteps has {t!r}: each timestep must be a "
+                f"number between 0 and 1 (0 and 1 excluded), e.g. [{', '.join(map(str, VALIDATION_TIMESTEPS))}]"
+            )
+    if len(set(ts)) != len(ts):
+        raise WorkspaceError(
+            f"{at('validation_timesteps')}: [workspace] validation_timesteps lists a timestep twice ({ts!r}); list each once"
+        )
+    s.validation_timesteps = [float(t) for t in ts]
 
 
 def _training_options() -> dict:
@@ -219,6 +261,18 @@ def _coerce(key: str, value: Any, default: Any, at: str) -> Any:
         raise WorkspaceError(f'{at}: [workspace] num_processes must be "auto" or a whole number >= 1, got {value!r}')
     if key in ("auto_stop", "hang_timeout") and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if key == "validation_every_n_steps":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise WorkspaceError(
+            f"{at}: [workspace] validation_every_n_steps must be a whole number >= 0 (0: only at step 0, each save "
+            f"and the end), got {value!r}"
+        )
+    if key == "validation_timesteps" and not isinstance(value, list):
+        raise WorkspaceError(
+            f"{at}: [workspace] validation_timesteps must be a list of numbers between 0 and 1, e.g. "
+            f"[{', '.join(map(str, VALIDATION_TIMESTEPS))}], got {value!r}"
+        )
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -5,6 +5,12 @@ target image (the same figure wearing that shirt), with a caption. A held-out st
 sample prompt, so samples measure generalisation rather than recall. Written to datasets/example-1f/, which
 configs/v1 points at.
 
+Validation (validation/dataset.toml, validation/example-1f): two more items of the same kind, in colours, skins
+and backgrounds no training item has, held out from training and shared by every version: the set
+`[workspace] validation` of configs/v1 names, whose loss compares versions. Its media lie beside its dataset.toml
+in validation/ (not in datasets/), so the held-out items are one folder apart from anything a training dataset.toml
+points at, and the set (definition and items) is one thing to copy to a pod.
+
 Video (configs/example-video, datasets/example-video): a few clips of a shape turning 360 degrees at constant
 speed, each a folder of 37 frames (musubi-tuner reads a folder of images as a video), with captions.
 
@@ -95,6 +101,70 @@ def make_example_dataset(ws: Workspace) -> list[Path]:
     if not jsonl.exists():
         jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
         written.append(jsonl)
+    return written
+
+
+VALIDATION_TOML = "validation/dataset.toml"
+VALIDATION_FOLDER = "validation/example-1f"
+VALIDATION_ITEMS = [
+    # name, shirt colour, colour word, skin, background: none of them a training item's (ITEMS) or the sample's
+    ("val01", (240, 120, 20), "orange", (225, 185, 150), (200, 235, 235)),
+    ("val02", (20, 150, 150), "teal", (180, 130, 95), (240, 235, 200)),
+]
+# The validation set's dataset.toml: the training dataset's layout and resolution (configs/v1/dataset.toml), its
+# own items and cache directory.
+VALIDATION_DATASET = f"""\
+# validation/dataset.toml: the held-out validation set, shared by every version ([workspace] validation in
+# config.toml). A musubi-tuner dataset config; `make cache` caches it beside the training data, `make check`
+# checks it like training data. Never train on these items: the loss would measure recall.
+#
+# Change the set and its numbers no longer compare with earlier ones (each is recorded with the set's hash).
+
+[general]
+# The training data's resolution: the loss compares at the size the model is trained at.
+resolution = [512, 768]
+# Items per batch when caching; the validation loss is computed per item, so it does not depend on it.
+batch_size = 1
+enable_bucket = false
+num_repeats = 1
+
+[[datasets]]
+# JSONL with image_path, control_path_0, control_path_1, caption: the training data's kisekaeichi layout.
+image_jsonl_file = "{VALIDATION_FOLDER}/validation.jsonl"
+# Its own cache, shared by every version (the cache of one version's settings serves the next with the same).
+cache_directory = "cache/validation/example-1f"
+# The same one-frame indices as the training data (configs/v1/dataset.toml).
+fp_1f_clean_indices = [0, 10]
+fp_1f_target_index = 1
+fp_1f_no_post = true
+"""
+
+
+def make_validation_set(ws: Workspace) -> list[Path]:
+    """Write the example's validation set (missing files only); returns the files written."""
+    base = ws.root / VALIDATION_FOLDER
+    written: list[Path] = []
+    lines = []
+    for name, shirt, word, skin, bg in VALIDATION_ITEMS:
+        _save(_figure(GREY, skin, bg), base / "control" / f"{name}_0.png", written)
+        _save(_reference(shirt), base / "control" / f"{name}_1.png", written)
+        _save(_figure(shirt, skin, bg), base / "target" / f"{name}.png", written)
+        lines.append(
+            {
+                "image_path": f"{VALIDATION_FOLDER}/target/{name}.png",
+                "control_path_0": f"{VALIDATION_FOLDER}/control/{name}_0.png",
+                "control_path_1": f"{VALIDATION_FOLDER}/control/{name}_1.png",
+                "caption": caption(word),
+            }
+        )
+    for path, text in (
+        (base / "validation.jsonl", "".join(json.dumps(line) + "\n" for line in lines)),
+        (ws.root / VALIDATION_TOML, VALIDATION_DATASET),
+    ):
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
     return written
 
 

@@ -31,8 +31,12 @@ import sys
 
 ENV = "WS_BLOCKS_WITHOUT_CHECKPOINTING"
 ONE_GRAPH_ENV = "WS_SPLIT_ATTN_ONE_GRAPH"
-# The validation dataset.toml (musubi_workspace.validation.trainer reads it and its other variables).
+# The validation dataset.toml (musubi_workspace.validation.trainer reads it and its other variables), the steps
+# between passes, the raw timesteps (comma list) and the set's content hash (validation/items.py).
 VALIDATION_ENV = "WS_VALIDATION"
+VALIDATION_EVERY_ENV = "WS_VALIDATION_EVERY"
+VALIDATION_TIMESTEPS_ENV = "WS_VALIDATION_TIMESTEPS"
+VALIDATION_SET_ENV = "WS_VALIDATION_SET"
 MODULE = "musubi_workspace.launch"
 # The FramePack DiT's blocks (hunyuan_video_packed.py at the pinned commit): 20 double-stream, 40 single-stream.
 DIT_BLOCKS = 60

@@ -26,6 +26,7 @@ SHARED_INPUT_KEYS = {
     "video_directory",
     "video_jsonl_file",
     "control_directory",
+    "validation",  # [workspace] validation: the held-out set every version shares
 }
 # Dropped by `make new`: a new version starts fresh.
 DROPPED_KEYS = ("resume",)

@@ -59,7 +59,9 @@ def test_train_fills_run_json_from_the_run(cached):
     log = (folder / "log.txt").read_text()
     # The shipped version compiles: the compile environment comes first (data/compile_env.toml).
     assert log.startswith(
-        "==> train: TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 WS_SPLIT_ATTN_ONE_GRAPH=1 accelerate launch "
+        "==> train: TORCHINDUCTOR_AUTOGRAD_CACHE=0 TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1 WS_SPLIT_ATTN_ONE_GRAPH=1 "
+        "WS_VALIDATION=validation/dataset.toml WS_VALIDATION_EVERY=100 WS_VALIDATION_TIMESTEPS=0.1,0.3,0.5,0.7,0.9 "
+        "WS_VALIDATION_SET="
     )
     assert "| 5/1000 [" in log
     # while it trains the terminal shows step, loss, s/step and time left
@@ -98,7 +100,12 @@ def test_cache_and_generate_leave_records_and_the_dataset_hash_follows_the_data(
     assert ready.make("cache").returncode == 0
     a, b, c = records(ready)
     assert [x["target"] for x in (a, b, c)] == ["cache", "generate", "cache"]
-    assert [x["label"] for x in a["commands"]] == ["cache latents", "cache text encoder outputs"]
+    assert [x["label"] for x in a["commands"]] == [
+        "cache latents",
+        "cache text encoder outputs",
+        "cache latents of the validation set",
+        "cache text encoder outputs of the validation set",
+    ]
     assert b["status"] == "succeeded"
     assert a["dataset"]["sha256"] == b["dataset"]["sha256"] != c["dataset"]["sha256"]
     assert a["dataset"]["files"] == c["dataset"]["files"] > 0

@@ -32,6 +32,9 @@ CACHE_TE = [
     "--text_encoder2",
     "models/hunyuanvideo_repackaged/split_files/text_encoders/clip_l.safetensors",
 ]
+# configs/v1's validation set (`[workspace] validation`): the same two scripts, on its own dataset.toml.
+VALIDATION_LATENTS = [a if a != "configs/v1/dataset.toml" else "validation/dataset.toml" for a in CACHE_LATENTS]
+VALIDATION_TE = [a if a != "configs/v1/dataset.toml" else "validation/dataset.toml" for a in CACHE_TE]
 TRAIN_1GPU = [
     "launch",
     "--num_cpu_threads_per_process",
@@ -56,9 +59,8 @@ def test_cache_runs_latents_then_text_encoders_with_values_from_the_config(ready
     r = ready.tool("cache", "CONFIG_FILE=configs/v1/config.toml")
     assert r.returncode == 0, r.stderr
     calls = ready.calls()
-    assert [c["prog"] for c in calls] == ["fpack_cache_latents", "fpack_cache_text_encoder_outputs"]
-    assert calls[0]["argv"] == CACHE_LATENTS
-    assert calls[1]["argv"] == CACHE_TE
+    assert [c["prog"] for c in calls] == ["fpack_cache_latents", "fpack_cache_text_encoder_outputs"] * 2
+    assert [c["argv"] for c in calls] == [CACHE_LATENTS, CACHE_TE, VALIDATION_LATENTS, VALIDATION_TE]
     assert all(c["cwd"] == str(ready.root) for c in calls)
 
 
@@ -67,7 +69,8 @@ def test_cache_takes_fp8_llm_and_batch_settings_from_the_config(ready):
     cfg = cfg.replace("\n[workspace]\n", "\n[workspace]\ncache_batch_size = 4\ncache_num_workers = 3\n")
     ready.write("configs/v1/config.toml", cfg)
     assert ready.tool("cache").returncode == 0
-    lat, te = ready.calls()
+    lat, te, *validation = ready.calls()
+    assert [c["argv"][-4:] for c in validation] == [["--batch_size", "4", "--num_workers", "3"]] * 2
     assert lat["argv"][-4:] == ["--batch_size", "4", "--num_workers", "3"]
     assert "--fp8_llm" in te["argv"] and "--fp8_llm" not in lat["argv"]
 
@@ -139,6 +142,19 @@ def test_generate_without_any_lora_says_what_to_do(ready):
 COMPILE_ENV = ["TORCHINDUCTOR_AUTOGRAD_CACHE=0", "TORCHDYNAMO_CAPTURE_SCALAR_OUTPUTS=1", "WS_SPLIT_ATTN_ONE_GRAPH=1"]
 
 
+def validation_env(w) -> dict[str, str]:
+    """What configs/v1's `[workspace] validation` adds to the launcher's environment (the contract of issue 26)."""
+    from musubi_workspace.paths import Workspace
+    from musubi_workspace.validation.items import set_hash
+
+    return {
+        "WS_VALIDATION": "validation/dataset.toml",
+        "WS_VALIDATION_EVERY": "100",  # configs/v1's save_every_n_steps
+        "WS_VALIDATION_TIMESTEPS": "0.1,0.3,0.5,0.7,0.9",
+        "WS_VALIDATION_SET": set_hash(Workspace(w.root), w.root / "validation" / "dataset.toml"),
+    }
+
+
 @pytest.mark.parametrize("target", ["cache", "train"])
 def test_dry_run_prints_commands_and_runs_nothing_even_without_models(ws, target):
     r = ws.make(target, "DRY_RUN=1")
@@ -147,13 +163,16 @@ def test_dry_run_prints_commands_and_runs_nothing_even_without_models(ws, target
     # Each line is whole: the variables the run gets lead it (tests/runs/test_pasteable.py pastes them).
     lines = [split_env(l) for l in r.stdout.strip().splitlines()]
     if target == "cache":
-        assert [argv for _, argv in lines] == [["python", *CACHE_LATENTS], ["python", *CACHE_TE]]
+        assert [argv for _, argv in lines] == [
+            ["python", *argv] for argv in (CACHE_LATENTS, CACHE_TE, VALIDATION_LATENTS, VALIDATION_TE)
+        ]
     else:
         [(env, argv)] = lines
         assert argv == ["accelerate", *TRAIN_1GPU]
         # The shipped version compiles: its environment leads the line (data/compile_env.toml).
         assert [f"{k}={v}" for k, v in env.items()][: len(COMPILE_ENV)] == COMPILE_ENV
         assert env["TORCHINDUCTOR_CACHE_DIR"].endswith("/cache/torch_compile/" + env["TORCHINDUCTOR_CACHE_DIR"][-12:])
+        assert {k: v for k, v in env.items() if k.startswith("WS_VALIDATION")} == validation_env(ws)
     assert "not found; run `make models` to download it (dry run: not needed now)" in r.stderr
 
 
@@ -224,5 +243,6 @@ def test_train_on_several_machines_uses_the_accelerate_config_and_each_machines_
     env, argv = split_env(dry.stdout.strip())
     assert argv == ["accelerate", *expected]
     assert [f"{k}={v}" for k, v in env.items()][: len(COMPILE_ENV)] == COMPILE_ENV
+    assert {k: v for k, v in env.items() if k.startswith("WS_VALIDATION")} == validation_env(ready)
     assert ready.tool("train", env=machine).returncode == 0
     assert ready.calls("accelerate")[0]["argv"] == expected

@@ -23,6 +23,11 @@ therefore leaves those files unrecorded, and the next plan redoes them.
 Content hashes are cached in the manifest by path, size and modification time, so an unchanged dataset of
 1,000 images is checked in a fraction of a second without reading an image.
 
+The validation set (`[workspace] validation`, a dataset.toml of its own) has a plan of its own
+(`validation_plan`), made the same way with the version's models and options: the two scripts run once more with
+`--dataset_config <the set>`. Its cache directory is shared by every version, so a second version with the same
+models and options finds it fresh.
+
 Image datasets (image_directory, image_jsonl_file) are tracked per item. Video datasets are tracked as a whole:
 musubi-tuner names their latent files per section after bucketing, so any change re-encodes that dataset.
 """
@@ -391,7 +396,7 @@ def _options(cfg: Config) -> tuple[dict, dict]:
 
 def _dataset_state(cfg: Config, d: Dataset, latent_opts: dict, te_opts: dict, force: bool) -> DatasetState:
     root = cfg.ws.root
-    where = f"{cfg.ws.rel(cfg.dataset_path)}: [[datasets]] #{d.index}"
+    where = f"{d.file.shown}: [[datasets]] #{d.index}"
     video = d.kind == "video"
     if d.source is None:
         raise WorkspaceError(f"{where}: needs image_directory, image_jsonl_file, video_directory or video_jsonl_file")
@@ -440,6 +445,12 @@ class CachePlan:
     datasets: list[DatasetState]
     force: bool
     incomplete: int = 0  # expected files a finished script did not leave in place
+    dataset_config: str | None = None  # the validation set's dataset.toml as written; None: the version's own
+
+    @property
+    def what(self) -> str:
+        """How the lines name this plan's data: the version, or its validation set."""
+        return f"{self.cfg.name} validation set {self.dataset_config}" if self.dataset_config else self.cfg.name
 
     def needs(self, side: str) -> bool:
         return any(d.sides[side].todo for d in self.datasets)
@@ -454,8 +465,8 @@ class CachePlan:
 
     def steps(self) -> list[tuple[str, Command]]:
         """The cache commands to run, in order, each with its side."""
-        full = cache_commands(self.cfg)
-        incremental = cache_commands(self.cfg, skip_existing=True)
+        full = cache_commands(self.cfg, dataset=self.dataset_config)
+        incremental = cache_commands(self.cfg, skip_existing=True, dataset=self.dataset_config)
         out = []
         for i, side in enumerate((LATENTS, TE)):
             if self.needs(side):
@@ -464,8 +475,9 @@ class CachePlan:
 
     def describe(self) -> list[str]:
         lines = []
+        label = "validation set " if self.dataset_config else ""
         for d in self.datasets:
-            head = f"[cache] {d.shown}: {d.items} item(s)"
+            head = f"[cache] {label}{d.shown}: {d.items} item(s)"
             if not d.manifest_ok:
                 head += f" ({MANIFEST} unreadable: everything counts as stale)"
             lat, te = d.sides[LATENTS], d.sides[TE]
@@ -544,37 +556,66 @@ class CachePlan:
             for d in self.datasets:
                 if d.hasher.changed and d.manifest_path.exists():
                     d.write_manifest()
-            print(f"[cache] {self.cfg.name}: up to date, nothing to run", file=out)
+            print(f"[cache] {self.what}: up to date, nothing to run", file=out)
         elif self.incomplete:
             print(
-                f"[cache] {self.cfg.name}: finished, but {self.incomplete} cache file(s) are missing (warnings above)",
+                f"[cache] {self.what}: finished, but {self.incomplete} cache file(s) are missing (warnings above)",
                 file=out,
             )
         else:
-            print(f"[cache] {self.cfg.name}: up to date", file=out)
+            print(f"[cache] {self.what}: up to date", file=out)
 
 
-def plan(cfg: Config, force: bool = False) -> CachePlan:
-    """Compare every dataset of the version's dataset.toml with its manifest. Reads; writes nothing."""
-    f = dataset_model.load(cfg)
+def _plan(cfg: Config, f: dataset_model.DatasetFile, force: bool, dataset_config: str | None = None) -> CachePlan:
     if not f.datasets:
         raise WorkspaceError(f"{f.shown}: no [[datasets]] entry; add one (see configs/v1/dataset.toml)")
     latent_opts, te_opts = _options(cfg)
     states = [_dataset_state(cfg, d, latent_opts, te_opts, force) for d in f.datasets]
-    return CachePlan(cfg, states, force)
+    return CachePlan(cfg, states, force, dataset_config=dataset_config)
+
+
+def plan(cfg: Config, force: bool = False) -> CachePlan:
+    """Compare every dataset of the version's dataset.toml with its manifest. Reads; writes nothing."""
+    return _plan(cfg, dataset_model.load(cfg), force)
+
+
+def validation_plan(cfg: Config, force: bool = False) -> CachePlan | None:
+    """The same for the validation set (`[workspace] validation`) with the version's models and options; None
+    without one."""
+    written = cfg.settings.validation
+    if not written:
+        return None
+    return _plan(cfg, dataset_model.read(cfg.ws, cfg.ws.resolve(written)), force, dataset_config=written)
+
+
+def plans(cfg: Config, force: bool = False) -> list[CachePlan]:
+    """What `make cache` runs: the version's data, then its validation set (when it has one)."""
+    return [p for p in (plan(cfg, force), validation_plan(cfg, force)) if p is not None]
+
+
+def _stale(make) -> str | None:
+    try:
+        p = make()
+        return None if p is None or p.up_to_date else p.stale_summary()
+    except WorkspaceError as e:
+        return e.message
 
 
 def require_fresh(cfg: Config, dry_run: bool, target: str = "train") -> None:
-    """`make train` on a missing or stale cache stops (a warning under DRY_RUN) and names `make cache`."""
-    try:
-        p = plan(cfg)
-        stale = None if p.up_to_date else p.stale_summary()
-    except WorkspaceError as e:
-        stale = e.message
-    if stale is None:
+    """`make train` on a missing or stale cache (of the training data or of the validation set) stops (a warning
+    under DRY_RUN) and names `make cache`."""
+    messages = []
+    if stale := _stale(lambda: plan(cfg)):
+        messages.append(f"{cfg.shown}: the cache is missing or stale ({stale}); run `make cache` first")
+    if stale := _stale(lambda: validation_plan(cfg)):
+        messages.append(
+            f"{cfg.shown}: the cache of the validation set {cfg.settings.validation} ([workspace] validation) is "
+            f"missing or stale ({stale}); run `make cache` first"
+        )
+    if not messages:
         return
-    message = f"{cfg.shown}: the cache is missing or stale ({stale}); run `make cache` first"
     if dry_run:
-        print(f"warning: {message} (dry run: not needed now)", file=sys.stderr)
+        for message in messages:
+            print(f"warning: {message} (dry run: not needed now)", file=sys.stderr)
         return
-    raise WorkspaceError(message, EXIT_CHECK)
+    raise WorkspaceError(messages[0], EXIT_CHECK)

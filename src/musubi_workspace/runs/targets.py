@@ -27,19 +27,26 @@ def cache(ws: Workspace, config: str, dry_run: bool, strict: bool = False, force
     cfg = load_config(ws, config)
     lock.take(cfg, "cache", lock.cache_locks(cfg, lock.EXCLUSIVE), dry_run)
     preflight(cfg, target="cache", dry_run=dry_run, strict=strict)
-    plan = cache_plan.plan(cfg, force=force)
-    plan.report()
-    steps = plan.steps()
+    plans = cache_plan.plans(cfg, force=force)  # the training data, then the validation set
+    for plan in plans:
+        plan.report()
+    steps = [(plan, side, cmd) for plan in plans for side, cmd in plan.steps()]
     if dry_run:
-        return process.show([cmd for _, cmd in steps], child_env(ws))
-    plan.prepare()
+        return process.show([cmd for _, _, cmd in steps], child_env(ws))
+    for plan in plans:
+        plan.prepare()
     if steps:
-        side_of = {id(cmd): side for side, cmd in steps}
+        of = {id(cmd): (plan, side) for plan, side, cmd in steps}
         result = recorded_run(
-            cfg, "cache", [cmd for _, cmd in steps], child_env(ws), on_success=lambda cmd: plan.commit(side_of[id(cmd)])
+            cfg,
+            "cache",
+            [cmd for _, _, cmd in steps],
+            child_env(ws),
+            on_success=lambda cmd: of[id(cmd)][0].commit(of[id(cmd)][1]),
         )
         _raise_unless_ok(result)
-    plan.finish()
+    for plan in plans:
+        plan.finish()
 
 
 def train(
@@ -55,7 +62,7 @@ def train(
     cache_plan.require_fresh(cfg, dry_run)
     env = child_env(ws)
     env.update(compile_env(cfg, env))
-    cmd = train_command(cfg, visible_gpu_count(env), env=env)
+    cmd = train_command(cfg, visible_gpu_count(env), env=env, validation_set=validation_set(cfg))
     if dry_run:
         if restart:
             outputs.show_restart(cfg)
@@ -118,10 +125,19 @@ def resume(ws: Workspace, config: str, dry_run: bool, strict: bool = False, auto
     point = resuming.find(cfg, env, warn=lambda m: print(m, file=sys.stderr))
     for line in point.describe():
         print(line, flush=True)
-    cmd = train_command(cfg, visible_gpu_count(env), extra=point.args(), env=env)
+    cmd = train_command(cfg, visible_gpu_count(env), extra=point.args(), env=env, validation_set=validation_set(cfg))
     if dry_run:
         return process.show([cmd], env)
     train_run(cfg, "resume", cmd, env, auto_stop, offset=point.state.step, resume=point.record())
+
+
+def validation_set(cfg: Config) -> str | None:
+    """The content hash of the version's validation set (`[workspace] validation`), None without one."""
+    if not cfg.settings.validation:
+        return None
+    from musubi_workspace.validation.items import set_hash
+
+    return set_hash(cfg.ws, cfg.ws.resolve(cfg.settings.validation))
 
 
 def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
