@@ -440,7 +440,8 @@ def test_a_training_option_after_the_workspace_table_says_how_toml_reads_it(ws):
         f"error: {CFG}:{len(ws.read(CFG).splitlines()) - 1}: unknown key `learning_rate_warmup` in [workspace]; "
         "known keys: num_processes, accelerate_config, auto_stop, hang_timeout, price_per_hour, cache_batch_size, "
         "cache_num_workers, one_frame_no_2x, one_frame_no_4x, generate_attn_mode, generate_fp8, "
-        "blocks_without_checkpointing, split_attn_one_graph (TOML puts every key after the [workspace] header into it: training options go above it)",
+        "blocks_without_checkpointing, split_attn_one_graph, validation, validation_every_n_steps, "
+        "validation_timesteps (TOML puts every key after the [workspace] header into it: training options go above it)",
     )
     ws.write(CFG, ws.read(CFG).replace("learning_rate_warmup = 3\n", ""))
     r = run(ws, "check")

@@ -73,18 +73,18 @@ def test_pasted_train_bg_line_starts_what_make_train_starts(cached):
 
 def test_pasted_cache_lines_start_what_make_cache_starts(ready):
     lines = dry_lines(ready, "cache")
-    assert len(lines) == 2
+    assert len(lines) == 4  # the two scripts on the training data, then on the validation set
     r = ready.make("cache", env=RECORD_ALL)
     assert r.returncode == 0, r.stderr
     real = started(ready.calls())
     assert [c[0][:2] for c in real] == [
         ["-m", "musubi_tuner.fpack_cache_latents"],
         ["-m", "musubi_tuner.fpack_cache_text_encoder_outputs"],
-    ]
+    ] * 2
     for line in lines:
         pasted = paste(ready, line)
         assert pasted.returncode == 0, pasted.stderr
-    assert started(ready.calls())[2:] == real
+    assert started(ready.calls())[4:] == real
 
 
 def test_pasted_generate_line_starts_what_make_generate_starts(ready):

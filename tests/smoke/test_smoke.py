@@ -102,9 +102,11 @@ def test_smoke_runs_every_step_through_the_real_targets_and_passes(passed):
     calls = passed.calls
     progs = [c["prog"] for c in calls]
     assert progs.count("random_models") == 1
-    # cache: both scripts; cache again: none; caption: the text-encoder script only; train, resume; generate.
-    # (loop: the caches read through musubi-tuner's dataset, where it imports.)
+    # cache: both scripts, then both on the validation set; cache again: none; caption: the text-encoder script
+    # only; train, resume; generate. (loop: the caches read through musubi-tuner's dataset, where it imports.)
     assert [p for p in progs if p not in ("random_models", "loop")] == [
+        "fpack_cache_latents",
+        "fpack_cache_text_encoder_outputs",
         "fpack_cache_latents",
         "fpack_cache_text_encoder_outputs",
         "fpack_cache_text_encoder_outputs",
