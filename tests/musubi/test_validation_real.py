@@ -228,3 +228,55 @@ def test_two_processes_each_score_their_share_and_give_one_process_number(setup,
     assert two["items"] == tiny.ITEMS and two["set"] == single.set
     for k, v in single.by_timestep.items():
         assert two["by_timestep"][k] == pytest.approx(v, rel=1e-5)
+
+
+def test_the_hooks_score_step_0_the_saves_and_the_end_and_write_the_series_and_the_json(setup, monkeypatch, tmp_path):
+    """The validating trainer's hooks called as musubi-tuner's loop calls them (3 steps, a save every 2)."""
+    from musubi_workspace.validation import records
+    from musubi_workspace.validation.trainer import trainer_class
+
+    monkeypatch.setenv("WS_ROOT", str(tmp_path))
+    monkeypatch.setenv("WS_VALIDATION", str(setup["path"]))
+    monkeypatch.setenv("WS_VALIDATION_EVERY", "0")
+    monkeypatch.setenv("WS_VALIDATION_TIMESTEPS", "0.2,0.8")
+    cls = trainer_class(type(setup["trainer"]))
+    assert cls.__name__ == "ValidatingFramePackNetworkTrainer" and issubclass(cls, type(setup["trainer"]))
+    trainer, acc, net, dit = cls(), setup["acc"], setup["network"], setup["model"]
+    args = setup["args"]
+    out = tmp_path / "out"
+    args.output_dir, args.output_name, args.save_every_n_steps, args.max_train_steps = str(out), "x", 2, 3
+    trainer.on_train_start(args, acc, net, dit, None)
+    base = records.read_series(out, "x")
+    assert [(r.step, r.lora, r.ratio) for r in base] == [(0, None, 1.0)]
+    assert base[0].loss == setup["run"](lora_multiplier=0.0).loss  # the base model, not the LoRA
+    logs = []
+    for global_step in range(3):
+        trainer.on_post_optimizer_step(args, acc, net, dit, False, global_step)  # an accumulation micro-step
+        trainer.on_post_optimizer_step(args, acc, net, dit, True, global_step)
+        step = global_step + 1
+        if step == 2:
+            out.mkdir(exist_ok=True)
+            (out / "x-step00000002.safetensors").write_bytes(b"lora")
+            trainer.on_post_save(args, acc, net, dit, "x-step00000002.safetensors", None, {}, False)
+        logs.append(trainer.extra_step_logs(args, {"loss/current": 1.0}))
+    (out / "x.safetensors").write_bytes(b"lora")
+    trainer.on_post_save(args, acc, net, dit, "x.safetensors", None, {}, True)  # after end_training
+    assert [(r.step, r.lora) for r in records.read_series(out, "x")] == [
+        (0, None),
+        (2, "x-step00000002.safetensors"),
+        (3, "x.safetensors"),
+    ]
+    at2 = records.read_beside(out / "x-step00000002.safetensors")
+    assert (
+        at2.step == 2
+        and at2.ratio == pytest.approx(at2.loss / base[0].loss)
+        and at2.set == trainer.workspace_validation.set.hash
+    )
+    assert at2.loss == setup["run"]().loss  # the weights did not move in this test: the LoRA's number
+    assert records.read_beside(out / "x.safetensors").step == 3
+    assert [sorted(k for k in d if k.startswith("loss/validation")) for d in logs] == [
+        [],
+        ["loss/validation", "loss/validation_ratio", "loss/validation_t0.2", "loss/validation_t0.8"],
+        ["loss/validation", "loss/validation_ratio", "loss/validation_t0.2", "loss/validation_t0.8"],
+    ]
+    assert records.best(out, "x").lora in ("x-step00000002.safetensors", "x.safetensors")
