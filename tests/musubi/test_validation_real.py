@@ -280,3 +280,54 @@ def test_the_hooks_score_step_0_the_saves_and_the_end_and_write_the_series_and_t
         ["loss/validation", "loss/validation_ratio", "loss/validation_t0.2", "loss/validation_t0.8"],
     ]
     assert records.best(out, "x").lora in ("x-step00000002.safetensors", "x.safetensors")
+
+
+def test_make_validates_module_reads_the_shipped_config_with_the_trainers_own_parser(musubi, workspace):
+    from musubi_workspace.validation import offline
+
+    args = offline.trainer_args(["--config_file", "configs/v1/config.toml"])
+    assert args.dit and args.output_dir and args.output_name and args.network_module == "networks.lora_framepack"
+    assert (args.dit_dtype, args.vae_dtype) == ("bfloat16", "float16")
+    assert any(getattr(args, flag, False) for flag, _ in offline.ATTN)
+
+
+def test_make_validate_scores_saved_loras_and_writes_the_same_json(setup, monkeypatch, tmp_path):
+    """offline.main end to end on the tiny DiT: the trainer's load_transformer is the one stand-in (musubi-tuner's
+    loader builds the full 13B shape), everything else is musubi-tuner's own (parser, accelerator, LoRA
+    building from the weights)."""
+    import torch
+
+    from musubi_workspace.validation import offline, records
+
+    fp = setup["trainer"].__class__
+    monkeypatch.setattr(fp, "load_transformer", lambda self, *a, **k: setup["model"])
+    monkeypatch.setenv("WS_ROOT", str(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    lora_a, lora_b = out / "x-step00000004.safetensors", out / "x.safetensors"
+    setup["network"].save_weights(str(lora_a), torch.float32, {"ss_steps": "4"})
+    in_training = setup["run"]()  # what the training's pass gave for this LoRA
+    with torch.no_grad():
+        for lora in setup["network"].unet_loras:
+            lora.lora_up.weight.mul_(2)
+    setup["network"].save_weights(str(lora_b), torch.float32, {"ss_steps": "8"})
+    setup["network"].set_multiplier(0.0)  # the tiny DiT's own LoRA adds nothing from here on: the base model
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'dit = "tiny.safetensors"\nsdpa = true\nsplit_attn = true\nmixed_precision = "bf16"\n'
+        f'network_module = "networks.lora_framepack"\noutput_dir = "{out}"\noutput_name = "x"\n'
+    )
+    argv = ["--lora", str(lora_a), str(lora_b), "--validation", str(setup["path"]), "--validation_timesteps", "0.2,0.8"]
+    assert offline.main([*argv, "--config_file", str(config)], {}) == 0
+    series = records.read_series(out, "x")
+    assert [(r.step, r.lora, r.by) for r in series] == [
+        (0, None, "make validate"),
+        (4, "x-step00000004.safetensors", "make validate"),
+        (8, "x.safetensors", "make validate"),
+    ]
+    a, b = records.read_beside(lora_a), records.read_beside(lora_b)
+    assert a == series[1] and b == series[2]
+    assert a.ratio == pytest.approx(a.loss / series[0].loss) and a.loss != b.loss
+    assert a.loss == pytest.approx(in_training.loss, rel=1e-5) and a.set == in_training.set
+    assert series[0].loss == pytest.approx(setup["run"]().loss, rel=1e-5)  # the base model as training scores it
+    assert records.best(out, "x").lora in (a.lora, b.lora)

@@ -87,7 +87,7 @@ MUSUBI_API = (
     ("fpack_train_network.FramePackNetworkTrainer.architecture", "attribute"),
     ("training.parser_common.setup_parser_common", ()),
     ("training.parser_common.read_config_from_file", ("args", "parser")),
-    ("training.trainer_base.prepare_accelerator", ("args",)),
+    ("training.accelerator_setup.prepare_accelerator", ("args",)),
     ("dataset.config_utils.load_user_config", ("file",)),
     ("dataset.config_utils.ConfigSanitizer", None),
     (
