@@ -12,13 +12,25 @@ from musubi_workspace.validation import offline
 
 def test_options_override_the_launchers_variables_and_the_rest_goes_to_the_trainer():
     ns, rest = offline.own_parser().parse_known_args(
-        ["--lora", "a.safetensors", "b.safetensors", "--validation_timesteps", "0.25,0.75", "--config_file", "c.toml"]
+        [
+            "--lora",
+            "a.safetensors",
+            "b.safetensors",
+            "--timesteps",
+            "0.25,0.75",
+            "--config_file",
+            "c.toml",
+            "--lora",
+            "c",
+        ]
     )
-    assert ns.lora == ["a.safetensors", "b.safetensors"] and rest == ["--config_file", "c.toml"]
+    assert ns.lora == ["a.safetensors", "b.safetensors", "c"] and rest == ["--config_file", "c.toml"]
     env = {"WS_VALIDATION": "validation/dataset.toml", "WS_VALIDATION_TIMESTEPS": "0.5", "WS_VALIDATION_SET": "ab" * 8}
     s = offline.settings(ns, env)
     assert (s.path, s.timesteps, s.set_hash) == ("validation/dataset.toml", [0.25, 0.75], "ab" * 8)
-    ns.validation = "other.toml"
+    ns, _ = offline.own_parser().parse_known_args(["--lora", "a", "--validation", "other.toml", "--set", "cd" * 8])
+    assert offline.settings(ns, {}).set_hash == "cd" * 8
+    ns.validation_set = None
     assert offline.settings(ns, {}).path == "other.toml" and offline.settings(ns, {}).set_hash is None
 
 

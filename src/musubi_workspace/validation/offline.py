@@ -1,9 +1,10 @@
 """`make validate`: score saved LoRAs on the validation set, offline, as training scores them.
 
-    python -m musubi_workspace.validation.offline --lora A.safetensors [B.safetensors ...] \
-        [--validation validation/dataset.toml] [--validation_timesteps 0.1,0.3,0.5,0.7,0.9] [--validation_set HASH] \
+    [accelerate launch ...] -m musubi_workspace.validation.offline --lora A.safetensors [--lora B.safetensors ...] \
+        [--validation validation/dataset.toml] [--timesteps 0.1,0.3,0.5,0.7,0.9] [--set HASH] \
         <the trainer's arguments: --config_file configs/vN/config.toml ...>
 
+(`--validation_timesteps`, `--validation_set` are the same options; `--lora` takes one file or more, and again.)
 The validation options default to the launcher's variables (`WS_VALIDATION`, `WS_VALIDATION_TIMESTEPS`,
 `WS_VALIDATION_SET`); everything else is parsed by musubi-tuner's own FramePack training parser and
 `read_config_from_file`, so the same `--config_file` that trained a version scores it. The DiT is loaded by the
@@ -11,10 +12,10 @@ trainer's `load_transformer` on the GPU (no block swap: a forward-only pass), ea
 `networks.lora_framepack.create_arch_network_from_weights` and applied as training applies it (a LoRA scored
 before is kept at multiplier 0, which adds exactly nothing). The pass is `score.score` on one process.
 
-Each LoRA gets `<stem>.validation.json` beside it and a line in the series of its run (`<folder>/<output name>
-.validation.jsonl`, the output name read from the file name: `x-step00000500` -> `x`), `by = "make validate"`.
-The ratio is to the base model's number on the same set: the series' step 0 where it has one, else one more pass
-without a LoRA, appended to the series as step 0.
+Each LoRA gets `<stem>.validation.json` beside it, `by = "make validate"`; the series (the training's record) is
+left as it is. The ratio is to the base model's number on the same set: the step 0 of the run's series
+(`<folder>/<run>.validation.jsonl`, the run read from the file name: `x-step00000500` -> `x`) where it has one,
+else one more pass without a LoRA.
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ ATTN = (
 
 def own_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musubi_workspace.validation.offline", add_help=False)
-    p.add_argument("--lora", nargs="+", required=True, help="the LoRA files to score")
+    p.add_argument("--lora", nargs="+", action="extend", required=True, help="the LoRA files to score")
     p.add_argument("--validation", default=None, help=f"the validation dataset.toml (default ${ENV})")
-    p.add_argument("--validation_timesteps", default=None, help=f"comma list (default ${TIMESTEPS_ENV} or 0.1..0.9)")
-    p.add_argument("--validation_set", default=None, help=f"the set's hash (default ${SET_ENV}, else computed)")
+    p.add_argument(
+        "--timesteps", "--validation_timesteps", dest="validation_timesteps", default=None,
+        help=f"comma list (default ${TIMESTEPS_ENV} or 0.1..0.9)",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", "--validation_set", dest="validation_set", default=None,
+        help=f"the set's hash (default ${SET_ENV}, else computed)",
+    )  # fmt: skip
     return p
 
 
@@ -62,13 +69,25 @@ def run_name(lora: Path) -> str:
     return RUN_SUFFIX.sub("", lora.stem)
 
 
-def step_of(lora: Path) -> int:
-    """The step the LoRA was saved at (musubi-tuner's `ss_steps` metadata; -1 where it has none)."""
+STEP_IN_NAME = re.compile(r"-step(\d+)$")
+
+
+def step_of(lora: Path, args=None) -> int:
+    """The step the LoRA was saved at: `-step00000600` in its name, else musubi-tuner's `ss_steps` metadata, else
+    the config's max_train_steps for `<output_name>.safetensors`; -1 where none says. A `-resume<S>` run's steps
+    count from its own 0, as its training records them."""
     from safetensors import safe_open
 
+    m = STEP_IN_NAME.search(lora.stem)
+    if m:
+        return int(m.group(1))
     with safe_open(str(lora), framework="pt") as f:
         value = (f.metadata() or {}).get("ss_steps", "")
-    return int(value) if value.isdigit() else -1
+    if value.isdigit():
+        return int(value)
+    if args is not None and lora.stem == getattr(args, "output_name", None) and getattr(args, "max_train_steps", None):
+        return int(args.max_train_steps)
+    return -1
 
 
 def trainer_args(rest: list[str]):
@@ -124,10 +143,8 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
         folder, name = lora.parent, run_name(lora)
         if (folder, name) not in bases:
             base = records.base_record(folder, name, vset.hash)
-            if base is None:
+            if base is None:  # a run from before validation, or on another set: one pass of the base model
                 base = one(previous, 0, None, None)
-                base.ratio = 1.0
-                records.append_series(folder, name, base)
             bases[(folder, name)] = base.loss
         from safetensors.torch import load_file
 
@@ -135,16 +152,17 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
         network.apply_to(None, dit, apply_text_encoder=False, apply_unet=True)
         network.load_weights(str(lora))
         network.to(accelerator.device)
-        r = one(network, step_of(lora), lora.name, bases[(folder, name)])
+        r = one(network, step_of(lora, args), lora.name, bases[(folder, name)])
+        network.set_multiplier(0.0)  # stays applied, adding nothing, under the next LoRA
+        previous = network
+        if not accelerator.is_main_process:  # under accelerate launch with more processes: one writer
+            continue
         records.write_beside(lora, r)
-        records.append_series(folder, name, r)
         print(
             f"musubi-workspace: {lora}: validation loss {r.loss:.6f} ({r.ratio:.4f} of the base model) at step "
             f"{r.step}, set {r.set}, {r.seconds:.1f} s -> {records.json_path(lora)}",
             flush=True,
         )
-        network.set_multiplier(0.0)  # stays applied, adding nothing, under the next LoRA
-        previous = network
     return 0
 
 
