@@ -365,7 +365,7 @@ def test_help_and_readme_name_the_off_pod_check(ws):
 def test_no_gpu_visible_says_the_memory_check_did_not_happen(ready):
     r = run(ready, "check", env={"STANDIN_GPUS": "0"})
     assert r.returncode == 0
-    assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
+    assert "[10/13] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
 
 
 def test_make_new_renames_the_version_in_comments_that_quote_renamed_values(ws):

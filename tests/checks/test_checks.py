@@ -44,7 +44,7 @@ def test_clean_example_passes_with_no_finding(ready):
     r = ready.tool("check")
     assert r.returncode == 0, r.stdout + r.stderr
     assert findings(r) == []
-    assert r.stdout.splitlines()[0] == "[1/12] config keys ✓"
+    assert r.stdout.splitlines()[0] == "[1/13] config keys ✓"
     assert r.stdout.splitlines()[-1] == "check configs/v1/config.toml: OK: 0 error(s), 0 warning(s)"
 
 
@@ -52,7 +52,7 @@ def test_clean_video_example_passes_with_no_finding(video_ws, ready):
     r = ready.tool("check", "CONFIG_FILE=configs/example-video/config.toml")
     assert r.returncode == 0, r.stdout + r.stderr
     assert findings(r) == []
-    assert "[8/12] version coherence ⊘ configs/example-video/config.toml is not in configs/vN" in r.stdout
+    assert "[8/13] version coherence ⊘ configs/example-video/config.toml is not in configs/vN" in r.stdout
 
 
 def test_second_run_reads_the_image_facts_from_the_cache(ready):
@@ -507,6 +507,6 @@ def test_cache_does_not_need_the_training_credentials(ready):
     r = ready.make("cache", env={"WANDB_MODE": ""})
     assert r.returncode == 0, r.stderr
     assert (
-        "[11/12] credentials ✓" in r.stderr
-        and "[9/12] disk space ⊘ only needed for training, not for make cache" in r.stderr
+        "[11/13] credentials ✓" in r.stderr
+        and "[9/13] disk space ⊘ only needed for training, not for make cache" in r.stderr
     )

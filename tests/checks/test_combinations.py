@@ -237,26 +237,26 @@ def test_without_nvidia_smi_the_memory_check_says_it_did_not_happen(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
     path = ready.env["PATH"].split(":", 1)[1]  # tests/bin (with the nvidia-smi stand-in) left out
     r = ready.tool("check", f"CONFIG_FILE={CONFIG}", env={"PATH": path})
-    assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
+    assert "[10/13] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
     assert "GPU memory ✓" not in r.stdout and "run out of GPU memory" not in r.stdout
 
 
 def test_a_machine_whose_nvidia_smi_lists_no_gpu_is_not_checked_either(ready):
     r = ready.tool("check", f"CONFIG_FILE={CONFIG}", env={"STANDIN_GPUS": "0"})
-    assert "[10/12] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
+    assert "[10/13] GPU memory ⊘ no GPU visible: not checked" in r.stdout.splitlines()
 
 
 def test_dry_run_asks_no_gpu_and_says_the_memory_is_not_checked(ready):
     edit(ready, CONFIG, blocks_to_swap=None)
     r = ready.tool("check", f"CONFIG_FILE={CONFIG}", "DRY_RUN=1", env=H100)
-    assert "[10/12] GPU memory ⊘ dry run: no GPU needed, not checked" in r.stdout.splitlines()
+    assert "[10/13] GPU memory ⊘ dry run: no GPU needed, not checked" in r.stdout.splitlines()
     assert "run out of GPU memory" not in r.stdout
     assert [c for c in ready.calls("nvidia-smi") if c["argv"] != ["-L"]] == []  # -L: the GPU count (effective batch)
 
 
 def test_settings_easier_than_every_run_that_ran_out_pass_on_the_gpu_shown(ready):
     r, lines = check(ready, **H100)  # the shipped blocks_to_swap = 20: more swap than every run that ran out
-    assert memory_warnings(lines) == [] and "[10/12] GPU memory ✓" in r.stdout.splitlines()
+    assert memory_warnings(lines) == [] and "[10/13] GPU memory ✓" in r.stdout.splitlines()
 
 
 # --- torch's compile cache: one folder per set of compile-relevant settings ------------------------------------

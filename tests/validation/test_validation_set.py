@@ -142,3 +142,113 @@ def test_the_set_hash_is_of_the_toml_and_every_items_files(ws):
     third = digest(ws)
     ws.write(SET, ws.read(SET).replace("num_repeats = 1", "num_repeats = 1  # edited"))
     assert len({first, second, third, digest(ws)}) == 4
+
+
+# `make check`: the validation set, checked as training data is (checks/validation.py).
+
+
+def check_line(w) -> int:
+    return w.read("configs/v1/config.toml").splitlines().index('validation = "validation/dataset.toml"') + 1
+
+
+def findings(r) -> list[str]:
+    return [line.strip() for line in r.stdout.splitlines() if line.startswith("  ")]
+
+
+def test_the_example_passes_its_check_with_the_set(ready):
+    r = ready.tool("check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[13/13] validation set ✓" in r.stdout.splitlines()
+    assert r.stdout.splitlines()[-1] == "check configs/v1/config.toml: OK: 0 error(s), 0 warning(s)"
+
+
+def test_check_without_a_set_says_so(ready):
+    text = ready.read("configs/v1/config.toml").replace('\nvalidation = "validation/dataset.toml"\n', "\n")
+    ready.write("configs/v1/config.toml", text)
+    r = ready.tool("check")
+    assert r.returncode == 0 and "[13/13] validation set ⊘ no [workspace] validation set" in r.stdout
+
+
+def test_check_a_missing_set_is_an_error_naming_the_key(ready):
+    (ready.root / SET).unlink()
+    r = ready.tool("check")
+    assert r.returncode == 3
+    assert findings(r) == [
+        f'error: configs/v1/config.toml:{check_line(ready)}: [workspace] validation = "validation/dataset.toml": file '
+        "not found; write the validation set's dataset.toml there (`make example` writes the example's)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[general]\nresolution = [512, 768]\n",
+            "is empty: no [[datasets]] entry; add one with its own items and cache_directory (`make example` "
+            "writes the example's)",
+        ),
+        (
+            'dit = "models/x.safetensors"\n',
+            "is not a dataset.toml: no [[datasets]], but dit; name the validation set's dataset.toml (`make example` "
+            "writes the example's)",
+        ),
+    ],
+)
+def test_check_an_empty_set_or_another_toml_is_an_error(ready, text, message):
+    ready.write(SET, text)
+    r = ready.tool("check")
+    assert r.returncode == 3
+    assert findings(r) == [
+        f'error: configs/v1/config.toml:{check_line(ready)}: [workspace] validation = "validation/dataset.toml" '
+        + message
+    ]
+
+
+def test_check_a_set_whose_items_are_gone_says_it_has_none(ready):
+    ready.write(JSONL, "")
+    r = ready.tool("check")
+    assert r.returncode == 3
+    line = ready.read(SET).splitlines().index("[[datasets]]") + 1
+    assert f"error: {SET}:{line}: dataset 1 has no training items; add media with captions or fix its source" in (
+        findings(r)
+    )
+
+
+def test_check_reads_the_set_as_training_data(ready):
+    rows = [json.loads(line) for line in ready.read(JSONL).splitlines()]
+    rows[0]["caption"] = ""
+    del rows[1]["control_path_1"]
+    ready.write(JSONL, "".join(json.dumps(r) + "\n" for r in rows))
+    (ready.root / "validation/example-1f/control/val01_0.png").write_bytes(b"not a png")
+    r = ready.tool("check")
+    assert r.returncode == 3
+    found = "\n".join(findings(r))
+    assert f"error: {JSONL}:1: empty caption: the item trains without any text; write the caption" in found
+    assert f"{JSONL}:2" in found and "control" in found  # one control image short of fp_1f_clean_indices
+    assert "validation/example-1f/control/val01_0.png cannot be read as an image" in found
+
+
+def test_check_warns_where_a_validation_item_is_a_training_item_by_pixels(ready):
+    # The same pixels saved again with another compression: other bytes, the same image.
+    Image.open(ready.root / "datasets/example-1f/target/item02.png").save(
+        ready.root / "validation/example-1f/target/val02.png", compress_level=1
+    )
+    r = ready.tool("check")
+    assert r.returncode == 0, r.stdout
+    assert findings(r) == [
+        f"warning: {JSONL}:2: its target image is the training item datasets/example-1f/train.jsonl:2's (the same "
+        "decoded pixels): the validation loss would measure recall, not what the LoRA learnt; hold the item out of "
+        "the training data"
+    ]
+    assert "[13/13] validation set !" in r.stdout
+
+
+def test_check_refuses_a_set_caching_into_the_training_cache(ready):
+    ready.write(SET, ready.read(SET).replace("cache/validation/example-1f", "cache/v1/example-1f"))
+    r = ready.tool("check")
+    assert r.returncode == 3
+    line = ready.read(SET).splitlines().index("[[datasets]]") + 1
+    assert findings(r) == [
+        f"error: {SET}:{line}: the validation set caches into cache/v1/example-1f like dataset 1 of "
+        "configs/v1/dataset.toml: each `make cache` would delete the other's files; give it its own cache_directory"
+    ]

@@ -4,7 +4,7 @@ Each check is a function `(ctx) -> None | reason` that adds findings to a `Repor
 runs them all in order and keeps going, so one pass reports every problem. `preflight` is what cache, train and
 generate run first: it stops on errors. The larger checks live in their own modules: keys.py (config keys) and
 values.py (their values), combinations.py (option combinations, GPU memory), data.py (dataset.toml, sources, data
-content), prompts.py, machine.py (disk, credentials, tokens), batch.py (batch size and learning rate); images.py
+content), prompts.py, machine.py (disk, credentials, tokens), batch.py (batch size and learning rate), validation.py (the validation set); images.py
 keeps the decoded-image facts between runs. Model files are checked here (model_files.py reads their headers).
 """
 
@@ -23,6 +23,7 @@ from musubi_workspace.checks.findings import ERROR, MACHINE, NOTE, WARNING, Cont
 from musubi_workspace.checks.keys import check_options
 from musubi_workspace.checks.machine import check_credentials, check_disk
 from musubi_workspace.checks.prompts import check_prompts
+from musubi_workspace.checks.validation import check_validation
 from musubi_workspace.config import Config
 from musubi_workspace.downloads import SHARD_RE
 from musubi_workspace.errors import EXIT_CHECK, WorkspaceError
@@ -212,6 +213,7 @@ CHECKS: list[tuple[str, Callable[[Context], str | None]]] = [
     ("GPU memory", check_gpu_memory),
     ("credentials", check_credentials),
     ("batch size and learning rate", check_batch),
+    ("validation set", check_validation),
 ]
 
 

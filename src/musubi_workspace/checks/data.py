@@ -70,11 +70,19 @@ def scan(ctx: Context) -> Scan:
 
 
 def _scan(ctx: Context) -> Scan:
-    cfg, report = ctx.cfg, ctx.report
-    s = Scan()
+    cfg = ctx.cfg
     path = cfg.path_of("dataset_config") if isinstance(cfg.get("dataset_config"), str) else None
     if path is None or not path.is_file():
-        return s  # reported by the options and files checks
+        return Scan()  # reported by the options and files checks
+    return scan_file(ctx, path, lambda schema: model.load(cfg, schema))
+
+
+def scan_file(ctx: Context, path: Path, load=None) -> Scan:
+    """One dataset.toml at `path` as musubi-tuner sees it (the version's, or its validation set's: read with
+    `load(schema)`, default the plain reader); findings go to ctx.report."""
+    cfg, report = ctx.cfg, ctx.report
+    load = load or (lambda schema: model.read(cfg.ws, path, schema))
+    s = Scan()
     s.shown = cfg.ws.rel(path)
     if path.suffix.lower() != ".toml":
         report.error(
@@ -83,7 +91,7 @@ def _scan(ctx: Context) -> Scan:
         return s
     schema = schema_of(ctx)["dataset"]
     try:
-        f = model.load(cfg, schema)
+        f = load(schema)
     except WorkspaceError as e:
         where, _, message = e.message.partition(": ")
         report.error(where, message)
@@ -300,6 +308,12 @@ def check_content(ctx: Context) -> str | None:
     s = scan(ctx)
     if not s.items:
         return "no training items (see above)"
+    content(ctx, s)
+    return None
+
+
+def content(ctx: Context, s: Scan) -> None:
+    """Check 4's findings for the items of one scan (the training data, or the validation set)."""
     report = ctx.report
     digest = {p: f.digest for p, f in s.images.items() if f.digest}
     ws = ctx.cfg.ws
@@ -333,7 +347,6 @@ def check_content(ctx: Context) -> str | None:
     ]
     report.listed(ERROR, empty, "{n} more items with an empty caption", s.shown)
     long_captions(ctx, s.items, s.shown)
-    return None
 
 
 def long_captions(ctx: Context, items: list[Item], shown: str) -> None:
