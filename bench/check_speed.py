@@ -80,6 +80,9 @@ def build(root: Path, items: int, size: tuple[int, int] = SIZE) -> None:
     (data / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     ds = root / "configs" / "v1" / "dataset.toml"
     ds.write_text(ds.read_text().replace("datasets/example-1f/train.jsonl", "datasets/bench/train.jsonl"))
+    # The training data's check is measured: without configs/v1's validation set (its items are not written here).
+    config = root / "configs" / "v1" / "config.toml"
+    config.write_text(config.read_text().replace('\nvalidation = "validation/dataset.toml"\n', "\n"))
     # Held-out sample images, as the example's prompt line wants them.
     (data / "samples").mkdir()
     _write_sample(data / "samples", size)

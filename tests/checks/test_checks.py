@@ -58,7 +58,8 @@ def test_clean_video_example_passes_with_no_finding(video_ws, ready):
 def test_second_run_reads_the_image_facts_from_the_cache(ready):
     assert ready.tool("check").returncode == 0
     cached = json.loads((ready.root / ".cache" / "ws" / "images.json").read_text())
-    assert len(cached["images"]) == 14  # 4 items x (target + 2 controls) + the 2 sample images
+    # 4 items x (target + 2 controls) + the 2 sample images + the validation set's 2 items x 3
+    assert len(cached["images"]) == 20
     assert ready.tool("check").returncode == 0
 
 
