@@ -120,3 +120,16 @@ def test_optimizer_and_scheduler_names(schema):
     }
     assert "reduce_lr_on_plateau" in sched["fails"] and "adafactor" in sched["fails"]
     assert "CosineAnnealingLR" in names["lr_scheduler_type"]
+
+
+def test_make_schema_without_the_gpu_stack_is_one_line_naming_the_package(ws):
+    """Where musubi-tuner's imports fail (here: no torch, the default environment), `ws schema` says which package
+    is missing in one line and writes nothing."""
+    r = ws.ws("schema", "--out", str(ws.root / "schema.json"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines() == [
+        "error: the musubi-tuner schema cannot be built here: importing musubi_tuner fails: "
+        "ModuleNotFoundError: No module named 'torch'"
+    ], r.stderr
+    assert not (ws.root / "schema.json").exists()

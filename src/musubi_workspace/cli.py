@@ -233,9 +233,13 @@ def cmd_report(ws, a):
 
 
 def cmd_schema(ws, a):
-    from musubi_workspace.schema import main as schema_main
+    from musubi_workspace.schema import DATA, SchemaError, write_schema
 
-    schema_main(["--out", a.out] if a.out else [])
+    try:
+        out = write_schema(a.out or DATA)
+    except SchemaError as e:
+        raise WorkspaceError(f"the musubi-tuner schema cannot be built here: {e}") from None
+    print(f"wrote {out}")
 
 
 def cmd_monitor(ws, a):

@@ -33,6 +33,9 @@ committed; `load_schema()` reads that file and needs no musubi-tuner. Layout:
         A name with a dot ("module.Class") is imported by musubi-tuner as written; the check resolves it where the
         module is installed.
 Unknown validators or argument types make `build_schema()` fail, so a new pin cannot silently produce a wrong schema.
+It raises `SchemaError` where the schema cannot be built here, naming the missing package where one is the reason
+(musubi-tuner importable without bitsandbytes: its own `adamw8bit` fails); `make check` then says so in one line
+(checks/keys.py).
 """
 
 from __future__ import annotations
@@ -56,6 +59,27 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data" / "musubi_schema.json"
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 HELP_CHARS = 200
+
+
+class SchemaError(Exception):
+    """The live schema cannot be built from the importable musubi-tuner. `package`: the missing package where an
+    ImportError is the reason (at import, or in one of musubi-tuner's factories), else None."""
+
+    def __init__(self, message: str, package: str | None = None):
+        super().__init__(message)
+        self.package = package
+
+
+def missing_package(e: BaseException | None) -> str | None:
+    """The top-level package an ImportError, or one it was raised from, could not import (musubi-tuner re-raises
+    the ModuleNotFoundError of bitsandbytes as `ImportError("No bitsandbytes")`, which names no module)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ImportError) and e.name:
+            return e.name.split(".")[0]
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def pinned_commit(pyproject: Path = PYPROJECT) -> str:
@@ -128,7 +152,7 @@ def _parser_of(build) -> argparse.ArgumentParser:
         return c.parser
     finally:
         argparse.ArgumentParser.parse_args = original
-    raise RuntimeError(f"{build.__qualname__} did not call parse_args()")
+    raise SchemaError(f"{build.__qualname__} did not call parse_args(): update musubi_workspace.schema")
 
 
 def build_parsers(m: dict) -> dict[str, argparse.ArgumentParser]:
@@ -154,7 +178,7 @@ def _type_name(t) -> str:
         return _TYPES[t]
     if getattr(t, "__name__", "") == "_int_or_float":
         return "int_or_float"
-    raise ValueError(f"unknown argparse type {t!r}: give it a name in musubi_workspace.schema")
+    raise SchemaError(f"unknown argparse type {t!r}: give it a name in musubi_workspace.schema")
 
 
 def _json_value(v):
@@ -210,7 +234,7 @@ def _validator_name(v) -> str:
         return f"list[{simple[v[0]]}]"
     if isinstance(v, functools.partial) and v.args == (int,) and "scalar_or_twodim" in v.func.__name__:
         return "int_or_pair"
-    raise ValueError(f"unknown dataset validator {v!r}: give it a name in musubi_workspace.schema")
+    raise SchemaError(f"unknown dataset validator {v!r}: give it a name in musubi_workspace.schema")
 
 
 def describe_dataset(config_utils) -> dict:
@@ -267,6 +291,7 @@ class _Factories:
         self.base = sys.modules[self.cls.get_lr_scheduler.__module__]  # training/trainer_base.py, as imported
         self.trainer = self.cls.__new__(self.cls)  # the factories read only their arguments
         self.parser = build_parsers(m)["fpack_train_network"]
+        self.failure: Exception | None = None  # the exception behind the last error returned
 
     def args(self, **values) -> argparse.Namespace:
         a = self.parser.parse_args([])
@@ -282,6 +307,7 @@ class _Factories:
         try:
             optimizer = self.trainer.get_optimizer(self.args(optimizer_type=name, learning_rate=1e-4), self.params())[2]
         except Exception as e:  # noqa: BLE001 - any failure of musubi-tuner's factory is the answer
+            self.failure = e
             return "build: " + _error(e)
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -313,9 +339,9 @@ def describe_names(m: dict) -> dict:
         builtin = sorted({n.lower() for n in re.findall(r'optimizer_type == "(\w+)"\.lower\(\)', opt_src)})
         for name in builtin:
             if (err := f.optimizer_error(name)) is not None:
-                raise RuntimeError(
-                    f"get_optimizer's own name {name!r} fails here ({err}): update musubi_workspace.schema"
-                )
+                package = missing_package(f.failure) if err.startswith("build: ") else None
+                fix = "" if package else ": update musubi_workspace.schema"
+                raise SchemaError(f"get_optimizer's own name {name!r} fails here: {err}{fix}", package)
         torch_optim, fails_at_step = [], {}
         optim = f.torch.optim
         for name in sorted(n for n in dir(optim) if isinstance(getattr(optim, n), type)):
@@ -387,7 +413,11 @@ def installed_commit() -> str | None:
 def build_schema(commit: str | None = None) -> dict:
     """The schema of the importable musubi-tuner, recorded under `commit` (default: pyproject's pin, which must
     match the installed musubi-tuner's commit where that is known; without a pyproject, the installed commit)."""
-    m = import_musubi()
+    try:
+        m = import_musubi()
+    except ImportError as e:
+        package = missing_package(e)
+        raise SchemaError(f"importing musubi_tuner fails: {_error(e)}", package) from e
     if commit is None:
         installed = installed_commit()
         commit = pinned_commit() if PYPROJECT.is_file() else installed
@@ -425,7 +455,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(DATA), help=f"where to write it (default: {DATA})")
     p.add_argument("--commit", default=None, help="commit to record (default: pyproject's [tool.uv.sources] rev)")
     args = p.parse_args(argv)
-    out = write_schema(args.out, args.commit)
+    try:
+        out = write_schema(args.out, args.commit)
+    except SchemaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

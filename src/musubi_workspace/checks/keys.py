@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from musubi_workspace.checks.findings import MACHINE
 from musubi_workspace.checks.values import check_values
 from musubi_workspace.config import WORKSPACE_TABLE, key_line, suggest
+from musubi_workspace.errors import WorkspaceError
 
 if TYPE_CHECKING:
     from musubi_workspace.checks.findings import Context
@@ -30,23 +34,46 @@ REQUIRED = {
 }
 
 
-def musubi_schema(ws: Workspace) -> dict:
+def musubi_schema(ws: Workspace, warn: Callable[[str, str], None] | None = None) -> dict:
     """The committed schema, or, where another musubi-tuner than the pinned one is installed, its live parsers
-    (built once per installed commit and kept under .cache/ws, since building imports torch)."""
+    (built once per installed commit and kept under .cache/ws, since building imports torch).
+
+    Where the live schema cannot be built (a package musubi-tuner needs is missing, schema.SchemaError): for a
+    musubi-tuner that records no commit (a source tree on PYTHONPATH, as on a pod), `warn(where, line)` says so and
+    the committed schema is used; for one whose commit is known and differs, the committed schema would describe
+    another musubi-tuner, so it stops in one line.
+    """
     from musubi_workspace import schema
 
     committed = schema.load_schema()
-    if importlib.util.find_spec("musubi_tuner") is None:
+    spec = importlib.util.find_spec("musubi_tuner")
+    if spec is None:
         return committed
     installed = schema.installed_commit()
-    if installed == committed.get("musubi_tuner_commit"):
+    pinned = str(committed.get("musubi_tuner_commit", "?"))
+    if installed == pinned:
         return committed
     kept = ws.root / ".cache" / "ws" / f"musubi-schema-{installed}.json" if installed else None
     if kept is not None and kept.exists():
         return json.loads(kept.read_text(encoding="utf-8"))
     try:
         live = schema.build_schema(commit=installed or "unknown")
-    except ImportError:
+    except schema.SchemaError as e:
+        where = ws.rel(Path(next(iter(spec.submodule_search_locations or []), spec.origin or "musubi_tuner")))
+        why = f"`{e.package}` is not installed ({e})" if e.package else str(e)
+        fix = f"install {e.package}" if e.package else "install the pinned musubi-tuner (`uv sync --extra train`)"
+        if installed:
+            raise WorkspaceError(
+                f"{where}: musubi-tuner {installed[:7]} is installed, the committed schema is of {pinned[:7]}, and "
+                f"this one's cannot be built here: {why}; {fix}, or install musubi-tuner {pinned[:7]}"
+            ) from None
+        if warn is not None:
+            warn(
+                where,
+                f"the option schema of this musubi-tuner (no recorded commit) cannot be built here: {why}; "
+                f"checked against the committed schema (musubi-tuner {pinned[:7]}) instead: {fix} to check against "
+                "this one",
+            )
         return committed
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +82,9 @@ def musubi_schema(ws: Workspace) -> dict:
 
 
 def schema_of(ctx: Context) -> dict:
-    return ctx.memo("schema", lambda: musubi_schema(ctx.cfg.ws))
+    return ctx.memo(
+        "schema", lambda: musubi_schema(ctx.cfg.ws, lambda where, line: ctx.report.warn(where, line, kind=MACHINE))
+    )
 
 
 def _number(value: Any) -> bool:
