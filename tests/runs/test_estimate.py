@@ -107,8 +107,12 @@ def test_check_estimates_from_the_bench_table_and_names_a_faster_setting(ready):
     assert speed_lines(r) == [
         "time and cost on NVIDIA H200: training: 1000 steps x 19.87 s/step = 5h31m (s/step from "
         "bench/nvidia-h200_v1.runs.json (`current`, 1 measurement(s), random weights, no sampling or saving))",
+        # configs/v1's validation set: step 0, the 10 saves (every 100 steps, the cadence too), the end scored once
+        # each; 2 items x 5 timesteps; 19.87 / (3 x 16) s a forward
+        "  validation: 11 passes (step 0, every 100 steps, each save, the end) x 2 item(s) x 5 timestep(s) = 110 "
+        "forwards x 0.414 s = 46s (an item's forward taken as a third of its share of a training step of batch 16)",
         "  sampling, saving and start-up: not included (no finished earlier run of this version on this GPU to take them from)",
-        "  estimate: 5h31m, $13.80 at $2.5/h ([workspace] price_per_hour), training steps only",
+        "  estimate: 5h31m, $13.83 at $2.5/h ([workspace] price_per_hour), training steps and validation only",
         "faster: NVIDIA H200: `swap0+compile` measured 1.50x faster than this version's setting (13.29 against 19.87 "
         "s/step, same numbers) in bench/nvidia-h200_v1.runs.json: set blocks_to_swap = 0, compile = true in configs/v1/config.toml",
     ]
@@ -174,13 +178,16 @@ def test_train_prints_the_estimate_keeps_it_in_run_json_and_make_runs_shows_both
     with_table(cached)
     r = cached.make("train", "AUTO_STOP=0", env={**H200, "STANDIN_STEPS": "4"})
     assert r.returncode == 0, r.stderr
-    assert "  estimate: 5h31m, $13.80 at $2.5/h ([workspace] price_per_hour), training steps only" in r.stderr
+    assert "  estimate: 5h31m, $13.83 at $2.5/h ([workspace] price_per_hour), training steps and validation only" in (
+        r.stderr
+    )
     (rec,) = records(cached, "train")
-    assert rec["estimate"]["total_s"] == 19870 and rec["estimate"]["usd"] == 13.8
+    est = rec["estimate"]
+    assert est["total_s"] == 19916 and est["validation_s"] == 46 and est["usd"] == 13.83  # 19870 s of steps + 46 s
     assert rec["estimate"]["source"].startswith("bench/nvidia-h200_v1.runs.json")
     assert rec["estimate"]["gpu"] == "NVIDIA H200" and rec["cost_usd"] is not None
     train_row = cached.make("runs").stdout.splitlines()[-1]
-    assert train_row.split()[-2:] == ["5h31m", "$13.80"]
+    assert train_row.split()[-2:] == ["5h31m", "$13.83"]
 
 
 def test_this_versions_earlier_run_comes_before_the_bench_table(cached):
@@ -200,10 +207,33 @@ def test_this_versions_earlier_run_comes_before_the_bench_table(cached):
         f"{lines[0].split(' = ')[1].split(' ')[0]} (s/step from this version's run {rec['id']} "
         f"(NVIDIA H200, same config.toml and dataset.toml))"
     )
-    assert lines[1].startswith("  sampling, saving and start-up: ")
-    assert lines[1].endswith(f"(run {rec['id']}: its wall time less its steps, scaled to 1000 steps)")
-    assert "training steps only" not in lines[2]
+    assert lines[1].startswith("  validation: 11 passes ")  # from the earlier run's s/step too
+    assert lines[2].startswith("  sampling, saving and start-up: ")
+    assert lines[2].endswith(f"(run {rec['id']}: its wall time less its steps, scaled to 1000 steps)")
+    assert "only" not in lines[3]
     # Another GPU, or a changed config, does not count the run.
     assert speed_lines(cached.tool("check"))[0].startswith("time and cost on NVIDIA H100 80GB HBM3: no measurement")
     edit(cached, "configs/v1/config.toml", learning_rate=1e-4)
     assert "bench/nvidia-h200_v1.runs.json" in speed_lines(cached.tool("check", env=H200))[0]
+
+
+def test_the_validation_passes_follow_the_cadence_and_leave_without_a_set(ready):
+    with_table(ready)
+    config = ready.read("configs/v1/config.toml")
+    ready.write(
+        "configs/v1/config.toml",
+        config.replace(
+            '\nvalidation = "validation/dataset.toml"\n',
+            '\nvalidation = "validation/dataset.toml"\nvalidation_every_n_steps = 25\nvalidation_timesteps = [0.5]\n',
+        ),
+    )
+    lines = speed_lines(ready.tool("check", env=H200))
+    # step 0, then steps 25, 50, ... 1000 (the saves at every 100 among them): 41 passes x 2 items x 1 timestep
+    assert lines[1].startswith(
+        "  validation: 41 passes (step 0, every 25 steps, each save, the end) x 2 item(s) x 1 timestep(s) = 82 "
+        "forwards x 0.414 s = 34s"
+    )
+    ready.write("configs/v1/config.toml", config.replace('\nvalidation = "validation/dataset.toml"\n', "\n"))
+    lines = speed_lines(ready.tool("check", env=H200))
+    assert not [l for l in lines if "validation" in l]
+    assert lines[2] == "  estimate: 5h31m, $13.80 at $2.5/h ([workspace] price_per_hour), training steps only"

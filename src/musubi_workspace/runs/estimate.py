@@ -3,7 +3,8 @@
 `make check` (after its verdict) and the start of `make train` say what the run will take on this GPU:
 steps x s/step, from this version's own earlier runs with the same config.toml and dataset.toml on the same GPU
 (runs/<version>/*/run.json) when there are any, else from the committed bench tables (bench/*.runs.json) for the
-same GPU, workload shape and setting; plus sampling, saving and start-up as the earlier run spent them (its wall
+same GPU, workload shape and setting; plus the validation passes (`[workspace] validation`, from the same
+s/step: `validation_cost`); plus sampling, saving and start-up as the earlier run spent them (its wall
 time less its steps), scaled to this run's steps, or "not included" without an earlier run. Dollars are the total
 at `[workspace] price_per_hour`. Each figure names its source; without a measurement it says so.
 
@@ -138,9 +139,13 @@ def estimate(cfg: Config, gpu: str | None, gpus: int = 1) -> Estimate:
         files = sorted({cfg.ws.rel(path) for path, _, _ in rows})
         source = f"{', '.join(files)} (`{rows[0][2].name}`, {len(rows)} measurement(s), random weights, no sampling or saving)"
     train_s = steps * sps
-    total = train_s + (overhead or 0.0)
+    validation = validation_cost(cfg, steps, sps, gpus)
+    val_s = validation[0] if validation else 0.0
+    total = train_s + val_s + (overhead or 0.0)
     usd = total / 3600 * price
     est.lines.append(f"training: {steps} steps x {sps:.2f} s/step = {duration(train_s)} (s/step from {source})")
+    if validation:
+        est.lines.append(validation[1])
     if overhead is not None:
         est.lines.append(f"sampling, saving and start-up: {duration(overhead)} ({overhead_src})")
     else:
@@ -149,7 +154,7 @@ def estimate(cfg: Config, gpu: str | None, gpus: int = 1) -> Estimate:
         )
     est.lines.append(
         f"estimate: {duration(total)}, ${usd:.2f} at ${price:g}/h ([workspace] price_per_hour)"
-        + ("" if overhead is not None else ", training steps only")
+        + ("" if overhead is not None else f", training steps{' and validation' if validation else ''} only")
     )
     est.data.update(
         seconds_per_step=round(sps, 3),
@@ -160,7 +165,55 @@ def estimate(cfg: Config, gpu: str | None, gpus: int = 1) -> Estimate:
         total_s=round(total),
         usd=round(usd, 2),
     )
+    if validation:
+        est.data["validation_s"] = round(val_s)
     return est
+
+
+# A validation pass scores each item at each timestep with one forward of the DiT and no backward. A training step
+# of `batch` items is taken as three forwards of each (the backward costs about two), so one item's forward is a
+# third of its share of a step: s_per_step / (3 x batch). (Gradient checkpointing's recompute would make it a
+# quarter; the third errs on the side of cost.)
+FORWARD_SHARE = 1 / 3
+
+
+def validation_cost(cfg: Config, steps: int, sps: float, gpus: int = 1) -> tuple[float, str] | None:
+    """(seconds, line) of the run's validation passes (`[workspace] validation`), None without a set.
+
+    Passes: step 0, then each step the trainer scores (validation/trainer.py): every validation_every_n_steps,
+    each save (save_every_n_steps) and the last step, a step that is several of these scored once."""
+    if not cfg.settings.validation:
+        return None
+    from musubi_workspace import dataset as dataset_model
+    from musubi_workspace.commands import process_count, validation_every
+    from musubi_workspace.tune import dataset_values
+
+    try:
+        f = dataset_model.read(cfg.ws, cfg.ws.resolve(cfg.settings.validation))
+        items = sum(len(dataset_model.items(cfg.ws, d).items) for d in f.datasets)
+        _, batch, _ = dataset_values(cfg)
+    except WorkspaceError as e:
+        return 0.0, f"validation: not included ({e.message})"
+    every = validation_every(cfg)
+    save = cfg.get("save_every_n_steps")
+    save = save if isinstance(save, int) and not isinstance(save, bool) and save > 0 else 0
+    scored = (
+        {steps}
+        | set(range(every, steps + 1, every) if every else ())
+        | set(range(save, steps + 1, save) if save else ())
+    )
+    passes = 1 + len(scored)
+    share = -(-items // process_count(cfg, gpus))  # each process scores its share of the items
+    timesteps = len(cfg.settings.validation_timesteps)
+    forwards = passes * share * timesteps
+    per = sps * FORWARD_SHARE / max(1, batch)
+    seconds = forwards * per
+    cadence = f"every {every} steps, " if every else ""
+    return seconds, (
+        f"validation: {passes} passes (step 0, {cadence}each save, the end) x {share} item(s) x {timesteps} "
+        f"timestep(s) = {forwards} forwards x {per:.3g} s = {duration(seconds)} (an item's forward taken as a third "
+        f"of its share of a training step of batch {batch})"
+    )
 
 
 def recommendation(cfg: Config, gpu: str, gpus: int = 1) -> str | None:
