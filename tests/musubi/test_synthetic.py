@@ -95,3 +95,23 @@ def test_synthetic_one_frame_caches_load_through_musubis_dataset(musubi, tmp_pat
     assert tuple(batch["llama_vec"].shape) == (2, 512, 4096) and int(batch["llama_attention_mask"][0].sum()) == 77
     assert batch["clean_latent_indices"][0].tolist() == ([0, 10] if no_post else [0, 10, 10])
     assert ("clean_latent_2x_indices" in batch) == (not no_2x)
+
+
+def test_caches_only_makes_a_held_out_set_of_another_seed_and_no_dit(musubi, tmp_path):
+    """`--caches-only` (bench/validation_cost.py's held-out set): the caches of its seed beside the bench's, the
+    DiT neither made nor touched."""
+    from safetensors.torch import load_file
+
+    from musubi_workspace.tune.synthetic import main
+
+    common = ["--folder", str(tmp_path), "--items", "2", "--width", "64", "--height", "96", "--no-post"]
+    assert main([*common, "--seed", "1", "--caches-only", "--device", "cpu"]) == 0
+    assert not list(tmp_path.glob("*.safetensors"))  # no DiT
+    (held,) = tmp_path.glob("cache_64x96_*")
+    assert (held / ".complete").exists() and len(list(held.glob("*_fp.safetensors"))) == 2
+    assert main([*common, "--seed", "0", "--caches-only", "--device", "cpu"]) == 0
+    train = next(p for p in tmp_path.glob("cache_64x96_*") if p != held)
+    name = "synthetic00000_0064x0096_fp.safetensors"
+    a, b = load_file(str(held / name)), load_file(str(train / name))
+    key = next(k for k in a if k.startswith("latents_1x"))
+    assert not (a[key] == b[key]).all()  # another seed: other latents

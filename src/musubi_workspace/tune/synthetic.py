@@ -261,12 +261,13 @@ def write_caches(folder: Path, layout: CacheLayout, items: int, seed: int = 0) -
     return written
 
 
-def make(plan: Plan, device: str = "cuda") -> None:
-    """Make what is missing or stale; print one line per part with its time."""
+def make(plan: Plan, device: str = "cuda", dit: bool = True) -> None:
+    """Make what is missing or stale; print one line per part with its time. `dit=False`: the caches only (a
+    held-out set beside the bench's, of another seed: bench/validation_cost.py), the DiT left as it is."""
     plan.image_dir.mkdir(parents=True, exist_ok=True)
-    if plan.is_ready(caches=False):
+    if dit and plan.is_ready(caches=False):
         print(f"[bench] random DiT: reusing {plan.dit}", flush=True)
-    else:
+    elif dit:
         t = time.time()
         n = write_dit(plan.dit, plan.dit_config, device=device, seed=plan.seed)
         plan.marker(False).write_text(plan.fingerprint(False))
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-4x", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--caches-only", action="store_true", help="make no DiT (a held-out set of another --seed)")
     a = p.parse_args(argv)
     layout = CacheLayout(
         width=a.width,
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     # Two `make bench` processes (one per GPU) may start together: one makes the inputs, the other then reuses them.
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        make(Plan(folder=folder, layout=layout, items=a.items, seed=a.seed), device=a.device)
+        make(Plan(folder=folder, layout=layout, items=a.items, seed=a.seed), device=a.device, dit=not a.caches_only)
     return 0
 
 
