@@ -194,7 +194,8 @@ def report(r: dict) -> str:
         f"{len(r['timesteps'])} timesteps {r['timesteps']}, every {r['every']} steps (WS_VALIDATION_EVERY); the "
         f"shipped set has {fmt(r['shipped_items'], 'd', '?')} items",
         f"- command (both runs): `{r['command']}`; the with-run adds {', '.join(sorted(r['validation_env']))}",
-        f"- runs: without {w['status']} ({w['wall_s']:.0f} s), with {v['status']} ({v['wall_s']:.0f} s)",
+        f"- runs: without {w['status']} ({w['wall_s']:.0f} s), with {v['status']} ({v['wall_s']:.0f} s); their "
+        f"output: {', '.join(r['logs'])}",
         "",
         "| | without validation | with validation |",
         "|---|---|---|",
@@ -322,6 +323,7 @@ def measure(a) -> int:
                 "steps": steps,
                 "records": records.read_series(kept, NAME) if label == "with" else [],
                 "optimizer": str(opts.get("optimizer_type") or "?"),
+                "log": log.name,
             }
         result = summarise(a, ws, cfg, runs, cmd, val_env, batch, resolution, base)
     finally:
@@ -404,6 +406,7 @@ def summarise(a, ws, cfg, runs, cmd, val_env, batch, resolution, base) -> dict:
         "command": " ".join(cmd.argv),
         "env": cmd.env,
         "validation_env": val_env,
+        "logs": [r["log"] for r in runs.values()],
         "runs": {
             label: {
                 "status": r["status"],

@@ -118,6 +118,9 @@ def test_validation_cost_runs_the_trainer_twice_alike_but_for_the_validation_var
     report = out.read_text()
     data = json.loads(out.with_suffix(".json").read_text())
     assert report in r.stdout
+    # Each run's output beside the report, named in it.
+    assert "cost.without.log, cost.with.log" in report
+    assert "musubi_workspace.launch" in (out.parent / "cost.with.log").read_text()
     assert data["runs"]["without"]["status"] == data["runs"]["with"]["status"] == "ok"
     assert data["losses_equal"] == "yes" and "Training loss, equal: **yes**" in report
     assert [row["step"] for row in data["step_table"]] == [1, 2, 3, 4, 5, 6]
