@@ -60,6 +60,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def check(workspace, python: Path, pythonpath: str) -> subprocess.CompletedProcess:
+    from musubi_workspace.example import make_validation_set
+
+    make_validation_set(workspace)  # as `make example` writes it: configs/v1 names it in [workspace] validation
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "VIRTUAL_ENV"))}
     env.update(PYTHONPATH=pythonpath, HOME=str(workspace.root / ".home"), WANDB_MODE="offline")
     before = snapshot(workspace.root)
