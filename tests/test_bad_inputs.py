@@ -746,3 +746,57 @@ def test_day_one_the_clean_example_stays_clean_under_strict(ready):
     """Nothing above fires on the shipped example (no false alarm from the new checks)."""
     r = run(ready, "check", "STRICT=1")
     assert r.returncode == 0 and findings(r) == [], r.stdout
+
+
+# Issue 25: messages that sent a user the wrong way -----------------------------------------------------------------
+
+
+def test_a_dataset_config_naming_a_folder_says_so_and_names_the_file_inside(ready):
+    edit(ready, CFG, 'dataset_config = "configs/v1/dataset.toml"', 'dataset_config = "configs/v1"')
+    check_fails(
+        ready,
+        f"error: {at(ready, CFG, 'dataset_config')}: dataset_config configs/v1 is a folder, not a file: did you "
+        "mean configs/v1/dataset.toml?",
+    )
+
+
+def test_a_dataset_config_naming_a_folder_without_a_dataset_toml_says_it_is_a_folder(ready):
+    edit(ready, CFG, 'dataset_config = "configs/v1/dataset.toml"', 'dataset_config = "datasets"')
+    check_fails(
+        ready,
+        f"error: {at(ready, CFG, 'dataset_config')}: dataset_config datasets is a folder, not a file; name the file "
+        "inside it, or create it (copy configs/v1/dataset.toml) or fix the path",
+    )
+
+
+def test_a_dataset_file_passed_as_the_config_is_named_as_such(ready):
+    r = run(ready, "check", "CONFIG_FILE=configs/v1/dataset.toml")
+    fails_with(
+        r,
+        "error: configs/v1/dataset.toml: is a dataset file ([general]/[[datasets]]), not a training config; use "
+        "configs/v1/config.toml beside it (CONFIG_FILE=configs/v1/config.toml), whose dataset_config names the "
+        "dataset file",
+    )
+    assert "unknown option" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("learning_rate_warmup", "lr_warmup_steps"),
+        ("warmup_steps", "lr_warmup_steps"),
+        ("epochs", "max_train_epochs"),
+        ("train_steps", "max_train_steps"),
+        ("lora_rank", "network_dim"),
+        ("lora_alpha", "network_alpha"),
+        ("lr", "learning_rate"),
+        ("max_train_step", "max_train_steps"),  # a typo: the spelling wins over `step`'s meaning
+    ],
+)
+def test_an_unknown_option_is_matched_by_meaning_before_spelling(ready, key, meant):
+    set_option(ready, f"{key} = 1")
+    check_fails(
+        ready,
+        f"error: {at(ready, CFG, key + ' =')}: unknown option `{key}` (did you mean `{meant}`?); musubi-tuner would "
+        "ignore it silently",
+    )

@@ -105,3 +105,13 @@ def test_diff_needs_two_versions(ws):
     r = ws.tool("diff")
     assert r.returncode == 2
     assert "error: make diff needs two versions; have v1: `make new` creates one" in r.stderr
+
+
+def test_new_points_at_the_dry_run_check_off_the_pod_and_the_full_check_on_it(ws):
+    r = ws.tool("new")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == (
+        "Next: edit configs/v2/config.toml, then `make diff` and `make check DRY_RUN=1 "
+        "CONFIG_FILE=configs/v2/config.toml` (off the pod: models and keys not needed); on the pod, "
+        "`make check CONFIG_FILE=configs/v2/config.toml`."
+    )

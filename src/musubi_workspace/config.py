@@ -310,6 +310,14 @@ class Config:
     def load(cls, ws: Workspace, path: Path) -> Config:
         data, text = load_toml(path, ws)
         where = ws.rel(path)
+        if isinstance(data.get("datasets"), list) or isinstance(data.get("general"), dict):
+            beside = path.parent / "config.toml"
+            use = f"use {ws.rel(beside)} beside it" if beside.is_file() else "pass the version's config.toml"
+            raise WorkspaceError(
+                f"{where}: is a dataset file ([general]/[[datasets]]), not a training config; {use} "
+                f"(CONFIG_FILE={ws.rel(beside) if beside.is_file() else 'configs/vN/config.toml'}), whose "
+                "dataset_config names the dataset file"
+            )
         settings = WorkspaceSettings.from_table(data.get(WORKSPACE_TABLE, {}), where, text)
         return cls(ws=ws, path=path, text=text, data=data, options=flatten(data), settings=settings)
 
@@ -362,6 +370,21 @@ class Config:
     @property
     def dataset_path(self) -> Path:
         return self.require_path("dataset_config", "every target")
+
+
+# The file a path key names inside a folder, where the folder itself was given (`dataset_config = "configs/v2"`).
+INSIDE = {"dataset_config": "dataset.toml", "sample_prompts": "prompts.txt"}
+
+
+def not_a_file(ws: Workspace, path: Path, key: str, fix: str) -> str:
+    """Why `path` (the value of `key`) is not a file: a folder (naming the file inside it, where there is one) or
+    not found."""
+    if not path.is_dir():
+        return f"not found; {fix}"
+    inside = path / INSIDE.get(key, "")
+    if key in INSIDE and inside.is_file():
+        return f"is a folder, not a file: did you mean {ws.rel(inside)}?"
+    return f"is a folder, not a file; name the file inside it, or {fix}"
 
 
 def resolve_config_file(ws: Workspace, value: str, announce=None) -> Path:

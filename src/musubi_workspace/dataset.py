@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from musubi_workspace.config import load_toml
+from musubi_workspace.config import load_toml, not_a_file
 from musubi_workspace.errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -332,6 +332,12 @@ def read(ws: Workspace, path: Path, schema: dict | None = None) -> DatasetFile:
 def load(cfg: Config, schema: dict | None = None) -> DatasetFile:
     """The version's dataset.toml (dataset_config of config.toml)."""
     path = cfg.dataset_path
+    if path.is_dir():
+        fix = "create it (copy configs/v1/dataset.toml) or fix the path"
+        raise WorkspaceError(
+            f"{cfg.where('dataset_config')}: dataset_config {cfg.ws.rel(path)} "
+            f"{not_a_file(cfg.ws, path, 'dataset_config', fix)}"
+        )
     if not path.exists():
         raise WorkspaceError(
             f"{cfg.where('dataset_config')}: dataset_config {cfg.ws.rel(path)} not found; "

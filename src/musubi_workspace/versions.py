@@ -178,7 +178,9 @@ def new_version(ws: Workspace, source: str = "") -> str:
     if not changes:
         print("  (no value named the version; files copied as they are)")
     print(
-        f"Next: edit configs/{target}/config.toml, then `make diff` and `make check CONFIG_FILE=configs/{target}/config.toml`."
+        f"Next: edit configs/{target}/config.toml, then `make diff` and "
+        f"`make check DRY_RUN=1 CONFIG_FILE=configs/{target}/config.toml` (off the pod: models and keys not needed); "
+        f"on the pod, `make check CONFIG_FILE=configs/{target}/config.toml`."
     )
     return target
 

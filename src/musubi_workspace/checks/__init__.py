@@ -24,7 +24,7 @@ from musubi_workspace.checks.keys import check_options
 from musubi_workspace.checks.machine import check_credentials, check_disk
 from musubi_workspace.checks.prompts import check_prompts
 from musubi_workspace.checks.validation import check_validation
-from musubi_workspace.config import Config
+from musubi_workspace.config import Config, not_a_file
 from musubi_workspace.downloads import SHARD_RE
 from musubi_workspace.errors import EXIT_CHECK, WorkspaceError
 from musubi_workspace.model_files import file_problems, tensor_problem
@@ -127,7 +127,7 @@ def check_files(ctx: Context) -> None:
     for key, fix in fixes.items():
         value = cfg.get(key)
         if isinstance(value, str) and value and not ws.resolve(value).is_file():
-            report.error(cfg.where(key), f"{key} {value} not found; {fix}")
+            report.error(cfg.where(key), f"{key} {value} {not_a_file(ws, ws.resolve(value), key, fix)}")
     resume = cfg.get("resume")
     if (
         isinstance(resume, str)

@@ -7,6 +7,7 @@ abbreviations do not apply to a file), and every value must have the option's ty
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 from collections.abc import Callable
@@ -138,6 +139,34 @@ def _entries(cfg) -> list[tuple[str, Any, str | None]]:
     return out
 
 
+# Suggestions by meaning, before spelling: a word of an unknown key -> the option usually meant (in this order,
+# so `lr_warmup` is the warmup, not the learning rate). A near-exact spelling (a typo) still wins.
+ALIASES = (
+    ("warmup", "lr_warmup_steps"),
+    ("epoch", "max_train_epochs"),
+    ("epochs", "max_train_epochs"),
+    ("steps", "max_train_steps"),
+    ("rank", "network_dim"),
+    ("dim", "network_dim"),
+    ("alpha", "network_alpha"),
+    ("lr", "learning_rate"),
+)
+TYPO = 0.9  # difflib ratio above which a spelling is a typo of the option, whatever the words mean
+
+
+def suggest_option(key: str, options) -> str:
+    """` (did you mean `x`?)` for an unknown key: a typo's option, else the option one of its words means
+    (ALIASES), else the closest spelling; "" where nothing is close."""
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=TYPO)
+    if close:
+        return f" (did you mean `{close[0]}`?)"
+    words = set(key.lower().replace("-", "_").split("_"))
+    for word, option in ALIASES:
+        if word in words and option in options and option != key:
+            return f" (did you mean `{option}`?)"
+    return suggest(key, options)
+
+
 def check_options(ctx: Context) -> None:
     """Every key an exact option name, every value of the option's type and among its choices."""
     cfg, report = ctx.cfg, ctx.report
@@ -154,7 +183,7 @@ def check_options(ctx: Context) -> None:
             continue
         spec = options.get(key)
         if spec is None:
-            hint = suggest(key, options) or " (see `python -m musubi_tuner.fpack_train_network --help`)"
+            hint = suggest_option(key, options) or " (see `python -m musubi_tuner.fpack_train_network --help`)"
             report.error(where, f"unknown option `{key}`{hint}; musubi-tuner would ignore it silently")
             continue
         if table is not None:
