@@ -2,16 +2,21 @@
 
 Decoding every image of a dataset is the slow part of a check, so the facts are kept in .cache/ws/images.json
 (git-ignored), keyed by path and looked up again only while the file's size and modification time are unchanged.
+They are written as they come (every SAVE_EVERY seconds, atomically) and when the check is interrupted.
 The hash (SHA-256, the fastest of hashlib's here) is of the decoded RGB pixels (what the model sees; alpha dropped), not of the file's bytes: a PNG saved
 again, or with other compression, is the same content.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,9 @@ FORMAT = 2
 # From this many images to decode on, worker processes (about twice the speed of threads on two cores: part of
 # a decode holds the GIL); below it, threads (no process start-up).
 PROCESSES_FROM = 64
+# While decoding, the facts so far are written this often (seconds), and at Ctrl-C or SIGTERM: a cut-short first
+# check of a large dataset keeps its work, and the next one decodes only the rest.
+SAVE_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,28 @@ def read_facts(path: Path) -> ImageFacts:
             return ImageFacts(rgb.width, rgb.height, h.hexdigest()[:32])
     except Exception as e:  # any decoder failure is a finding about the file, not a bug here
         return ImageFacts(error=f"{e.__class__.__name__}: {e}".splitlines()[0][:160])
+
+
+def _ignore_sigint() -> None:
+    """In a worker: Ctrl-C reaches the whole process group; the check itself stops the pool and keeps the facts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While images are decoded, SIGTERM stops the check as Ctrl-C does (the facts so far are written first)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ImageCache:
@@ -84,14 +114,24 @@ class ImageCache:
             workers = max(1, min(32, os.cpu_count() or 1, len(todo)))
             files = [t[0] for t in todo]
             if len(todo) >= PROCESSES_FROM and workers > 1:
-                pool, kwargs = ProcessPoolExecutor(workers), {"chunksize": max(1, len(todo) // (workers * 8))}
+                pool = ProcessPoolExecutor(workers, initializer=_ignore_sigint)
+                kwargs = {"chunksize": max(1, min(8, len(todo) // (workers * 8)))}
             else:
                 pool, kwargs = ThreadPoolExecutor(workers), {}
-            with pool:
-                for (p, key, size, mtime), f in zip(todo, pool.map(read_facts, files, **kwargs)):
-                    out[p] = f
-                    self.entries[key] = [size, mtime, f.width, f.height, f.digest, f.error]
-            self.dirty = True
+            saved = time.monotonic()
+            with _sigterm_interrupts(), pool:
+                try:
+                    for (p, key, size, mtime), f in zip(todo, pool.map(read_facts, files, **kwargs)):
+                        out[p] = f
+                        self.entries[key] = [size, mtime, f.width, f.height, f.digest, f.error]
+                        self.dirty = True
+                        if time.monotonic() - saved >= SAVE_EVERY:
+                            self.save()
+                            saved = time.monotonic()
+                except BaseException:  # Ctrl-C, SIGTERM: keep what is decoded, drop what is queued
+                    self.save()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
             self.save()
         return out
 
