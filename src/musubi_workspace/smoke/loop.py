@@ -7,14 +7,18 @@ and the smoke's models), and runs the real make targets there, one after another
 
   models      the random models and the tokenizers (made on the GPU, reused when present)
   workspace   the throw-away workspace and `make example`
-  cache       `make cache`: both caching scripts; the cache files by musubi-tuner's names and keys
+  cache       `make cache`: both caching scripts, on the training data and on the held-out validation set
+              (`make example` writes it); the cache files by musubi-tuner's names and keys
   cache again `make cache`: "up to date", nothing run, no file touched
   caption     one caption edited, `make cache`: only the text-encoder script, only that item's file
-  train       `make train` (2 steps: one LoRA save, one state save, one sample; wandb offline; the pod stop)
+  train       `make train` (2 steps: one LoRA save, one state save, one sample; wandb offline; the pod stop), with
+              the validation on: the numbers at step 0, at the save and at the end (the series
+              `<output_name>.validation.jsonl`) and the JSON beside each LoRA
   resume      max_train_steps raised to 4, `make resume`: the 2 steps left; `make cancel-stop` during it:
-              no stop
+              no stop; the JSON beside each resumed LoRA
+  validate    `make validate` on the resumed LoRA: its JSON, by "make validate"
   generate    `make generate`: the prompt with the newest LoRA
-  report      `make report`: the page and its PNGs
+  report      `make report`: the page and its PNGs, the validation plot (validation.png) among them
   runs        `make runs`: every run record complete
 
 After each step it checks the files a user relies on, prints one line with the step's time, and stops at the
@@ -70,6 +74,10 @@ PROMPTS = (
 )
 CACHE_DIR = "cache/v1/example-1f"
 ITEMS = 4
+# The held-out validation set as `make example` writes it and configs/v1 names it ([workspace] validation).
+VALIDATION = "validation/dataset.toml"
+VALIDATION_JSONL = "validation/example-1f/validation.jsonl"
+VALIDATION_CACHE = "cache/validation/example-1f"
 # A runpodctl that records each call (argv, time) and answers as a real one does; nothing is stopped.
 RUNPODCTL = """#!{python}
 import json, sys, time
@@ -246,6 +254,9 @@ class Smoke:
         jsonl = self.scratch / "datasets" / "example-1f" / "train.jsonl"
         if not jsonl.is_file():
             raise StepFailed(f"`make example` wrote no {jsonl}")
+        for path in (VALIDATION, VALIDATION_JSONL):
+            if not (self.scratch / path).is_file():
+                raise StepFailed(f"`make example` wrote no validation set {self.rel(self.scratch / path)}")
         notes = "".join(f"; {n}" for n in self.notes)
         return f"{self.rel(self.scratch)} (configs/v1 from {self.ws.rel(src)} with the smoke's models and steps{notes})"
 
@@ -285,6 +296,11 @@ class Smoke:
         )
         doc.setdefault("output_name", "smoke")
         table = doc.setdefault("workspace", tomlkit.table())
+        # The validation on, with the held-out set `make example` writes (as configs/v1 ships it), at its default
+        # cadence (save_every_n_steps) and timesteps.
+        table["validation"] = VALIDATION
+        for key in ("validation_every_n_steps", "validation_timesteps"):
+            table.pop(key, None)
         if str(table.get("generate_attn_mode", "sdpa")).startswith("sage") and find_spec("sageattention") is None:
             table["generate_attn_mode"] = "sdpa"
             self.notes.append("generate_attn_mode sdpa: sageattention is not installed")
@@ -316,8 +332,27 @@ class Smoke:
             if names != sorted(s + suffix for s in stems):
                 raise StepFailed(f"cache file names {names} are not musubi-tuner's for the items {stems}")
         self.check_cache_keys(latents, te)
+        n = self.check_validation_cache()
         extra = self.load_with_musubi(log)
-        return f"{ITEMS} latent + {ITEMS} text-encoder caches, keys as musubi-tuner writes them{extra}"
+        return (
+            f"{ITEMS} latent + {ITEMS} text-encoder caches, keys as musubi-tuner writes them; the validation set's "
+            f"{n} + {n} in {VALIDATION_CACHE}{extra}"
+        )
+
+    def check_validation_cache(self) -> int:
+        """The held-out set cached by the same `make cache`, one latent and one text-encoder file per item."""
+        path = self.scratch / VALIDATION_JSONL
+        stems = sorted(Path(json.loads(l)["image_path"]).stem for l in path.read_text().splitlines() if l.strip())
+        d = self.scratch / VALIDATION_CACHE
+        for suffix in ("_0512x0768_fp.safetensors", "_fp_te.safetensors"):
+            names = sorted(p.name for p in d.glob(f"*{suffix}"))
+            want = sorted(s + suffix for s in stems)
+            if not stems or names != want:
+                raise StepFailed(
+                    f"{self.rel(d)}: the validation set's cache files {names}, expected {want} (one per item of "
+                    f"{VALIDATION_JSONL}): `make cache` did not cache the validation set"
+                )
+        return len(stems)
 
     def check_cache_keys(self, latents: list[Path], te: list[Path]) -> None:
         from musubi_workspace.tune.synthetic import CacheLayout
@@ -432,6 +467,24 @@ class Smoke:
             f"{len(loras)} LoRAs (lora_unet_ keys), 2 states, {samples} sample(s), tensorboard logs, {wandb}, "
             f"pod stopped once after training ({self.processes()})"
         )
+
+    def check_beside(self, loras: list[Path], by: str) -> list:
+        """The validation JSON beside each LoRA, written by `by`, naming that LoRA."""
+        from musubi_workspace.validation import records
+
+        found = []
+        for lora in loras:
+            r = records.read_beside(lora)
+            path = self.rel(records.json_path(lora))
+            if r is None:
+                raise StepFailed(f"no validation JSON beside {lora.name}: {path} is missing or does not read")
+            if r.by != by or r.lora != lora.name or not r.loss > 0:
+                raise StepFailed(
+                    f"{path}: by {r.by!r}, lora {r.lora!r}, loss {r.loss}; expected by {by!r}, lora {lora.name!r}, "
+                    f"a loss > 0"
+                )
+            found.append(r)
+        return found
 
     def processes(self) -> str:
         from musubi_workspace.commands import process_count
@@ -561,6 +614,31 @@ class Smoke:
             raise StepFailed("runpodctl was called after `make cancel-stop`: the pod would have stopped")
         return f"the {left} steps left from step {TRAIN_STEPS}, files {name}-resume{TRAIN_STEPS}-…; cancelled stop: not called"
 
+    def step_validate(self, log: Path) -> str:
+        """`make validate` on the resumed LoRA: the JSON beside it, by "make validate" (training's is replaced)."""
+        from musubi_workspace.validation import records
+
+        if not self.has_target("validate"):
+            return "skipped: this workspace's Makefile has no `validate` target (not checked)"
+        name = self.config()["output_name"]
+        lora = self.out / f"{name}-resume{TRAIN_STEPS}.safetensors"
+        self.make(log, "validate", f"LORA={self.rel_scratch(lora)}")
+        (r,) = self.check_beside([lora], "make validate")
+        trained = records.read_beside(self.out / f"{name}.safetensors")
+        if trained is not None and r.set != trained.set:
+            raise StepFailed(
+                f"{self.rel(records.json_path(lora))}: validation set {r.set}, not the training's ({trained.set})"
+            )
+        ratio = f", ratio {r.ratio:.3g} to step 0" if r.ratio is not None else ""
+        return f"{lora.name}: validation loss {r.loss:.4g} at step {r.step}{ratio} ({r.items} item(s))"
+
+    def has_target(self, target: str) -> bool:
+        text = (self.scratch / "Makefile").read_text(errors="replace")
+        return re.search(rf"^{re.escape(target)}:", text, re.M) is not None
+
+    def rel_scratch(self, path: Path) -> str:
+        return str(path.relative_to(self.scratch))
+
     def step_generate(self, log: Path) -> str:
         self.make(log, "generate")
         run = self.check_run(self.records("generate")[-1], None)
@@ -585,7 +663,11 @@ class Smoke:
         n = self.check_images(out, "report")
         if not list(out.glob("samples_*.png")):
             raise StepFailed(f"no sample grid (samples_NN.png) in {self.rel(out)}")
-        return f"index.html and {n} PNGs"
+        if find_spec("musubi_workspace.report.validation") is None:
+            return f"index.html and {n} PNGs; validation plot skipped: this `make report` draws none (not checked)"
+        if not (out / "validation.png").is_file():
+            raise StepFailed(f"no validation plot {self.rel(out / 'validation.png')} (the run has validation numbers)")
+        return f"index.html and {n} PNGs (the validation plot validation.png among them, decoded)"
 
     def step_runs(self, log: Path) -> str:
         out = self.make(log, "runs")
@@ -605,6 +687,8 @@ class Smoke:
             earlier += 1
         targets = sorted(read_json(p).get("target") for p in ok)
         want = sorted(["cache", "cache", "train", "resume", "generate"])
+        if "validate" in targets and self.has_target("validate"):  # `make validate` records a run where it does
+            want = sorted([*want, "validate"])
         if targets != want:
             raise StepFailed(f"run records for {targets}, expected {want}")
         return f"{len(ok)} run records complete and listed" + (
@@ -627,7 +711,7 @@ class Smoke:
                 continue
             removed.append(self.rel(path))
         for rec in self.records():
-            if read_json(rec).get("target") in ("train", "resume", "generate"):
+            if read_json(rec).get("target") in ("train", "resume", "validate", "generate"):
                 shutil.rmtree(rec.parent)
                 removed.append(self.rel(rec.parent))
         path = self.scratch / "configs" / "v1" / "config.toml"
@@ -646,6 +730,7 @@ STEPS = (
     ("caption", Smoke.step_caption),
     ("train", Smoke.step_train),
     ("resume", Smoke.step_resume),
+    ("validate", Smoke.step_validate),
     ("generate", Smoke.step_generate),
     ("report", Smoke.step_report),
     ("runs", Smoke.step_runs),
