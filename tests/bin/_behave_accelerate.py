@@ -21,6 +21,9 @@ musubi-tuner's training loop as far as the workspace can see it, per environment
                                `{logging_dir}/{log_prefix}{local time}/{log_tracker_name}/`, and one-frame samples
                                `{output_dir}/sample/{output_name}_{tag}_{NN}_{local time}_{seed}_000.png` for every
                                prompt (sample_at_first, sample_every_n_steps), steps counted from 0 in a resumed run
+  WS_VALIDATION=<dataset.toml> the validation loss as `musubi_workspace.launch` writes it (the series, the JSON
+                               beside each LoRA; numbers and knobs in `_standin_validation.py`)
+`-m musubi_workspace.validation.offline ...` (`make validate`) writes the JSON beside each `--lora` at once.
 
 Progress goes to stderr the way tqdm draws it (`steps:  12%|...| 120/1000 [00:06<00:46,  0.05s/it,
 avr_loss=0.0832]`, redrawn with carriage returns). With save_every_n_steps / save_state in the config it
@@ -104,6 +107,10 @@ def behave(argv: list[str]) -> int | None:
         from _behave_tune import behave as probe
 
         return probe(argv)
+    if "musubi_workspace.validation.offline" in argv:  # `make validate`
+        from _standin_validation import offline
+
+        return offline(argv[argv.index("-m") + 2 :])
     if os.environ.get("STANDIN_WAIT_FOR"):
         deadline = time.monotonic() + float(os.environ.get("STANDIN_WAIT_SECONDS", "60"))
         while not os.path.exists(os.environ["STANDIN_WAIT_FOR"]) and time.monotonic() < deadline:
@@ -138,6 +145,11 @@ def behave(argv: list[str]) -> int | None:
     outputs = _Outputs(cfg, name) if os.environ.get("STANDIN_OUTPUTS") == "1" or _real() else None
     if outputs:
         outputs.sample("e000000", first=True)
+    validation = None
+    if os.environ.get("WS_VALIDATION"):
+        from _standin_validation import Training
+
+        validation = Training(cfg, name, out, total, offset, every)
     for n in range(1, steps + 1):
         time.sleep(spi)
         loss = 0.05 + 0.15 * 0.97 ** (n + offset)
@@ -147,9 +159,13 @@ def behave(argv: list[str]) -> int | None:
             outputs.step(n, loss)
             if cfg.get("sample_every_n_steps") and n % cfg["sample_every_n_steps"] == 0:
                 outputs.sample(f"{n:06d}")
+        if validation:
+            validation.after_step(n)
         if every and n % every == 0:
             out.mkdir(parents=True, exist_ok=True)
             _save_lora(out / f"{name}-step{n:08d}.safetensors")
+            if validation:
+                validation.saved(n, out / f"{name}-step{n:08d}.safetensors")
             if save_state:
                 print(f"\nINFO saving state at step {n}", flush=True)
                 _save_state(out / f"{name}-step{n:08d}-state")
@@ -180,6 +196,8 @@ def behave(argv: list[str]) -> int | None:
             else:
                 (out / f"{name}-state").mkdir(exist_ok=True)
         _save_lora(out / f"{name}.safetensors")
+        if validation:
+            validation.saved(steps, out / f"{name}.safetensors")
         print("INFO model saved.", flush=True)
     if os.environ.get("STANDIN_UPLOAD_SECONDS"):
         _upload_child(float(os.environ["STANDIN_UPLOAD_SECONDS"]))
