@@ -270,7 +270,7 @@ def test_no_data_anywhere_says_what_to_do(ws):
     r = ws.tool("report")
     assert r.returncode != 0
     assert error_line(r) == (
-        "error: no tensorboard logs or samples to report for v1 (looked in v1 (outputs/v1/logs, outputs/v1/sample)); "
+        "error: no tensorboard logs, samples or validation numbers to report for v1 (looked in v1 (outputs/v1/logs, outputs/v1/sample)); "
         "train first (`make train`) or copy the pod's output folders here"
     )
 

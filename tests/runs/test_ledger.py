@@ -167,13 +167,17 @@ def test_make_runs_prints_a_table(ready):
         "steps",
         "last",
         "loss",
+        "best",
+        "val",
+        "loss",
         "cost",
         "estimated",
     ]
-    assert cache.split()[1:4] == ["v1", "cache", "succeeded"] and cache.split()[5:] == ["-", "-", "$0.00", "-"]
+    assert cache.split()[1:4] == ["v1", "cache", "succeeded"] and cache.split()[5:] == ["-", "-", "-", "$0.00", "-"]
     assert re.fullmatch(r"\d+s", cache.split()[4])
     assert train.split()[1:4] == ["v1", "train", "failed"]
-    assert train.split()[5:] == ["4/1000", f"{0.05 + 0.15 * 0.97**4:.4g}", "$0.00", "-"]  # no measurement: no estimate
+    # no validation set here: no best val loss; no measurement: no estimate
+    assert train.split()[5:] == ["4/1000", f"{0.05 + 0.15 * 0.97**4:.4g}", "-", "$0.00", "-"]
 
 
 def test_no_secret_reaches_argv_output_log_or_run_json(cached):

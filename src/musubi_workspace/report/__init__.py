@@ -39,6 +39,7 @@ from musubi_workspace.config import Config
 from musubi_workspace.errors import WorkspaceError
 from musubi_workspace.paths import Workspace
 from musubi_workspace.report import curves, samples
+from musubi_workspace.report import validation as val
 from musubi_workspace.report.curves import Line, Series
 from musubi_workspace.report.samples import Sample
 
@@ -66,10 +67,11 @@ class VersionData:
     def __post_init__(self) -> None:
         self.label = self.label or self.version
         self.key = self.key or self.version
+    validation: val.Validation | None = None  # the validation numbers (report/validation.py), None without any
 
     @property
     def has_data(self) -> bool:
-        return bool(self.runs or self.samples)
+        return bool(self.runs or self.samples or self.validation)
 
 
 def parse_versions(ws: Workspace, value: str) -> list[str]:
@@ -179,6 +181,11 @@ def gather_era(
     if d.sample_dir:
         d.samples = samples.find_samples(label, d.sample_dir, str(cfg.get("output_name") or ""))
     d.prompts = prompt_texts(cfg)
+    if era.until is None:  # the version's numbers, once: with its current run (the JSON lies beside its LoRAs)
+        from musubi_workspace.validation.scored import points
+
+        found = points(cfg)
+        d.validation = val.Validation(version, found) if found.by_step else None
     place_resumed_runs(ws, version, d.runs, d.samples)
     d.lines = curves.join(d.runs)
     continues = next((k for k in curves.CONTINUES_FROM if cfg.get(k)), "")
@@ -257,7 +264,7 @@ def report(ws: Workspace, versions: str = "") -> Path:
     if not any(d.has_data for d in data):
         looked = "; ".join(where_looked(ws, d) for d in data)
         raise WorkspaceError(
-            f"no tensorboard logs or samples to report for {', '.join(names)} (looked in {looked}); "
+            f"no tensorboard logs, samples or validation numbers to report for {', '.join(names)} (looked in {looked}); "
             f"train first (`make train`) or copy the pod's output folders here"
         )
     if not versions.strip():
@@ -274,6 +281,8 @@ def report(ws: Workspace, versions: str = "") -> Path:
         curves.plot_loss(lines, out / "loss.png")
         curves.plot_lr(lines, out / "lr.png")
         written += ["loss.png", "lr.png"]
+    validated = [d.validation for d in data if d.validation]
+    written += val.write(validated, out)
     grids = sample_grids(data)
     for prompt, grid in grids.items():
         name = f"samples_{prompt:02d}.png"
@@ -290,7 +299,8 @@ def report(ws: Workspace, versions: str = "") -> Path:
         written.append(name)
     copied = copy_full_size(data, out / FULL_SIZE)
     page = out / "index.html"
-    page.write_text(render_html(ws, data, grids, out, copied), encoding="utf-8")
+    skipped = [val.skipped_line(d.version) for d in data if not d.validation and d.key == d.version]
+    page.write_text(render_html(ws, data, grids, out, copied, skipped), encoding="utf-8")
 
     print(f"report: {', '.join(d.label for d in data)}")
     for d in data:
@@ -298,6 +308,10 @@ def report(ws: Workspace, versions: str = "") -> Path:
     for line in lines:
         for flag in line.flags:
             print(f"flag: {line.label}: {flag}")
+    for v in validated:
+        print(val.best_line(v))
+    for line in skipped:
+        print(line)
     print(f"wrote {ws.rel(page)} ({', '.join(written) or 'no PNGs: no data to plot'}); open it in a browser")
     return page
 
@@ -429,7 +443,12 @@ img.plot { display: block; width: 100%; max-width: 1000px; height: auto; }
 
 
 def render_html(
-    ws: Workspace, data: list[VersionData], grids: dict[int, Grid], out: Path, links: dict[Path, str]
+    ws: Workspace,
+    data: list[VersionData],
+    grids: dict[int, Grid],
+    out: Path,
+    links: dict[Path, str],
+    skipped: list[str] = (),
 ) -> str:
     e = html.escape
     lines = [line for d in data for line in d.lines]
@@ -483,6 +502,8 @@ def render_html(
             "<h2>Learning rate</h2>",
             f'<img class="plot" width="{w}" height="350" src="{png_uri(out / "lr.png")}" alt="learning rate by step: {e(legend)}">',
         ]
+
+    parts += val.html_section([d.validation for d in data if d.validation], list(skipped), lambda n: png_uri(out / n))
 
     parts.append("<h2>Samples</h2>")
     if not grids:

@@ -346,7 +346,7 @@ def runs_table(ws: Workspace) -> list[str]:
     runs = load_runs(ws)
     if not runs:
         return ["no runs yet (runs/ is empty): `make cache`, `make train` and `make generate` record theirs"]
-    head = ("run", "version", "target", "status", "duration", "steps", "last loss", "cost", "estimated")
+    head = ("run", "version", "target", "status", "duration", "steps", "last loss", "best val loss", "cost", "estimated")
     rows = [head]
     for r in runs:
         p = r.get("progress") or {}
@@ -368,12 +368,54 @@ def runs_table(ws: Workspace) -> list[str]:
                 duration(secs) if secs is not None else "-",
                 steps,
                 loss,
+                best_validation(ws, r),
                 f"${cost:.2f}" if cost is not None else "-",
                 estimated,
             )
         )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def best_validation(ws: Workspace, r: dict) -> str:
+    """`0.06123 @ 600`: the lowest validation loss of a LoRA the run saved (train, resume: the series lines written
+    while it ran) or scored (validate: its record's `validation`), at the version's true step (a resumed run's
+    steps go on from its state's); `-` where there is none."""
+    found = validation_points(ws, r)
+    if not found:
+        return "-"
+    loss, step = min(found)
+    return f"{loss:.4g} @ {step}"
+
+
+def validation_points(ws: Workspace, r: dict) -> list[tuple[float, int]]:
+    """(loss, true step) of each LoRA the run saved or scored with a validation loss."""
+    if r.get("target") == "validate":
+        return [(v["loss"], v["step"]) for v in r.get("validation") or [] if isinstance(v, dict) and "loss" in v]
+    if r.get("target") not in ("train", "resume") or not r.get("output_name"):
+        return []
+    from musubi_workspace.config import tomllib
+    from musubi_workspace.validation import records
+
+    try:
+        output_dir = tomllib.loads(((r.get("files") or {}).get("config") or {}).get("text") or "").get("output_dir")
+    except ValueError:
+        return []
+    if not isinstance(output_dir, str):
+        return []
+    start = r.get("started_at") or parse_utc(r.get("start")) or 0.0
+    end = parse_utc(r.get("end")) or time.time()
+    offset = (r.get("resume") or {}).get("step_offset") or 0
+    out = []
+    for rec in records.read_series(ws.resolve(output_dir), r["output_name"]):
+        try:
+            at = datetime.fromisoformat(rec.time).timestamp()
+        except (TypeError, ValueError):
+            continue
+        # Record times are whole seconds: one second of slack each side.
+        if rec.lora and start - 1 <= at <= end + 1:
+            out.append((rec.loss, rec.step + offset))
+    return out
 
 
 def follow(ws: Workspace, run: str = "", poll: float = 0.5) -> None:

@@ -102,6 +102,8 @@ def generate(
         else:
             lora = ws.rel(newest)
             print(f"LORA not set: using {lora} (the newest of this version)", file=sys.stderr)
+    elif lora == "best":
+        lora = best_lora(cfg)
     else:
         lora_problem(ws, lora)  # in a dry run too: a missing LoRA is no matter of the machine
     cmd = generate_command(cfg, lora, mult, folder=folder)
@@ -138,6 +140,28 @@ def validation_set(cfg: Config) -> str | None:
     from musubi_workspace.validation.items import set_hash
 
     return set_hash(cfg.ws, cfg.ws.resolve(cfg.settings.validation))
+
+
+def best_lora(cfg: Config) -> str:
+    """LORA=best: the version's LoRA with the lowest validation loss (the JSON beside each, validation/scored.py)."""
+    from musubi_workspace.validation import scored
+
+    found = scored.best(cfg)
+    if found is None:
+        out = cfg.get("output_dir") or "output_dir"
+        raise WorkspaceError(
+            f"LORA=best: no LoRA of {cfg.name} in {out} has a validation loss yet (a <name>.validation.json beside "
+            f"it); run `make validate CONFIG_FILE={cfg.name} LORA=all` first"
+        )
+    c = found.chosen
+    lora = cfg.ws.rel(c.path)
+    others = f"; {found.others} scored on another validation set left out" if found.others else ""
+    print(
+        f"LORA=best: using {lora} (validation loss {c.record.loss:.4g} at step {c.step}, the lowest of "
+        f"{found.scored} scored LoRA(s) of {cfg.name}{others})",
+        file=sys.stderr,
+    )
+    return lora
 
 
 def run_estimate(cfg: Config, env: dict[str, str]) -> dict:
