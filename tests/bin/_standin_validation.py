@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from musubi_workspace.validation import records
 
@@ -157,7 +158,9 @@ def offline(args: list[str]) -> int:
         m, resumed = LORA_STEP.search(path.name), RESUMED.search(path.name)
         offset = int(resumed.group(1)) if resumed else 0
         step = int(m.group(1)) if m else total - offset
-        scorer = Scorer(cfg, opt("--validation"), timesteps_of(opt("--timesteps")), opt("--set"), total - offset, offset)
+        scorer = Scorer(
+            cfg, opt("--validation"), timesteps_of(opt("--timesteps")), opt("--set"), total - offset, offset
+        )
         r = scorer.record(step, lora=path.name, by=records.BY_VALIDATE)
         records.write_beside(path, r)
         print(f"musubi-workspace: {path}: validation loss {r.loss:.6f} at step {step}", flush=True)

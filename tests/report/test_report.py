@@ -75,6 +75,23 @@ def write_sample(
     return p
 
 
+def write_validation(root: Path, version: str, depth: float, steps=(0, 100, 200, 300)) -> None:
+    """A training run's validation series (validation.records, as the launcher writes it), a LoRA at each save."""
+    from musubi_workspace.validation import records
+
+    out = root / "outputs" / version
+    name = f"example-1f_{version}"
+    for step in steps:
+        f = 1 - depth * step / 200 + depth * (step / 200) ** 2 / 2
+        by_t = {"0.1": 0.05 * f, "0.5": 0.1 * f, "0.9": 0.15 * f}
+        lora = f"{name}-step{step:08d}.safetensors" if step else None
+        r = records.Record(step, sum(by_t.values()) / 3, by_t, 2, "ab" * 8, "validation/dataset.toml", [0.1, 0.5, 0.9])
+        records.append_series(out, name, records.Record(**{**r.__dict__, "lora": lora}))
+        if lora:
+            (out / lora).write_bytes(b"lora")
+            records.write_beside(out / lora, records.Record(**{**r.__dict__, "lora": lora}))
+
+
 def versions(ws, n: int) -> None:
     for _ in range(n - 1):
         assert ws.ws("new").returncode == 0
@@ -494,6 +511,7 @@ def test_the_page_fits_a_narrow_screen_and_shows_every_image(ws, tmp_path):
     versions(ws, 4)
     for i, v in enumerate(("v1", "v2", "v3", "v4")):
         write_run(ws.root, v, good(i) if v != "v3" else nan_from(150), run="20250611093000")
+        write_validation(ws.root, v, depth=0.1 * (i + 1))
         for tag in ("e000000", "000100", "000200"):
             for prompt in (0, 1):
                 write_sample(ws.root, v, tag, prompt, (60 * i, 120, 200), size=(512, 768))
@@ -505,7 +523,7 @@ def test_the_page_fits_a_narrow_screen_and_shows_every_image(ws, tmp_path):
         assert m["width"] == width
         assert m["scrollWidth"] <= width, m  # no horizontal overflow of the page
         assert m["runsRight"] <= width and m["flagsRight"] <= width, m  # the flags column is on screen
-        assert m["images"] == 2 + 4 * 3 * 2 and m["broken"] == [], m
+        assert m["images"] == 2 + 2 + 4 * 3 * 2 and m["broken"] == [], m  # loss, lr, both validation plots, grids
 
 
 # Plots and grids that read well ---------------------------------------------------------------------------------

@@ -106,9 +106,9 @@ def test_make_runs_shows_the_best_validation_loss_and_its_step(trained):
     assert r.returncode == 0, r.stderr
     head, *rows = r.stdout.splitlines()
     assert "  last loss  best val loss  cost" in head
-    [row] = [row for row in rows if f" v1       train" in row]
+    [row] = [row for row in rows if row.split()[1:3] == ["v1", "train"]]
     assert f"  {best.loss:.4g} @ 6  " in row
-    [cache] = [row for row in rows if " cache " in row]
+    [cache] = [row for row in rows if row.split()[2] == "cache"]
     assert cache.split()[6:] == ["-", "-", "$0.00", "-"]  # last loss, best val loss, cost, estimate
 
 

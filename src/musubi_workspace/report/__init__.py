@@ -1,7 +1,8 @@
 """`make report`: versions side by side, offline, in `runs/report/`.
 
 Reads each version's musubi-tuner outputs (tensorboard files in logging_dir, samples in output_dir/sample) and
-writes `loss.png`, `lr.png`, one `samples_NN.png` per sample prompt and `index.html`, a page that holds all of
+writes `loss.png`, `lr.png`, `validation.png` and `validation_timesteps.png` (the validation loss, where
+versions have one: validation.py), one `samples_NN.png` per sample prompt and `index.html`, a page that holds all of
 them (plots and thumbnails inline as data URIs: it opens offline, on its own, anywhere). Each thumbnail links to
 the full-size sample, copied to `runs/report/samples/<version>/` (copy the folder to keep those links). Flags on
 the curves (`curves.judge`) are shown in the page and printed.

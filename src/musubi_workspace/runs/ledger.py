@@ -346,7 +346,18 @@ def runs_table(ws: Workspace) -> list[str]:
     runs = load_runs(ws)
     if not runs:
         return ["no runs yet (runs/ is empty): `make cache`, `make train` and `make generate` record theirs"]
-    head = ("run", "version", "target", "status", "duration", "steps", "last loss", "best val loss", "cost", "estimated")
+    head = (
+        "run",
+        "version",
+        "target",
+        "status",
+        "duration",
+        "steps",
+        "last loss",
+        "best val loss",
+        "cost",
+        "estimated",
+    )
     rows = [head]
     for r in runs:
         p = r.get("progress") or {}
