@@ -21,7 +21,9 @@ PYLIB = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "tests" / "pylib")
 
 
 def records(w, target="*", version="v1") -> list[dict]:
-    found = [json.loads(p.read_text()) for p in (w.root / "runs").glob(f"{version}/*-{target}/run.json")]
+    # `<stamp>-<target>` or, for a second run started in the same second, `<stamp>-<target>-<n>`
+    paths = (w.root / "runs").glob(f"{version}/*/run.json")
+    found = [d for d in map(lambda p: json.loads(p.read_text()), paths) if target == "*" or d.get("target") == target]
     return sorted(found, key=lambda d: d["started_at"])
 
 

@@ -27,6 +27,12 @@ EARLIER = [
     f"{NAME}-step00000100-state/",
     f"{NAME}-step00000200-state/",
 ]
+# configs/v1 names a validation set: the stand-in trainer writes the JSON beside each LoRA and the run's series.
+VALIDATION = [
+    f"{NAME}-step00000100.validation.json",
+    f"{NAME}-step00000200.validation.json",
+    f"{NAME}.validation.jsonl",
+]
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -44,11 +50,12 @@ def trained(w, env: dict | None = None) -> None:
 
 
 def refusal(target: str, outputs: int, changed: str = "") -> str:
-    samples = outputs - 4
+    samples = outputs - 7
     why = f"; {changed}" if changed else ""
     return (
         f"error: outputs/v1 already holds {outputs} output(s) of {NAME} from an earlier run "
-        f"(2 LoRA(s), 2 state(s), {samples} sample(s): {', '.join(EARLIER)}, +{samples} more){why}: "
+        f"(2 LoRA(s), 2 state(s), 3 validation(s), {samples} sample(s): {', '.join(EARLIER)}, +{outputs - 4} more)"
+        f"{why}: "
         f"`make {target}` would overwrite them. Ways on: `make new` (a changed config is a new version: the normal "
         f"path), `make resume` (same config, go on from its newest state), or `make {target} RESTART=1` (moves them "
         f"into outputs/v1/earlier-<UTC time>/, deletes nothing)"
@@ -71,7 +78,7 @@ def test_a_second_train_after_a_config_change_stops_naming_the_files_and_the_cha
     r = cached.make("train", "AUTO_STOP=0", env=FIRST_RUN)
     assert r.returncode == 2
     changed = f"configs/v1/config.toml changed since its last run ({first['id']})"
-    assert error_line(r) == refusal("train", 7, changed)
+    assert error_line(r) == refusal("train", 10, changed)
     assert tree(cached.root) == before  # no file changed, none lost, no run record, nothing run
     assert [c["prog"] for c in cached.calls()].count("accelerate") == 1
 
@@ -82,7 +89,7 @@ def test_the_same_config_stops_too_and_a_dry_run_says_the_same(cached):
     for args in ((), ("DRY_RUN=1",)):
         r = cached.make("train", "AUTO_STOP=0", *args, env=FIRST_RUN)
         assert r.returncode == 2, args
-        assert error_line(r) == refusal("train", 7), args  # no config change named: `make resume` is the way on
+        assert error_line(r) == refusal("train", 10), args  # no config change named: `make resume` is the way on
     assert len(records(cached, "train")) == 1
     assert tree(cached.root / "outputs") == before
 
@@ -92,7 +99,7 @@ def test_train_bg_stops_before_tmux_starts(cached):
     before = tree(cached.root / "outputs")
     r = cached.make("train-bg", "AUTO_STOP=0")
     assert r.returncode == 2
-    assert error_line(r) == refusal("train-bg", 7)
+    assert error_line(r) == refusal("train-bg", 10)
     assert cached.calls("tmux") == []
     assert tree(cached.root / "outputs") == before
 
@@ -102,9 +109,9 @@ def test_restart_moves_every_earlier_file_aside_and_the_new_run_record_lists_the
     [first] = records(cached, "train")
     out = cached.root / "outputs/v1"
     earlier = {k: v for k, v in tree(out).items() if k.split("/")[0] != "logs"}
-    moved = EARLIER + sorted(k for k in earlier if k.startswith("sample/"))
-    assert len(moved) == 7 and sorted(k for k in earlier if k != "sample" and k.count("/") == 0) == sorted(
-        m.rstrip("/") for m in EARLIER
+    moved = EARLIER + VALIDATION + sorted(k for k in earlier if k.startswith("sample/"))
+    assert len(moved) == 10 and sorted(k for k in earlier if k != "sample" and k.count("/") == 0) == sorted(
+        m.rstrip("/") for m in EARLIER + VALIDATION
     )
     logs = {k: v for k, v in tree(out).items() if k.split("/")[0] == "logs"}
     edit_learning_rate(cached)
@@ -118,7 +125,7 @@ def test_restart_moves_every_earlier_file_aside_and_the_new_run_record_lists_the
     lines = [l for l in r.stdout.splitlines() if l.startswith("RESTART=1")]
     shown = ", ".join(m.rstrip("/") for m in moved)
     assert lines == [
-        f"RESTART=1: moved 7 output(s) of the earlier run into outputs/v1/{folder.name}/ (nothing deleted; the run "
+        f"RESTART=1: moved 10 output(s) of the earlier run into outputs/v1/{folder.name}/ (nothing deleted; the run "
         f"record lists them): {shown}"
     ]
     first_again, second = records(cached, "train")
@@ -134,7 +141,7 @@ def test_restart_moves_every_earlier_file_aside_and_the_new_run_record_lists_the
     assert (out / EARLIER[1]).is_file() and (out / EARLIER[3].rstrip("/")).is_dir()
     # and a third train stops again, now over the restarted run's files
     again = cached.make("train", "AUTO_STOP=0", env=FIRST_RUN)
-    assert again.returncode == 2 and "already holds 7 output(s)" in error_line(again)
+    assert again.returncode == 2 and "already holds 10 output(s)" in error_line(again)
 
 
 def test_restart_in_a_dry_run_says_what_would_move_and_moves_nothing(cached):
@@ -143,8 +150,8 @@ def test_restart_in_a_dry_run_says_what_would_move_and_moves_nothing(cached):
     r = cached.make("train", "DRY_RUN=1", "RESTART=1")
     assert r.returncode == 0, r.stderr
     assert (
-        "RESTART=1: would move 7 output(s) of the earlier run into outputs/v1/earlier-<UTC time>/ (dry run: nothing "
-        f"moved): 2 LoRA(s), 2 state(s), 3 sample(s): {', '.join(EARLIER)}, +3 more"
+        "RESTART=1: would move 10 output(s) of the earlier run into outputs/v1/earlier-<UTC time>/ (dry run: nothing "
+        f"moved): 2 LoRA(s), 2 state(s), 3 validation(s), 3 sample(s): {', '.join(EARLIER)}, +6 more"
     ) in r.stdout.splitlines()
     assert "accelerate launch" in r.stdout
     assert tree(cached.root / "outputs") == before

@@ -68,6 +68,7 @@ class VersionData:
     def __post_init__(self) -> None:
         self.label = self.label or self.version
         self.key = self.key or self.version
+
     validation: val.Validation | None = None  # the validation numbers (report/validation.py), None without any
 
     @property

@@ -4,7 +4,8 @@ output_dir already holds files of this output_name from an earlier run, and `RES
 musubi-tuner writes, per output_name N (see `resume.py` for the `-resume{S}` names of `make resume`):
 LoRAs `N.safetensors`, `N-{epoch:06d}.safetensors`, `N-step{step:08d}.safetensors` in output_dir; state folders
 `N-state`, `N-{epoch:06d}-state`, `N-step{step:08d}-state` beside them; samples `sample/N_{tag}_{NN}_{time}…` in
-output_dir/sample; and `make generate` renders into `generate/<LoRA name>_x<multiplier>/`. A second `make train`
+output_dir/sample; with a validation set, `<LoRA stem>.validation.json` beside each LoRA and the series
+`N[-resume{S}].validation.jsonl` in output_dir; and `make generate` renders into `generate/<LoRA name>_x<multiplier>/`. A second `make train`
 with the same output_name writes the same LoRA and state names: the earlier run's files would be replaced.
 
 `RESTART=1` moves them, keeping their places below output_dir, into `output_dir/earlier-<UTC time>/` (a rename on
@@ -40,6 +41,8 @@ def output_patterns(name: str) -> dict[str, re.Pattern]:
     return {
         "LoRA": re.compile(rf"^{own}(?:-step\d{{8}}|-\d{{6}})?\.safetensors$"),
         "state": re.compile(rf"^{own}(?:-step\d{{8}}|-\d{{6}})?-state$"),
+        # validation.records: the JSON beside each LoRA and the run's series in output_dir
+        "validation": re.compile(rf"^{own}(?:(?:-step\d{{8}}|-\d{{6}})?\.validation\.json|\.validation\.jsonl)$"),
         "sample": re.compile(rf"^{own}_e?\d{{6,}}_\d{{2,}}_\d{{14}}"),
         "generated": re.compile(rf"^{own}(?:-step\d{{8}}|-\d{{6}})?_x[\d.]+$"),
     }
@@ -55,10 +58,11 @@ class Earlier:
 
     @property
     def paths(self) -> list[str]:
-        return [p for kind in ("LoRA", "state", "sample", "generated") for p in self.found.get(kind, [])]
+        return [p for kind in ("LoRA", "state", "validation", "sample", "generated") for p in self.found.get(kind, [])]
 
     def __bool__(self) -> bool:
-        return bool(self.paths)
+        # validation numbers alone (a run that saved no LoRA) are no earlier run to guard; they move with the rest
+        return any(self.found.get(k) for k in ("LoRA", "state", "sample", "generated"))
 
     def summary(self) -> str:
         """`3 LoRA(s), 2 state(s), 9 sample(s): a.safetensors, a-state/, ... +10 more`."""
@@ -75,7 +79,7 @@ def find_earlier(cfg: Config) -> Earlier | None:
         return None
     pats = output_patterns(name)
     found: dict[str, list[str]] = {k: [] for k in pats}
-    places = {"LoRA": out, "state": out, "sample": out / "sample", "generated": out / "generate"}
+    places = {"LoRA": out, "state": out, "validation": out, "sample": out / "sample", "generated": out / "generate"}
     for kind, folder in places.items():
         if not folder.is_dir():
             continue
