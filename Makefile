@@ -112,6 +112,10 @@ train: $(GPU_STACK) ## Train the LoRA; the pod stops itself afterwards  [CONFIG_
 generate: $(GPU_STACK) ## Render prompts.txt with a trained LoRA  [CONFIG_FILE LORA MULTIPLIER DRY_RUN]
 	@$(WS) generate $(CFG) --lora "$(LORA)" --multiplier "$(MULTIPLIER)"
 
+.PHONY: validate
+validate: $(GPU_STACK) ## Score saved LoRAs on the version's validation set (the JSON beside each)  [CONFIG_FILE LORA DRY_RUN]
+	@$(WS) validate $(CFG) --lora "$(LORA)"
+
 .PHONY: report
 report: .venv/.stamp-base ## Versions side by side, offline: loss, flags, sample grids (runs/report/)  [VERSIONS]
 	@$(WS) report --versions "$(VERSIONS)"

@@ -117,6 +117,12 @@ def cmd_generate(ws, a):
     )
 
 
+def cmd_validate(ws, a):
+    from musubi_workspace.runs.validate import validate
+
+    validate(ws, a.config, _flag(a.dry_run, "DRY_RUN"), lora=a.lora)
+
+
 def cmd_tune(ws, a):
     from musubi_workspace.config import load_config
 
@@ -300,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = add("generate", cmd_generate, "render prompts.txt with a LoRA", config=True, dry_run=True, strict=True)
     g.add_argument("--lora", default="", help="LoRA file (default: the version's newest)")
     g.add_argument("--multiplier", default="", help="LoRA multiplier (default 1.0)")
+    v = add("validate", cmd_validate, "score LoRAs on the validation set", config=True, dry_run=True, strict=True)
+    v.add_argument("--lora", default="", help="a LoRA file, or all (default: the version's newest)")
     for name, func, help_ in (
         ("tune", cmd_tune, "measure memory/speed settings on the version's models and caches"),
         ("bench", cmd_bench, "measure them on a random DiT and synthetic caches"),

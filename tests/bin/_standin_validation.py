@@ -147,19 +147,30 @@ def offline(args: list[str]) -> int:
     the JSON beside each LoRA (by "make validate"), at the LoRA's step (its name's, else the config's
     max_train_steps), numbered as training numbers it."""
 
-    def opt(name: str) -> str | None:
-        return args[args.index(name) + 1] if name in args else None
+    def opt(name: str, alias: str = "") -> str | None:
+        for n in (name, alias):
+            if n and n in args:
+                return args[args.index(n) + 1]
+        return None
 
     cfg = tomllib.loads(Path(opt("--config_file")).read_text())
     total = int(cfg.get("max_train_steps", 1600))
-    loras = [args[i + 1] for i, a in enumerate(args) if a == "--lora"]
+    loras = []  # `--lora F [F ...]`, repeatable
+    for i, a in enumerate(args):
+        if a == "--lora":
+            loras += [x for x in __import__("itertools").takewhile(lambda x: not x.startswith("--"), args[i + 1 :])]
     for lora in loras:
         path = Path(lora)
         m, resumed = LORA_STEP.search(path.name), RESUMED.search(path.name)
         offset = int(resumed.group(1)) if resumed else 0
         step = int(m.group(1)) if m else total - offset
         scorer = Scorer(
-            cfg, opt("--validation"), timesteps_of(opt("--timesteps")), opt("--set"), total - offset, offset
+            cfg,
+            opt("--validation"),
+            timesteps_of(opt("--validation_timesteps", "--timesteps")),
+            opt("--validation_set", "--set"),
+            total - offset,
+            offset,
         )
         r = scorer.record(step, lora=path.name, by=records.BY_VALIDATE)
         records.write_beside(path, r)
