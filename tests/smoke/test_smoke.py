@@ -309,7 +309,7 @@ def test_training_again_from_train_on_two_gpus_checks_only_the_new_runs_files(pa
     r = ws.make("smoke", "SMOKE_FROM=train", env={"STANDIN_GPUS": "2"}, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     # outputs/v1, runs/report, the pod-stop record and the records of train, resume and generate
-    assert "smoke: from train: removed what training wrote before: 6 path(s)" in r.stdout
+    assert "smoke: from train: removed what training wrote before: 7 path(s)" in r.stdout
     lines = step_lines(r.stdout)
     assert [re.match(r"^\[\d+/11\] (.+?) ✓", l).group(1) for l in lines[5:]] == [
         "train",
