@@ -328,4 +328,4 @@ def test_training_again_from_train_on_two_gpus_checks_only_the_new_runs_files(pa
     assert [c["argv"] for c in pod_calls(ws)] == [["pod", "stop", "smoke-pod"]]
     records = sorted((scratch / "runs" / "v1").glob("*/run.json"))
     targets = sorted(json.loads(p.read_text())["target"] for p in records)
-    assert targets == ["cache", "cache", "generate", "resume", "train"]
+    assert targets == ["cache", "cache", "generate", "resume", "train", "validate"]
