@@ -37,7 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from musubi_workspace import dataset as dataset_model
-from musubi_workspace.commands import process_count, train_command, validation_env, validation_every
+from musubi_workspace.commands import process_count, train_command, validation_env, validation_every, validation_passes
 from musubi_workspace.config import WORKSPACE_TABLE, Config
 from musubi_workspace.environment import child_env
 from musubi_workspace.errors import WorkspaceError
@@ -123,15 +123,7 @@ def default_passes(cfg: Config) -> tuple[int, int, int]:
     """(passes, max_train_steps, cadence) of a whole run of the version: step 0, then each step the trainer scores
     (every validation_every_n_steps, each save, the last step; a step that is several of these once)."""
     steps = int(cfg.get("max_train_steps") or 0)
-    every = validation_every(cfg)
-    save = cfg.get("save_every_n_steps")
-    save = save if isinstance(save, int) and not isinstance(save, bool) and save > 0 else 0
-    scored = (
-        {steps}
-        | set(range(every, steps + 1, every) if every else ())
-        | set(range(save, steps + 1, save) if save else ())
-    )
-    return 1 + len(scored - {0}), steps, every
+    return validation_passes(cfg, steps), steps, validation_every(cfg)
 
 
 def read_steps(logging_dir: Path) -> dict[int, tuple[float, float]]:

@@ -122,10 +122,24 @@ def validation_every(cfg: Config) -> int:
     """Steps between validation passes: `[workspace] validation_every_n_steps`, else save_every_n_steps, else 0
     (only step 0, the saves and the end)."""
     every = cfg.settings.validation_every_n_steps
-    if every is None:
-        save = cfg.get("save_every_n_steps")
-        every = save if isinstance(save, int) and not isinstance(save, bool) and save > 0 else 0
-    return every
+    return _save_every(cfg) if every is None else every
+
+
+def _save_every(cfg: Config) -> int:
+    save = cfg.get("save_every_n_steps")
+    return save if isinstance(save, int) and not isinstance(save, bool) and save > 0 else 0
+
+
+def validation_passes(cfg: Config, steps: int) -> int:
+    """Validation passes of a run of `steps` steps, as validation/trainer.py scores them: step 0, then every
+    validation_every_n_steps, each save and the last step, a step that is several of these scored once."""
+    every, save = validation_every(cfg), _save_every(cfg)
+    scored = (
+        {steps}
+        | set(range(every, steps + 1, every) if every else ())
+        | set(range(save, steps + 1, save) if save else ())
+    )
+    return 1 + len(scored - {0})
 
 
 def validation_env(cfg: Config, set_hash: str | None) -> dict:

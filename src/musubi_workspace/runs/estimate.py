@@ -185,7 +185,7 @@ def validation_cost(cfg: Config, steps: int, sps: float, gpus: int = 1) -> tuple
     if not cfg.settings.validation:
         return None
     from musubi_workspace import dataset as dataset_model
-    from musubi_workspace.commands import process_count, validation_every
+    from musubi_workspace.commands import process_count, validation_every, validation_passes
     from musubi_workspace.tune import dataset_values
 
     try:
@@ -195,14 +195,7 @@ def validation_cost(cfg: Config, steps: int, sps: float, gpus: int = 1) -> tuple
     except WorkspaceError as e:
         return 0.0, f"validation: not included ({e.message})"
     every = validation_every(cfg)
-    save = cfg.get("save_every_n_steps")
-    save = save if isinstance(save, int) and not isinstance(save, bool) and save > 0 else 0
-    scored = (
-        {steps}
-        | set(range(every, steps + 1, every) if every else ())
-        | set(range(save, steps + 1, save) if save else ())
-    )
-    passes = 1 + len(scored)
+    passes = validation_passes(cfg, steps)
     share = -(-items // process_count(cfg, gpus))  # each process scores its share of the items
     timesteps = len(cfg.settings.validation_timesteps)
     forwards = passes * share * timesteps
